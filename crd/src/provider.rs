@@ -1,0 +1,127 @@
+//! `Provider`: a hypervisor endpoint and the credentials to reach it (the upstream project's kind, minimal).
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, SecretRef};
+use crate::vmmigration::DiskFormat;
+
+/// Where the hypervisor is and how to authenticate. Credential Secret keys by type: libvirt `username`/`password` (SASL)
+/// or `ssh-privatekey` + `known_hosts` for qemu+ssh; vsphere `username`/`password`; proxmox `token_id`
+/// (`user@realm!name`) and `token_secret`, plus `ssh-privatekey` + `known_hosts` for disk export.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "infra.virtrigaud.io",
+    version = "v1beta1",
+    kind = "Provider",
+    doc = "A hypervisor endpoint (libvirt, vSphere or Proxmox VE) and the Secret with the credentials to reach it.",
+    plural = "providers",
+    singular = "provider",
+    namespaced,
+    status = "ProviderStatus",
+    category = "virtrigaud",
+    printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".spec.endpoint"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderSpec {
+    /// Hypervisor kind: `libvirt`, `vsphere` or `proxmox`.
+    #[serde(rename = "type")]
+    pub type_: ProviderType,
+    /// Where to reach it: libvirt `qemu+tcp://host/system`, `qemu+tls://...`, `qemu+ssh://user@host/system`
+    /// or `qemu:///system`; vSphere `https://vcenter.example.com` (the SDK path `/sdk` is implied);
+    /// Proxmox `https://pve.example.com:8006`.
+    #[schemars(length(min = 1, max = 2048))]
+    pub endpoint: String,
+    /// Secret with the credentials (see the kind's description for the keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_secret_ref: Option<SecretRef>,
+    /// Skip TLS certificate verification. For labs only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
+    /// Placement defaults for VMs created on this provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<ProviderDefaults>,
+}
+
+/// Hypervisor kind.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderType {
+    /// libvirt/KVM.
+    Libvirt,
+    /// VMware vSphere (vCenter or ESXi).
+    Vsphere,
+    /// Proxmox VE.
+    Proxmox,
+}
+
+impl ProviderType {
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderType::Libvirt => "libvirt",
+            ProviderType::Vsphere => "vsphere",
+            ProviderType::Proxmox => "proxmox",
+        }
+    }
+
+    /// The disk format a migration writes when `targetDiskFormat` is not set.
+    pub fn native_format(self) -> DiskFormat {
+        match self {
+            ProviderType::Vsphere => DiskFormat::Vmdk,
+            ProviderType::Libvirt | ProviderType::Proxmox => DiskFormat::Qcow2,
+        }
+    }
+
+    /// The disk formats this provider can import.
+    pub fn accepted_formats(self) -> &'static [DiskFormat] {
+        match self {
+            ProviderType::Vsphere => &[DiskFormat::Vmdk],
+            ProviderType::Libvirt => &[DiskFormat::Qcow2, DiskFormat::Raw],
+            ProviderType::Proxmox => &[DiskFormat::Qcow2, DiskFormat::Raw, DiskFormat::Vmdk],
+        }
+    }
+}
+
+impl std::fmt::Display for ProviderType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Placement defaults.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderDefaults {
+    /// vSphere datastore, Proxmox storage or libvirt pool used when a migration gives no targetStorageHint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore: Option<String>,
+    /// vSphere cluster, or Proxmox node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// vSphere VM folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
+    /// vSphere resource pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_pool: Option<String>,
+    /// Network (vSphere) or bridge (libvirt, Proxmox) used when a migration gives no network hints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+}
+
+/// Observed state of a provider.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderStatus {
+    /// Conditions such as `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
