@@ -5,6 +5,7 @@
 
 pub mod common;
 pub mod duration;
+pub mod plan;
 pub mod provider;
 pub mod virtualmachine;
 pub mod vmmigration;
