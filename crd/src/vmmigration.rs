@@ -434,6 +434,10 @@ pub struct VMMigrationStatus {
     /// Hypervisor id of the created target VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_vm_id: Option<String>,
+    /// Id of the source snapshot the staged disks were exported from, while it exists (resume reuses
+    /// it; cleanup removes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
 }
 
 /// Progress and integrity record of one disk.
