@@ -1,0 +1,424 @@
+//! Storage endpoints: what host a `storage.endpoint` names, and whether the runner may be sent there.
+//!
+//! A VMMigration makes the runner connect to its storage endpoint with the storage credentials, from
+//! inside the cluster. Pointing it at a cloud metadata service or a link-local address would turn the
+//! operator into a proxy for those, so such endpoints are refused, both as literals and as names that
+//! resolve to them. Loopback is refused too (it would be the runner pod itself) unless the webhook runs
+//! with `--allow-loopback-endpoints` (the local test world puts its storage on 127.0.0.1).
+//!
+//! Only the spec is checked: an `endpoint` key inside the credentials Secret is never read here.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// The host part of an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// An IP literal.
+    Ip(IpAddr),
+    /// A DNS name, lowercase, without a trailing dot.
+    Name(String),
+}
+
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Host::Ip(ip) => ip.fmt(f),
+            Host::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// Where a storage endpoint points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: Host,
+    /// The port to connect to (the scheme's default when none is written).
+    pub port: u16,
+    /// The endpoint is an `http://` URL: data and credentials would travel in clear text.
+    pub plain_http: bool,
+}
+
+/// Parses an s3 `storage.endpoint`: `host`, `host:port`, or an `http(s)://host[:port]` URL.
+pub fn parse_s3(endpoint: &str) -> Result<Endpoint, String> {
+    if endpoint.contains("://") {
+        return parse_url(endpoint, "an http(s)://host[:port] URL or host[:port]");
+    }
+    let url = url::Url::parse(&format!("https://{endpoint}"))
+        .map_err(|e| format!("{endpoint:?} is not host[:port] or an http(s) URL: {e}"))?;
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "{endpoint:?} has a path: write host[:port] or an http(s)://host[:port] URL (a key prefix goes in storage.path)"
+        ));
+    }
+    from_url(endpoint, &url)
+}
+
+/// Parses an http `storage.endpoint`: an `http://` or `https://` URL.
+pub fn parse_http(endpoint: &str) -> Result<Endpoint, String> {
+    parse_url(
+        endpoint,
+        "an http:// or https:// URL, e.g. https://files.example.com/exports",
+    )
+}
+
+/// Parses an nfs `storage.endpoint`: the NFS server's host name or IP address, nothing else.
+pub fn parse_nfs(endpoint: &str) -> Result<Endpoint, String> {
+    let host = url::Host::parse(endpoint).map_err(|_| {
+        format!(
+            "{endpoint:?} is not a host name or IP address (the NFS server, e.g. nfs.example.com or 10.0.0.5; the export goes in storage.path)"
+        )
+    })?;
+    Ok(Endpoint {
+        host: host_of(host),
+        port: 2049,
+        plain_http: false,
+    })
+}
+
+fn parse_url(endpoint: &str, expected: &str) -> Result<Endpoint, String> {
+    let url =
+        url::Url::parse(endpoint).map_err(|e| format!("{endpoint:?} is not {expected}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "scheme {:?} is not allowed (allowed: http, https): {endpoint:?} is not {expected}",
+            url.scheme()
+        ));
+    }
+    from_url(endpoint, &url)
+}
+
+fn from_url(endpoint: &str, url: &url::Url) -> Result<Endpoint, String> {
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{:?} carries credentials in the URL: put them in the Secret named by storage.credentialsSecretRef",
+            redact(url)
+        ));
+    }
+    let host = url
+        .host()
+        .ok_or_else(|| format!("{endpoint:?} has no host"))?;
+    Ok(Endpoint {
+        host: host_of(host.to_owned()),
+        port: url.port_or_known_default().unwrap_or(443),
+        plain_http: url.scheme() == "http",
+    })
+}
+
+/// The URL without its user info, for messages.
+fn redact(url: &url::Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.to_string()
+}
+
+fn host_of(host: url::Host<String>) -> Host {
+    match host {
+        url::Host::Ipv4(ip) => Host::Ip(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => Host::Ip(IpAddr::V6(ip)),
+        url::Host::Domain(name) => Host::Name(name.trim_end_matches('.').to_ascii_lowercase()),
+    }
+}
+
+/// Address ranges no endpoint may point into, with what they are.
+const FORBIDDEN_NETS: &[(&str, &str)] = &[
+    (
+        "169.254.0.0/16",
+        "a link-local address (cloud metadata services live at 169.254.169.254)",
+    ),
+    ("fe80::/10", "a link-local address"),
+    (
+        "100.100.100.200/32",
+        "a cloud metadata address (Alibaba Cloud)",
+    ),
+    ("fd00:ec2::254/128", "a cloud metadata address (AWS IPv6)"),
+    ("192.0.0.192/32", "a cloud metadata address (Oracle Cloud)"),
+    ("0.0.0.0/8", "an unspecified address (it means this host)"),
+    ("::/128", "an unspecified address (it means this host)"),
+    ("224.0.0.0/4", "a multicast address"),
+    ("ff00::/8", "a multicast address"),
+    ("255.255.255.255/32", "the broadcast address"),
+];
+
+/// Names of cloud metadata services (besides their addresses, which resolve into the ranges above).
+const METADATA_NAMES: &[&str] = &[
+    "metadata",
+    "metadata.google.internal",
+    "metadata.goog",
+    "metadata.azure.com",
+    "instance-data",
+    "instance-data.ec2.internal",
+    "metadata.tencentyun.com",
+    "metadata.platformequinix.com",
+];
+
+/// Which endpoint addresses are allowed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AddressPolicy {
+    /// Allow 127.0.0.0/8, ::1 and `localhost` (local test worlds only).
+    pub allow_loopback: bool,
+}
+
+impl AddressPolicy {
+    /// Why `ip` may not be an endpoint address, if it may not.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), String> {
+        let ip = ip.to_canonical();
+        // NAT64 (64:ff9b::/96) embeds an IPv4 address: judge the embedded one.
+        if let IpAddr::V6(v6) = ip
+            && v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+        {
+            let [.., a, b, c, d] = v6.octets();
+            return self.check_ip(IpAddr::V4(Ipv4Addr::new(a, b, c, d)));
+        }
+        for (net, what) in FORBIDDEN_NETS {
+            let net: IpNet = net.parse().expect("the table holds valid networks");
+            if net.contains(&ip) {
+                return Err(format!("{ip} is {what}"));
+            }
+        }
+        if ip.is_loopback() && !self.allow_loopback {
+            return Err(format!(
+                "{ip} is a loopback address (the runner pod itself; allowed only when the webhook runs with --allow-loopback-endpoints)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Why the DNS name `name` may not be an endpoint host, if it may not (before resolving it).
+    pub fn check_name(&self, name: &str) -> Result<(), String> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if METADATA_NAMES.contains(&name.as_str()) {
+            return Err(format!("{name} is a cloud metadata service"));
+        }
+        if (name == "localhost" || name.ends_with(".localhost")) && !self.allow_loopback {
+            return Err(format!(
+                "{name} is a loopback name (the runner pod itself; allowed only when the webhook runs with --allow-loopback-endpoints)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks an endpoint: its literal host, or its name and every address the name resolves to. A name
+    /// that does not resolve is allowed: the webhook's DNS may differ from the runner's, and the runner
+    /// checks its storage in its Validating phase.
+    pub async fn check_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        resolver: &dyn Resolve,
+    ) -> Result<(), String> {
+        match &endpoint.host {
+            Host::Ip(ip) => self.check_ip(*ip),
+            Host::Name(name) => {
+                self.check_name(name)?;
+                match resolver.resolve(name, endpoint.port).await {
+                    Ok(addresses) => {
+                        for ip in addresses {
+                            self.check_ip(ip)
+                                .map_err(|why| format!("{name} resolves to {why}"))?;
+                        }
+                        Ok(())
+                    }
+                    Err(error) => {
+                        tracing::debug!(%name, %error, "endpoint host does not resolve here; not a reason to deny");
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Name resolution, behind a trait so tests can decide what a name resolves to.
+#[async_trait::async_trait]
+pub trait Resolve: Send + Sync {
+    /// The addresses `host` resolves to.
+    async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<IpAddr>>;
+}
+
+/// The system resolver (tokio's `lookup_host`), bounded by a timeout so an answer never waits on DNS.
+#[derive(Debug, Clone)]
+pub struct SystemResolver {
+    pub timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl Resolve for SystemResolver {
+    async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<IpAddr>> {
+        match tokio::time::timeout(self.timeout, tokio::net::lookup_host((host, port))).await {
+            Ok(addresses) => Ok(addresses?.map(|a| a.ip()).collect()),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("resolving {host} took longer than {:?}", self.timeout),
+            )),
+        }
+    }
+}
+
+/// A fixed table of names (tests and local runs); other names do not resolve.
+#[derive(Debug, Clone, Default)]
+pub struct StaticResolver {
+    names: HashMap<String, Vec<IpAddr>>,
+}
+
+impl StaticResolver {
+    /// Adds a name and its addresses.
+    pub fn with(mut self, name: &str, addresses: &[IpAddr]) -> Self {
+        self.names
+            .insert(name.to_ascii_lowercase(), addresses.to_vec());
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl Resolve for StaticResolver {
+    async fn resolve(&self, host: &str, _port: u16) -> std::io::Result<Vec<IpAddr>> {
+        self.names.get(host).cloned().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{host}: unknown name"),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn s3_endpoints() {
+        let e = parse_s3("minio.example.com:9000").unwrap();
+        assert_eq!(e.host, Host::Name("minio.example.com".into()));
+        assert_eq!(e.port, 9000);
+        assert!(!e.plain_http);
+        let e = parse_s3("http://10.0.0.5:9000").unwrap();
+        assert_eq!(e.host, Host::Ip(ip("10.0.0.5")));
+        assert!(e.plain_http);
+        assert_eq!(
+            parse_s3("[fd00::1]:9000").unwrap().host,
+            Host::Ip(ip("fd00::1"))
+        );
+        assert_eq!(parse_s3("S3.AmazonAWS.com").unwrap().port, 443);
+        assert!(
+            parse_s3("ftp://x")
+                .unwrap_err()
+                .contains("allowed: http, https")
+        );
+        assert!(parse_s3("host/bucket").unwrap_err().contains("has a path"));
+        assert!(
+            parse_s3("https://u:p@host")
+                .unwrap_err()
+                .contains("credentials")
+        );
+        assert!(!parse_s3("https://u:p@host").unwrap_err().contains("u:p"));
+        assert!(parse_s3("").is_err());
+    }
+
+    #[test]
+    fn http_and_nfs_endpoints() {
+        let e = parse_http("https://files.example.com/exports").unwrap();
+        assert_eq!(e.port, 443);
+        assert!(parse_http("files.example.com").is_err());
+        assert!(parse_http("s3://bucket").is_err());
+        assert_eq!(
+            parse_nfs("nfs.local").unwrap().host,
+            Host::Name("nfs.local".into())
+        );
+        assert_eq!(
+            parse_nfs("10.1.2.3").unwrap().host,
+            Host::Ip(ip("10.1.2.3"))
+        );
+        assert_eq!(
+            parse_nfs("[fd00::5]").unwrap().host,
+            Host::Ip(ip("fd00::5"))
+        );
+        for bad in ["nfs://x", "host:/export", "host/export", ""] {
+            assert!(parse_nfs(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn forbidden_addresses() {
+        let strict = AddressPolicy::default();
+        for bad in [
+            "169.254.169.254",
+            "169.254.170.2",
+            "fe80::1",
+            "100.100.100.200",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "0.0.0.0",
+            "::",
+            "127.0.0.1",
+            "::1",
+            "224.0.0.1",
+        ] {
+            assert!(strict.check_ip(ip(bad)).is_err(), "{bad}");
+        }
+        for good in [
+            "10.0.0.5",
+            "192.168.1.10",
+            "52.216.0.1",
+            "fd00::1",
+            "2600::1",
+        ] {
+            assert_eq!(strict.check_ip(ip(good)), Ok(()), "{good}");
+        }
+        let lab = AddressPolicy {
+            allow_loopback: true,
+        };
+        assert_eq!(lab.check_ip(ip("127.0.0.1")), Ok(()));
+        assert_eq!(lab.check_name("localhost"), Ok(()));
+        assert!(lab.check_ip(ip("169.254.169.254")).is_err());
+        assert!(strict.check_name("Metadata.Google.Internal.").is_err());
+        assert!(strict.check_name("localhost").is_err());
+    }
+
+    #[tokio::test]
+    async fn names_are_judged_by_what_they_resolve_to() {
+        let resolver = StaticResolver::default()
+            .with("evil.example", &[ip("10.0.0.1"), ip("169.254.169.254")])
+            .with("good.example", &[ip("10.0.0.1")]);
+        let policy = AddressPolicy::default();
+        let endpoint = |h: &str| parse_s3(h).unwrap();
+        let err = policy
+            .check_endpoint(&endpoint("evil.example"), &resolver)
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("evil.example resolves to 169.254.169.254"),
+            "{err}"
+        );
+        assert_eq!(
+            policy
+                .check_endpoint(&endpoint("good.example"), &resolver)
+                .await,
+            Ok(())
+        );
+        assert_eq!(
+            policy
+                .check_endpoint(&endpoint("unknown.example"), &resolver)
+                .await,
+            Ok(()),
+            "a name that does not resolve is not a reason to deny"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_system_resolver_resolves_localhost_to_loopback() {
+        let resolver = SystemResolver {
+            timeout: Duration::from_secs(2),
+        };
+        let addresses = resolver.resolve("localhost", 80).await.unwrap();
+        assert!(addresses.iter().all(|a| a.is_loopback()), "{addresses:?}");
+    }
+}
