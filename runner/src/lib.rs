@@ -5,9 +5,11 @@
 //! Two traits carry the variety: [`provider::Provider`] (libvirt, vSphere, Proxmox) and
 //! [`storage::Stage`] (S3, HTTP, NFS). The pipeline knows neither hypervisors nor storage protocols.
 
+pub mod credentials;
 pub mod error;
 pub mod progress;
 pub mod provider;
 pub mod storage;
+pub mod stream;
 
 pub use error::{Error, Result};

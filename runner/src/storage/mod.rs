@@ -1,12 +1,72 @@
 //! Intermediate storage, behind one trait: S3, HTTP and NFS. Every implementation streams and computes
-//! SHA-256 in the same pass that moves the bytes.
+//! SHA-256 in the same pass that moves the bytes (through [`crate::stream`]).
+//!
+//! Layout, the same on every backend: the object at `<prefix>/<namespace>/<migration>/<disk>.<format>`
+//! and, written only after the object is complete, a sidecar `<object>.sha256` holding
+//! `<hex sha256>  <file name>` (the `sha256sum` format). "Object and sidecar present" means complete;
+//! the sidecar is what [`Stage::stat`] reads back, so a resumed attempt can skip a finished upload.
+//! S3 keeps the hash in a sidecar too rather than in object metadata: metadata is fixed when a
+//! multipart upload starts, before the hash is known.
+//!
+//! Downloads go to `<dest>.part` first, continue from there when an earlier try left it behind (the
+//! partial file is hashed before continuing), and are renamed to `dest` only when size and SHA-256
+//! match the recorded ones.
 
-use std::path::Path;
+pub mod http;
+pub mod nfs;
+pub mod s3;
+
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use crd::{StorageSpec, StorageType};
 
-use crate::Result;
+pub use http::HttpStage;
+pub use nfs::NfsStage;
+pub use s3::S3Stage;
+
+use crate::credentials::Credentials;
 use crate::progress::Progress;
+use crate::stream::FileWriter;
+use crate::{Error, Result};
+
+/// Credential scope of the storage Secret's values (`storage.accessKey`, `storage.token`...).
+pub const CREDENTIAL_SCOPE: &str = "storage";
+
+/// How many times a transient failure is tried in-process before it is reported as retryable.
+pub const RETRY_ATTEMPTS: u32 = 5;
+
+/// Knobs of the backends that are not in the spec.
+#[derive(Clone, Debug)]
+pub struct StageOptions {
+    /// Where an `nfs` export is mounted ([`crd::plan::NFS_MOUNT_DIR`] in the runner pod).
+    pub nfs_root: PathBuf,
+    /// In-process tries of a transient failure ([`RETRY_ATTEMPTS`]).
+    pub attempts: u32,
+}
+
+impl Default for StageOptions {
+    fn default() -> Self {
+        StageOptions {
+            nfs_root: PathBuf::from(crd::plan::NFS_MOUNT_DIR),
+            attempts: RETRY_ATTEMPTS,
+        }
+    }
+}
+
+/// Builds the backend the spec names, with the `storage.*` credentials. Endpoints are resolved and
+/// refused when they point at link-local or metadata addresses ([`crate::endpoint::check`]).
+pub async fn open(
+    spec: &StorageSpec,
+    credentials: &Credentials,
+    options: &StageOptions,
+) -> Result<Box<dyn Stage>> {
+    Ok(match spec.type_ {
+        StorageType::S3 => Box::new(S3Stage::from_spec(spec, credentials, options).await?),
+        StorageType::Http => Box::new(HttpStage::from_spec(spec, credentials, options).await?),
+        StorageType::Nfs => Box::new(NfsStage::from_spec(spec, options)?),
+    })
+}
 
 /// An object in staging storage.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,4 +110,126 @@ pub trait Stage: Send + Sync {
 
     /// Deletes the object (and its sidecar data). Absent objects are not an error.
     async fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// Key of the checksum sidecar of `key`.
+pub fn sidecar_key(key: &str) -> String {
+    format!("{key}.sha256")
+}
+
+/// Content of a sidecar: `sha256sum` format, so `sha256sum -c` works on a downloaded pair.
+pub(crate) fn sidecar_body(sha256: &str, key: &str) -> String {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    format!("{sha256}  {name}\n")
+}
+
+/// The hex SHA-256 in a sidecar, if it holds one.
+pub(crate) fn parse_sidecar(text: &str) -> Option<String> {
+    let hash = text.split_whitespace().next()?.to_ascii_lowercase();
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)
+}
+
+/// Refuses keys that could escape the storage root or confuse URLs: empty segments, `.`/`..`,
+/// a leading `/`, backslashes and control characters.
+pub(crate) fn validate_key(key: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::Invalid(format!("staging key {key:?}: {why}")));
+    if key.is_empty() {
+        return bad("empty");
+    }
+    if key.chars().any(|c| c.is_control() || c == '\\') {
+        return bad("control characters and backslashes are not allowed");
+    }
+    if key
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return bad("empty, `.` and `..` segments are not allowed");
+    }
+    Ok(())
+}
+
+/// `prefix/key`, with the prefix's surrounding slashes trimmed; just `key` without a prefix.
+pub(crate) fn prefixed(prefix: &str, key: &str) -> String {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}/{key}")
+    }
+}
+
+/// Where a download is written until it is verified.
+pub(crate) fn partial_path(dest: &Path) -> PathBuf {
+    let mut name = dest.as_os_str().to_owned();
+    name.push(".part");
+    PathBuf::from(name)
+}
+
+/// Ends a download: flushes and syncs the partial file, compares size and SHA-256 with `object`, and
+/// renames it to `dest`, or removes it and fails with [`Error::ChecksumMismatch`].
+pub(crate) async fn finish_download(
+    writer: FileWriter,
+    object: &StagedObject,
+    partial: &Path,
+    dest: &Path,
+) -> Result<()> {
+    let tally = writer
+        .sync()
+        .await
+        .map_err(|e| Error::io(format!("writing {}", partial.display()), e))?;
+    let (size, sha256) = tally.finish();
+    if size != object.size || sha256 != object.sha256 {
+        let _ = tokio::fs::remove_file(partial).await;
+        return Err(Error::ChecksumMismatch {
+            object: object.url.clone(),
+            expected: format!("{} ({} bytes)", object.sha256, object.size),
+            actual: format!("{sha256} ({size} bytes)"),
+        });
+    }
+    tokio::fs::rename(partial, dest).await.map_err(|e| {
+        Error::io(
+            format!("renaming {} to {}", partial.display(), dest.display()),
+            e,
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_sidecars() {
+        let key = object_key("team-a", "web-01", "vda", crd::DiskFormat::Qcow2);
+        assert_eq!(key, "team-a/web-01/vda.qcow2");
+        assert_eq!(sidecar_key(&key), "team-a/web-01/vda.qcow2.sha256");
+        assert_eq!(
+            prefixed("/vm-exports/", &key),
+            "vm-exports/team-a/web-01/vda.qcow2"
+        );
+        assert_eq!(prefixed("", &key), key);
+
+        let sha = "ab".repeat(32);
+        let body = sidecar_body(&sha, &key);
+        assert_eq!(body, format!("{sha}  vda.qcow2\n"));
+        assert_eq!(parse_sidecar(&body), Some(sha));
+        assert_eq!(parse_sidecar("not a hash"), None);
+        assert_eq!(parse_sidecar(""), None);
+    }
+
+    #[test]
+    fn refuses_escaping_keys() {
+        for bad in ["", "/etc/passwd", "a/../b", "a//b", "./a", "a\\b", "a\nb"] {
+            assert!(validate_key(bad).is_err(), "{bad:?}");
+        }
+        validate_key("ns/mig/Hard disk 1.vmdk").unwrap();
+    }
+
+    #[test]
+    fn partial_name() {
+        assert_eq!(
+            partial_path(Path::new("/scratch/vda.qcow2")),
+            PathBuf::from("/scratch/vda.qcow2.part")
+        );
+    }
 }
