@@ -1,0 +1,76 @@
+//! Kubernetes Events (events.k8s.io/v1) the operator publishes on a VMMigration: one per phase change,
+//! Job launch, retry and cleanup step. Events are best effort: a failure to publish one is logged and
+//! never fails a reconcile (the state change it describes has already been written).
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder};
+
+/// Event reasons (CamelCase, stable: users filter on them).
+pub mod reason {
+    /// A new migration was accepted (phase Pending, attempt 1).
+    pub const PENDING: &str = "Pending";
+    /// A runner Job was created.
+    pub const JOB_LAUNCHED: &str = "JobLaunched";
+    /// The runner moved the migration to another pipeline phase.
+    pub const PHASE_CHANGED: &str = "PhaseChanged";
+    /// An attempt failed with a transient error; the next one is scheduled.
+    pub const RETRY_SCHEDULED: &str = "RetryScheduled";
+    /// The migration failed for good.
+    pub const FAILED: &str = "Failed";
+    /// The migration reached Ready.
+    pub const SUCCEEDED: &str = "Succeeded";
+    /// A referenced object is missing; the operator waits for it a little.
+    pub const WAITING_FOR_REFERENCE: &str = "WaitingForReference";
+    /// The target VirtualMachine object could not be written.
+    pub const TARGET_INVENTORY_FAILED: &str = "TargetInventoryFailed";
+    /// The migration is being deleted: its running Job is stopped.
+    pub const STOPPING: &str = "StoppingRunner";
+    /// A cleanup run was launched.
+    pub const CLEANUP_STARTED: &str = "CleanupStarted";
+    /// The cleanup run succeeded.
+    pub const CLEANUP_SUCCEEDED: &str = "CleanupSucceeded";
+    /// The cleanup run failed; deletion goes on.
+    pub const CLEANUP_FAILED: &str = "CleanupFailed";
+    /// No cleanup run was possible (references gone, namespace terminating).
+    pub const CLEANUP_SKIPPED: &str = "CleanupSkipped";
+}
+
+/// What the operator was doing when it published (the Event's `action`).
+pub mod action {
+    /// Reconciling the migration's state.
+    pub const RECONCILE: &str = "Reconcile";
+    /// Launching a runner Job.
+    pub const LAUNCH: &str = "Launch";
+    /// Scheduling a retry.
+    pub const RETRY: &str = "Retry";
+    /// Finishing the migration.
+    pub const COMPLETE: &str = "Complete";
+    /// Deleting the migration.
+    pub const CLEANUP: &str = "Cleanup";
+}
+
+/// Publishes one Event about `regarding`; logs instead of failing.
+pub async fn publish(
+    recorder: &Recorder,
+    regarding: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, regarding).await {
+        tracing::warn!(
+            reason,
+            object = regarding.name.as_deref().unwrap_or_default(),
+            error = %e,
+            "could not publish Event"
+        );
+    }
+}

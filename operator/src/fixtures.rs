@@ -1,0 +1,845 @@
+//! A mock API server playing named scenarios against [`crate::reconcile`], in the style of
+//! kube-rs/controller-rs: each scenario lists the exact calls the operator must make (method, path
+//! with query, and the parts of the body that matter) and the answers it gets. A call out of order,
+//! a missing call or an extra call fails the test.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crd::VMMigration;
+use http::{Request, Response};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+
+use crate::metrics::Metrics;
+use crate::{Context, Settings, reconcile};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// The fixed "now" of every scenario.
+pub const NOW: &str = "2026-01-01T10:00:00Z";
+
+/// `NOW` shifted by `secs`, as the API writes times.
+pub fn at(secs: i64) -> String {
+    let t: Timestamp = NOW.parse().unwrap();
+    serde_json::to_value(Time(t + SignedDuration::from_secs(secs)))
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Base of the VMMigration API in namespace `default`.
+pub const VMM: &str = "/apis/infra.virtrigaud.io/v1beta1/namespaces/default/vmmigrations";
+/// Base of the Job API.
+pub const JOBS: &str = "/apis/batch/v1/namespaces/default/jobs";
+/// The events.k8s.io API.
+pub const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+
+/// What a scenario answers.
+enum Reply {
+    /// This status code and JSON body.
+    Json(u16, Value),
+    /// The request body with status 201 (a create that succeeded).
+    Echo,
+}
+
+type Check = Box<dyn Fn(&Value) + Send>;
+
+/// One expected API call.
+pub struct Call {
+    method: &'static str,
+    uri: String,
+    includes: Option<Value>,
+    check: Option<Check>,
+    reply: Reply,
+}
+
+fn status(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": reason, "reason": reason, "code": code})
+}
+
+impl Call {
+    fn new(method: &'static str, uri: impl Into<String>) -> Self {
+        Call {
+            method,
+            uri: uri.into(),
+            includes: None,
+            check: None,
+            reply: Reply::Json(200, json!({})),
+        }
+    }
+    /// A GET.
+    pub fn get(uri: impl Into<String>) -> Self {
+        Call::new("GET", uri)
+    }
+    /// A POST (create); answers with the created object.
+    pub fn post(uri: impl Into<String>) -> Self {
+        Call {
+            reply: Reply::Echo,
+            ..Call::new("POST", uri)
+        }
+    }
+    /// A PATCH.
+    pub fn patch(uri: impl Into<String>) -> Self {
+        Call::new("PATCH", uri)
+    }
+    /// A DELETE; answers Success.
+    pub fn delete(uri: impl Into<String>) -> Self {
+        Call {
+            reply: Reply::Json(
+                200,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+            ),
+            ..Call::new("DELETE", uri)
+        }
+    }
+    /// An events.k8s.io Event with this reason (and, if given, type).
+    pub fn event(reason: &str, type_: &str) -> Self {
+        Call::post(format!("{EVENTS}?")).includes(json!({
+            "reason": reason, "type": type_, "reportingController": "virtrigaud-operator",
+            "regarding": {"kind": "VMMigration", "name": "mig", "namespace": "default"},
+        }))
+    }
+    /// The body must contain `expected` (objects: these keys; arrays: same length; `"*"`: anything).
+    pub fn includes(mut self, expected: Value) -> Self {
+        self.includes = Some(expected);
+        self
+    }
+    /// Runs `f` on the body.
+    pub fn check(mut self, f: impl Fn(&Value) + Send + 'static) -> Self {
+        self.check = Some(Box::new(f));
+        self
+    }
+    /// Answers `body` with status 200.
+    pub fn ok(mut self, body: Value) -> Self {
+        self.reply = Reply::Json(200, body);
+        self
+    }
+    /// Answers 404 NotFound.
+    pub fn not_found(mut self) -> Self {
+        self.reply = Reply::Json(404, status(404, "NotFound"));
+        self
+    }
+    /// Answers 409 AlreadyExists.
+    pub fn exists(mut self) -> Self {
+        self.reply = Reply::Json(409, status(409, "AlreadyExists"));
+        self
+    }
+}
+
+/// Asserts that `actual` contains `expected` (see [`Call::includes`]).
+pub fn assert_includes(actual: &Value, expected: &Value, path: &str) {
+    match (expected, actual) {
+        (Value::String(s), a) if s == "*" => assert!(!a.is_null(), "{path}: missing"),
+        (Value::Object(e), Value::Object(a)) => {
+            for (k, v) in e {
+                let sub = format!("{path}.{k}");
+                match a.get(k) {
+                    Some(av) => assert_includes(av, v, &sub),
+                    None => panic!("{sub}: missing in {actual}"),
+                }
+            }
+        }
+        (Value::Array(e), Value::Array(a)) => {
+            assert_eq!(a.len(), e.len(), "{path}: length differs in {actual}");
+            for (i, (ev, av)) in e.iter().zip(a).enumerate() {
+                assert_includes(av, ev, &format!("{path}[{i}]"));
+            }
+        }
+        (e, a) => assert_eq!(a, e, "{path}"),
+    }
+}
+
+/// Plays `calls` on the mock server, then fails on any further call.
+async fn serve(mut handle: Handle, calls: Vec<Call>) {
+    for (i, call) in calls.into_iter().enumerate() {
+        let Some((request, send)) = handle.next_request().await else {
+            panic!(
+                "call {i}: expected {} {} but the operator made no more calls",
+                call.method, call.uri
+            );
+        };
+        let method = request.method().to_string();
+        let uri = request.uri().to_string();
+        assert_eq!(
+            (method.as_str(), uri.as_str()),
+            (call.method, call.uri.as_str()),
+            "call {i}"
+        );
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        if let Some(expected) = &call.includes {
+            assert_includes(&body, expected, &format!("call {i} {method} {uri} body"));
+        }
+        if let Some(check) = &call.check {
+            check(&body);
+        }
+        let (code, reply) = match call.reply {
+            Reply::Json(code, v) => (code, v),
+            Reply::Echo => (201, body),
+        };
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+    }
+    if let Some((request, _)) = handle.next_request().await {
+        panic!(
+            "unexpected extra call: {} {}",
+            request.method(),
+            request.uri()
+        );
+    }
+}
+
+/// Runs one reconcile of `migration` against `calls`; returns its Action.
+pub async fn scenario(migration: VMMigration, calls: Vec<Call>) -> Action {
+    scenario_with(migration, Settings::default(), calls).await
+}
+
+/// [`scenario`] with other settings.
+pub async fn scenario_with(migration: VMMigration, settings: Settings, calls: Vec<Call>) -> Action {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let now: Timestamp = NOW.parse().unwrap();
+    let ctx = Context::new(
+        client,
+        Arc::new(Metrics::new(None)),
+        settings,
+        "operator-0".into(),
+    )
+    .with_clock(Arc::new(move || now));
+    let server = tokio::spawn(serve(handle, calls));
+    let action = tokio::time::timeout(
+        Duration::from_secs(5),
+        reconcile(Arc::new(migration), Arc::new(ctx)),
+    )
+    .await
+    .expect("reconcile timed out: a call was expected that the scenario does not list")
+    .expect("reconcile failed");
+    // The context (and with it the client) is dropped: the server sees the end of the calls.
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("mock server timed out")
+        .expect("scenario failed");
+    action
+}
+
+// ----------------------------------------------------------------------------------------------
+// Objects
+// ----------------------------------------------------------------------------------------------
+
+/// A VMMigration `mig` (libvirt VM `src-vm` to Provider `vsphere` through S3), created a minute ago,
+/// with the finalizer, and `status`.
+pub fn migration(status: Value) -> VMMigration {
+    let mut m = json!({
+        "apiVersion": "infra.virtrigaud.io/v1beta1", "kind": "VMMigration",
+        "metadata": {"name": "mig", "namespace": "default", "uid": "uid-1", "resourceVersion": "7",
+                     "generation": 1, "creationTimestamp": at(-60),
+                     "finalizers": [crate::finalizer::FINALIZER]},
+        "spec": {
+            "sourceName": "src-vm", "targetProviderRef": {"name": "vsphere"},
+            "targetName": "migrated-vm",
+            "storage": {"type": "s3", "bucket": "vm-migrations", "region": "us-east-1",
+                        "credentialsSecretRef": {"name": "s3-creds"}},
+        },
+    });
+    if !status.is_null() {
+        m["status"] = status;
+    }
+    serde_json::from_value(m).unwrap()
+}
+
+/// JSON of a migration object, as the API answers a status patch.
+pub fn migration_json(m: &VMMigration) -> Value {
+    serde_json::to_value(m).unwrap()
+}
+
+/// The GETs of [`crate::resolve::resolve`] for [`migration`], all found.
+pub fn resolve_calls() -> Vec<Call> {
+    let base = "/apis/infra.virtrigaud.io/v1beta1/namespaces/default";
+    vec![
+        Call::get(format!("{base}/virtualmachines/src-vm")).ok(json!({
+            "apiVersion": "infra.virtrigaud.io/v1beta1", "kind": "VirtualMachine",
+            "metadata": {"name": "src-vm", "namespace": "default"},
+            "spec": {"providerRef": {"name": "libvirt"}}, "status": {"id": "uuid-src"}
+        })),
+        Call::get(format!("{base}/providers/libvirt")).ok(json!({
+            "apiVersion": "infra.virtrigaud.io/v1beta1", "kind": "Provider",
+            "metadata": {"name": "libvirt", "namespace": "default"},
+            "spec": {"type": "libvirt", "endpoint": "qemu+tcp://127.0.0.1/system",
+                     "credentialSecretRef": {"name": "libvirt-creds"}}
+        })),
+        Call::get(format!("{base}/providers/vsphere")).ok(json!({
+            "apiVersion": "infra.virtrigaud.io/v1beta1", "kind": "Provider",
+            "metadata": {"name": "vsphere", "namespace": "default"},
+            "spec": {"type": "vsphere", "endpoint": "https://127.0.0.1:8989",
+                     "credentialSecretRef": {"name": "vsphere-creds"}, "insecureSkipVerify": true}
+        })),
+        Call::get("/api/v1/namespaces/default/secrets/libvirt-creds").ok(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "libvirt-creds", "namespace": "default"},
+            "data": {"username": "dnJn", "password": "c2VjcmV0", "unrelated": "eA=="}
+        })),
+        Call::get("/api/v1/namespaces/default/secrets/vsphere-creds").ok(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vsphere-creds", "namespace": "default"},
+            "data": {"username": "YWRtaW4=", "password": "cGFzcw=="}
+        })),
+        Call::get("/api/v1/namespaces/default/secrets/s3-creds").ok(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": "default"},
+            "data": {"accessKey": "QUtJRA==", "secretKey": "U0VDUkVU", "note": "eA=="}
+        })),
+    ]
+}
+
+/// A Job of attempt `attempt` with `status`.
+pub fn job(name: &str, component: &str, attempt: i32, status: Value) -> Value {
+    json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": "default", "labels": {
+            "virtrigaud.io/migration": "mig", "virtrigaud.io/component": component,
+            "virtrigaud.io/attempt": attempt.to_string(),
+            "app.kubernetes.io/managed-by": "virtrigaud-operator"}},
+        "spec": {"template": {"spec": {"containers": []}}},
+        "status": status,
+    })
+}
+
+/// Job status: running.
+pub fn running() -> Value {
+    json!({"active": 1})
+}
+
+/// Job status: failed (the pod ended or vanished).
+pub fn failed() -> Value {
+    json!({"failed": 1, "conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+         "message": "Job has reached the specified backoff limit"}]})
+}
+
+/// Job status: complete.
+pub fn complete() -> Value {
+    json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]})
+}
+
+/// A PodList with one runner pod that exited with `exit_code` and `outcome` as its message.
+pub fn pods(exit_code: i32, outcome: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [{
+        "metadata": {"name": "mig-a1-abcde", "namespace": "default", "creationTimestamp": at(-30)},
+        "status": {"containerStatuses": [{
+            "name": "runner", "image": "virtrigaud/runner:dev", "imageID": "", "ready": false,
+            "restartCount": 0,
+            "state": {"terminated": {"exitCode": exit_code, "reason": "Error",
+                                     "message": outcome.to_string()}}}]}
+    }]})
+}
+
+/// A JobList.
+pub fn job_list(items: Vec<Value>) -> Value {
+    json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": items})
+}
+
+// ----------------------------------------------------------------------------------------------
+// Scenarios
+// ----------------------------------------------------------------------------------------------
+
+mod scenarios {
+    use super::*;
+    use crate::finalizer::FINALIZER;
+
+    const STATUS_PATCH: &str = "/apis/infra.virtrigaud.io/v1beta1/namespaces/default/vmmigrations/mig/status?&force=true&fieldManager=virtrigaud-operator";
+
+    #[tokio::test]
+    async fn first_reconcile_adds_the_finalizer() {
+        let mut m = migration(Value::Null);
+        m.metadata.finalizers = None;
+        let action = scenario(
+            m,
+            vec![
+                Call::patch(format!("{VMM}/mig?"))
+                    .includes(json!({
+                        "metadata": {"finalizers": [FINALIZER], "resourceVersion": "7"}
+                    }))
+                    .ok(migration_json(&migration(Value::Null))),
+            ],
+        )
+        .await;
+        assert_eq!(action, Action::await_change());
+    }
+
+    fn pending_status(attempt: i32) -> Value {
+        json!({"phase": "Pending", "startTime": at(-50), "attempt": attempt,
+               "conditions": [{"type": "Ready", "status": "False", "reason": "Pending",
+                               "lastTransitionTime": at(-50)}]})
+    }
+
+    /// The SA, Role, RoleBinding, Secret and Job creates of attempt `attempt`.
+    fn launch_calls(attempt: i32, identity_exists: bool) -> Vec<Call> {
+        let identity = |c: Call| if identity_exists { c.exists() } else { c };
+        vec![
+            identity(Call::post("/api/v1/namespaces/default/serviceaccounts?").includes(json!({
+                "metadata": {"name": "mig-runner", "ownerReferences": [{"kind": "VMMigration", "name": "mig", "uid": "uid-1", "controller": true}]},
+                "automountServiceAccountToken": false
+            }))),
+            identity(Call::post("/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles?").includes(json!({
+                "metadata": {"name": "mig-runner"},
+                "rules": [
+                    {"apiGroups": ["infra.virtrigaud.io"], "resources": ["vmmigrations"], "resourceNames": ["mig"], "verbs": ["get"]},
+                    {"apiGroups": ["infra.virtrigaud.io"], "resources": ["vmmigrations/status"], "resourceNames": ["mig"], "verbs": ["patch"]},
+                ]
+            }))),
+            identity(Call::post("/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings?").includes(json!({
+                "metadata": {"name": "mig-runner"},
+                "roleRef": {"kind": "Role", "name": "mig-runner"},
+                "subjects": [{"kind": "ServiceAccount", "name": "mig-runner", "namespace": "default"}]
+            }))),
+            Call::post("/api/v1/namespaces/default/secrets?")
+                .includes(json!({"metadata": {"name": format!("mig-runner-a{attempt}"),
+                                              "labels": {"virtrigaud.io/attempt": attempt.to_string()}}}))
+                .check(|body| {
+                    let keys: Vec<&str> = body["data"].as_object().unwrap().keys().map(String::as_str).collect();
+                    assert_eq!(keys, ["plan.json", "source.password", "source.username",
+                                      "storage.accessKey", "storage.secretKey", "target.password", "target.username"]);
+                }),
+            Call::post(format!("{JOBS}?")).includes(json!({
+                "metadata": {"name": format!("mig-a{attempt}"),
+                             "labels": {"virtrigaud.io/migration": "mig", "virtrigaud.io/attempt": attempt.to_string()},
+                             "ownerReferences": [{"kind": "VMMigration", "name": "mig", "controller": true}]},
+                "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 86400,
+                         "template": {"spec": {"serviceAccountName": "mig-runner",
+                                               "containers": [{"args": ["migrate"], "image": "virtrigaud/runner:dev"}]}}}
+            })),
+        ]
+    }
+
+    #[tokio::test]
+    async fn new_migration_goes_pending_and_launches_attempt_1() {
+        let m = migration(Value::Null);
+        let mut calls = vec![
+            Call::patch(STATUS_PATCH)
+                .includes(json!({"status": {
+                    "phase": "Pending", "startTime": NOW, "attempt": 1,
+                    "message": "waiting for the runner (attempt 1 of 3)",
+                    "conditions": [{"type": "Ready", "status": "False", "reason": "Pending", "lastTransitionTime": NOW}]
+                }}))
+                .ok(migration_json(&m)),
+            Call::event("Pending", "Normal"),
+            Call::get(format!("{JOBS}/mig-a1")).not_found(),
+        ];
+        calls.extend(resolve_calls());
+        calls.extend(launch_calls(1, false));
+        calls.push(
+            Call::event("JobLaunched", "Normal")
+                .includes(json!({"note": "attempt 1 of 3: runner Job mig-a1"})),
+        );
+        let action = scenario(m, calls).await;
+        assert_eq!(action, Action::requeue(crate::apply::RECHECK));
+    }
+
+    fn outcome(succeeded: bool, retryable: bool, reason: &str, message: &str) -> Value {
+        json!({"succeeded": succeeded, "retryable": retryable, "reason": reason, "message": message})
+    }
+
+    fn running_status(attempt: i32, phase: &str) -> Value {
+        let mut s = pending_status(attempt);
+        s["phase"] = json!(phase);
+        s["progress"] = json!(45);
+        s
+    }
+
+    #[tokio::test]
+    async fn running_job_is_left_alone_and_a_restarted_operator_creates_no_duplicate() {
+        // A fresh Context is a freshly started operator: it sees the runner's phase once (one
+        // PhaseChanged Event), finds the attempt's Job and creates nothing.
+        let m = migration(running_status(1, "Transferring"));
+        let action = scenario(
+            m,
+            vec![
+                Call::event("PhaseChanged", "Normal")
+                    .includes(json!({"note": "phase Transferring (45%)"})),
+                Call::get(format!("{JOBS}/mig-a1")).ok(job("mig-a1", "runner", 1, running())),
+            ],
+        )
+        .await;
+        assert_eq!(action, Action::requeue(crate::apply::RECHECK));
+    }
+
+    #[tokio::test]
+    async fn launch_racing_an_earlier_operator_finds_everything_created() {
+        // The Job GET raced a create by a previous process: every create answers AlreadyExists,
+        // which is success, and no JobLaunched Event or metric is recorded twice.
+        let m = migration(pending_status(1));
+        let mut calls = vec![Call::get(format!("{JOBS}/mig-a1")).not_found()];
+        calls.extend(resolve_calls());
+        calls.extend(launch_calls(1, true).into_iter().map(Call::exists));
+        let action = scenario(m, calls).await;
+        assert_eq!(action, Action::requeue(crate::apply::RECHECK));
+    }
+
+    /// A transient failure of `attempt` (of 5) schedules the next one after `backoff_secs`.
+    async fn retry_scenario(attempt: i32, backoff_secs: i64) {
+        let mut status = running_status(attempt, "Transferring");
+        status["lastError"] = json!("earlier error");
+        let mut m = migration(status);
+        m.spec.retry_policy.max_attempts = 5;
+        let next = attempt + 1;
+        let message = format!(
+            "attempt {attempt} of 5 failed (StorageUnavailable: S3 answered 503); attempt {next} starts at {}",
+            at(backoff_secs)
+        );
+        let action = scenario(
+            m.clone(),
+            vec![
+                Call::event("PhaseChanged", "Normal"),
+                Call::get(format!("{JOBS}/mig-a{attempt}")).ok(job(&format!("mig-a{attempt}"), "runner", attempt, failed())),
+                Call::get(format!(
+                    "/api/v1/namespaces/default/pods?&labelSelector=virtrigaud.io%2Fmigration%3Dmig%2Cvirtrigaud.io%2Fcomponent%3Drunner%2Cvirtrigaud.io%2Fattempt%3D{attempt}"
+                ))
+                .ok(pods(1, outcome(false, true, "StorageUnavailable", "S3 answered 503"))),
+                Call::delete(format!("/api/v1/namespaces/default/secrets/mig-runner-a{attempt}?"))
+                    .includes(json!({"propagationPolicy": "Background"})),
+                Call::patch(STATUS_PATCH)
+                    .includes(json!({"status": {
+                        "phase": "Pending", "startTime": at(-50), "attempt": next,
+                        "nextRetryTime": at(backoff_secs),
+                        "lastError": "StorageUnavailable: S3 answered 503",
+                        "message": message,
+                        "conditions": [{"type": "Ready", "status": "False", "reason": "RetryScheduled",
+                                        "lastTransitionTime": at(-50)}]
+                    }}))
+                    .check(|body| assert!(body["status"].get("completionTime").is_none()))
+                    .ok(migration_json(&m)),
+                Call::event("RetryScheduled", "Warning").includes(json!({"note": format!(
+                    "attempt {attempt} of 5 failed (StorageUnavailable: S3 answered 503); attempt {next} in {}",
+                    crd::format_duration(Duration::from_secs(backoff_secs as u64))
+                )})),
+            ],
+        )
+        .await;
+        assert_eq!(
+            action,
+            Action::requeue(Duration::from_secs(backoff_secs as u64))
+        );
+    }
+
+    #[tokio::test]
+    async fn transient_failure_schedules_retries_with_the_guides_backoff() {
+        // The guide: 5m, 10m, 20m, then capped at 30m.
+        retry_scenario(1, 300).await;
+        retry_scenario(2, 600).await;
+        retry_scenario(3, 1200).await;
+        retry_scenario(4, 1800).await;
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_retry_makes_no_calls() {
+        let mut status = pending_status(2);
+        status["nextRetryTime"] = json!(at(240));
+        let action = scenario(migration(status), vec![]).await;
+        assert_eq!(action, Action::requeue(Duration::from_secs(240)));
+    }
+
+    #[tokio::test]
+    async fn retry_time_reached_launches_the_next_attempt_and_clears_the_wait() {
+        let mut status = pending_status(2);
+        status["nextRetryTime"] = json!(at(-1));
+        status["lastError"] = json!("StorageUnavailable: S3 answered 503");
+        let m = migration(status);
+        let mut calls = vec![Call::get(format!("{JOBS}/mig-a2")).not_found()];
+        calls.extend(resolve_calls());
+        calls.extend(launch_calls(2, true));
+        calls.push(
+            Call::event("JobLaunched", "Normal")
+                .includes(json!({"note": "attempt 2 of 3: runner Job mig-a2"})),
+        );
+        calls.push(
+            Call::patch(STATUS_PATCH)
+                .includes(json!({"status": {"phase": "Pending", "attempt": 2,
+                                            "lastError": "StorageUnavailable: S3 answered 503"}}))
+                .check(|body| assert!(body["status"].get("nextRetryTime").is_none(), "{body}"))
+                .ok(migration_json(&m)),
+        );
+        let action = scenario(m.clone(), calls).await;
+        assert_eq!(action, Action::requeue(crate::apply::RECHECK));
+    }
+
+    #[tokio::test]
+    async fn terminal_failure_ends_failed_without_retry() {
+        let m = migration(running_status(1, "Validating"));
+        let action = scenario(
+            m.clone(),
+            vec![
+                Call::event("PhaseChanged", "Normal"),
+                Call::get(format!("{JOBS}/mig-a1")).ok(job("mig-a1", "runner", 1, failed())),
+                Call::get("/api/v1/namespaces/default/pods?&labelSelector=virtrigaud.io%2Fmigration%3Dmig%2Cvirtrigaud.io%2Fcomponent%3Drunner%2Cvirtrigaud.io%2Fattempt%3D1")
+                    .ok(pods(2, outcome(false, false, "StorageAuthFailed", "Storage authentication failed: SignatureDoesNotMatch"))),
+                Call::delete("/api/v1/namespaces/default/secrets/mig-runner-a1?"),
+                Call::patch(STATUS_PATCH)
+                    .includes(json!({"status": {
+                        "phase": "Failed", "attempt": 1, "completionTime": NOW,
+                        "lastError": "StorageAuthFailed: Storage authentication failed: SignatureDoesNotMatch",
+                        "message": "attempt 1 failed with a terminal error (StorageAuthFailed: Storage authentication failed: SignatureDoesNotMatch)",
+                        "conditions": [{"type": "Ready", "status": "False", "reason": "StorageAuthFailed"}]
+                    }}))
+                    .ok(migration_json(&m)),
+                Call::event("Failed", "Warning"),
+            ],
+        )
+        .await;
+        assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn transient_failure_of_the_last_attempt_ends_failed() {
+        let m = migration(running_status(3, "Importing"));
+        let action = scenario(
+            m.clone(),
+            vec![
+                Call::event("PhaseChanged", "Normal"),
+                Call::get(format!("{JOBS}/mig-a3")).ok(job("mig-a3", "runner", 3, failed())),
+                // The pod was killed and is gone: no termination state, a retryable loss.
+                Call::get("/api/v1/namespaces/default/pods?&labelSelector=virtrigaud.io%2Fmigration%3Dmig%2Cvirtrigaud.io%2Fcomponent%3Drunner%2Cvirtrigaud.io%2Fattempt%3D3")
+                    .ok(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []})),
+                Call::delete("/api/v1/namespaces/default/secrets/mig-runner-a3?"),
+                Call::patch(STATUS_PATCH)
+                    .includes(json!({"status": {
+                        "phase": "Failed", "attempt": 3, "completionTime": NOW,
+                        "lastError": "RunnerPodLost: Job has reached the specified backoff limit",
+                        "conditions": [{"type": "Ready", "status": "False", "reason": "RetriesExhausted"}]
+                    }}))
+                    .ok(migration_json(&m)),
+                Call::event("Failed", "Warning").includes(json!({"note": "attempt 3 of 3 failed (RunnerPodLost: Job has reached the specified backoff limit); no attempts left"})),
+            ],
+        )
+        .await;
+        assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn success_creates_the_target_vm_and_finishes() {
+        let mut status = running_status(1, "Ready");
+        status["progress"] = json!(100);
+        status["targetVmId"] = json!("vm-77");
+        let m = migration(status);
+        let vms = "/apis/infra.virtrigaud.io/v1beta1/namespaces/default/virtualmachines";
+        let action = scenario(
+            m.clone(),
+            vec![
+                Call::patch(format!("{vms}/migrated-vm?&fieldManager=virtrigaud-operator"))
+                    .includes(json!({
+                        "apiVersion": "infra.virtrigaud.io/v1beta1", "kind": "VirtualMachine",
+                        "metadata": {"name": "migrated-vm", "namespace": "default",
+                                     "labels": {"virtrigaud.io/migration": "mig"}},
+                        "spec": {"providerRef": {"name": "vsphere", "namespace": "default"}}
+                    }))
+                    .check(|body| assert!(body["metadata"].get("ownerReferences").is_none(), "the target VM must outlive the migration"))
+                    .ok(json!({"apiVersion": "infra.virtrigaud.io/v1beta1", "kind": "VirtualMachine",
+                               "metadata": {"name": "migrated-vm", "namespace": "default"},
+                               "spec": {"providerRef": {"name": "vsphere", "namespace": "default"}}})),
+                Call::patch(format!("{vms}/migrated-vm/status?&force=true&fieldManager=virtrigaud-operator"))
+                    .includes(json!({"kind": "VirtualMachine", "status": {"id": "vm-77"}}))
+                    .ok(json!({"apiVersion": "infra.virtrigaud.io/v1beta1", "kind": "VirtualMachine",
+                               "metadata": {"name": "migrated-vm", "namespace": "default"},
+                               "spec": {"providerRef": {"name": "vsphere"}}, "status": {"id": "vm-77"}})),
+                Call::delete("/api/v1/namespaces/default/secrets/mig-runner-a1?"),
+                Call::patch(STATUS_PATCH)
+                    .includes(json!({"status": {
+                        "phase": "Ready", "completionTime": NOW, "attempt": 1,
+                        "message": "migrated to Provider vsphere as migrated-vm (id vm-77)",
+                        "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded", "lastTransitionTime": NOW}]
+                    }}))
+                    .check(|body| assert!(body["status"].get("targetVmId").is_none(), "the runner owns targetVmId"))
+                    .ok(migration_json(&m)),
+                Call::event("Succeeded", "Normal"),
+            ],
+        )
+        .await;
+        assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn finished_migration_makes_no_calls() {
+        let mut status = running_status(1, "Ready");
+        status["completionTime"] = json!(at(-5));
+        assert_eq!(
+            scenario(migration(status), vec![]).await,
+            Action::await_change()
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_source_vm_is_awaited_then_fails() {
+        let base = "/apis/infra.virtrigaud.io/v1beta1/namespaces/default/virtualmachines/src-vm";
+        // Created a minute ago: within the 2m grace.
+        let m = migration(pending_status(1));
+        let action = scenario(
+            m,
+            vec![
+                Call::get(format!("{JOBS}/mig-a1")).not_found(),
+                Call::get(base).not_found(),
+                Call::event("WaitingForReference", "Warning")
+                    .includes(json!({"note": "VirtualMachine default/src-vm not found; waiting up to 2m after creation"})),
+            ],
+        )
+        .await;
+        assert_eq!(action, Action::requeue(crate::apply::REFERENCE_RETRY));
+
+        let mut m = migration(pending_status(1));
+        m.metadata.creation_timestamp = Some(Time(at(-600).parse().unwrap()));
+        let action = scenario(
+            m.clone(),
+            vec![
+                Call::get(format!("{JOBS}/mig-a1")).not_found(),
+                Call::get(base).not_found(),
+                Call::delete("/api/v1/namespaces/default/secrets/mig-runner-a1?").not_found(),
+                Call::patch(STATUS_PATCH)
+                    .includes(json!({"status": {"phase": "Failed", "lastError": "VirtualMachine default/src-vm not found",
+                                                "conditions": [{"reason": "ReferenceNotFound"}]}}))
+                    .ok(migration_json(&m)),
+                Call::event("Failed", "Warning"),
+            ],
+        )
+        .await;
+        assert_eq!(action, Action::await_change());
+    }
+
+    fn deleting(status: Value) -> VMMigration {
+        let mut m = migration(status);
+        m.metadata.deletion_timestamp = Some(Time(at(-10).parse().unwrap()));
+        m
+    }
+
+    const JOB_LIST: &str =
+        "/apis/batch/v1/namespaces/default/jobs?&labelSelector=virtrigaud.io%2Fmigration%3Dmig";
+
+    #[tokio::test]
+    async fn deleting_a_running_migration_stops_its_job_first() {
+        let action = scenario(
+            deleting(running_status(1, "Transferring")),
+            vec![
+                Call::get(JOB_LIST).ok(job_list(vec![job("mig-a1", "runner", 1, running())])),
+                Call::delete(format!("{JOBS}/mig-a1?"))
+                    .includes(json!({"propagationPolicy": "Foreground"})),
+                Call::event("StoppingRunner", "Normal"),
+            ],
+        )
+        .await;
+        assert_eq!(action, Action::requeue(crate::cleanup::POLL));
+    }
+
+    #[tokio::test]
+    async fn deleting_waits_while_the_runner_stops() {
+        let mut stopping = job("mig-a1", "runner", 1, running());
+        stopping["metadata"]["deletionTimestamp"] = json!(at(-5));
+        let action = scenario(
+            deleting(running_status(1, "Transferring")),
+            vec![Call::get(JOB_LIST).ok(job_list(vec![stopping]))],
+        )
+        .await;
+        assert_eq!(action, Action::requeue(crate::cleanup::POLL));
+    }
+
+    #[tokio::test]
+    async fn deleting_after_the_runner_stopped_launches_a_cleanup_run() {
+        let mut calls =
+            vec![Call::get(JOB_LIST).ok(job_list(vec![job("mig-a1", "runner", 1, failed())]))];
+        calls.extend(resolve_calls());
+        calls.extend([
+            Call::post("/api/v1/namespaces/default/serviceaccounts?").exists(),
+            Call::post("/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles?").exists(),
+            Call::post("/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings?").exists(),
+            Call::post("/api/v1/namespaces/default/secrets?")
+                .includes(json!({"metadata": {"name": "mig-cleanup", "labels": {"virtrigaud.io/component": "cleanup"}}}))
+                .check(|body| {
+                    let data: k8s_openapi::ByteString = serde_json::from_value(body["data"]["plan.json"].clone()).unwrap();
+                    let plan: crd::plan::RunnerPlan = serde_json::from_slice(&data.0).unwrap();
+                    assert_eq!(plan.mode, crd::plan::RunnerMode::Cleanup);
+                    assert!(plan.cleanup_policy.delete_intermediate && plan.cleanup_policy.delete_snapshot);
+                }),
+            Call::post(format!("{JOBS}?")).includes(json!({
+                "metadata": {"name": "mig-cleanup", "labels": {"virtrigaud.io/component": "cleanup"}},
+                "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 1800,
+                         "template": {"spec": {"containers": [{"args": ["cleanup"], "image": "virtrigaud/runner:dev"}]}}}
+            })),
+            Call::event("CleanupStarted", "Normal"),
+        ]);
+        let action = scenario(deleting(running_status(1, "Transferring")), calls).await;
+        assert_eq!(action, Action::requeue(crate::cleanup::POLL));
+    }
+
+    /// The deletes of everything the migration owns, then the finalizer's removal.
+    fn teardown(jobs: &[&str]) -> Vec<Call> {
+        let mut calls: Vec<Call> = jobs
+            .iter()
+            .map(|j| {
+                Call::delete(format!("{JOBS}/{j}?"))
+                    .includes(json!({"propagationPolicy": "Background"}))
+            })
+            .collect();
+        calls.extend([
+            Call::delete("/api/v1/namespaces/default/secrets/mig-runner-a1?").not_found(),
+            Call::delete("/api/v1/namespaces/default/secrets/mig-cleanup?"),
+            Call::delete(
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/mig-runner?",
+            ),
+            Call::delete("/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/mig-runner?"),
+            Call::delete("/api/v1/namespaces/default/serviceaccounts/mig-runner?"),
+            Call::patch(format!("{VMM}/mig?"))
+                .includes(json!({"metadata": {"finalizers": [], "resourceVersion": "7"}}))
+                .ok(migration_json(&migration(Value::Null))),
+        ]);
+        calls
+    }
+
+    #[tokio::test]
+    async fn deleting_after_cleanup_removes_everything_and_the_finalizer() {
+        let mut calls = vec![
+            Call::get(JOB_LIST).ok(job_list(vec![
+                job("mig-a1", "runner", 1, failed()),
+                job("mig-cleanup", "cleanup", 1, complete()),
+            ])),
+            Call::event("CleanupSucceeded", "Normal"),
+        ];
+        calls.extend(teardown(&["mig-a1", "mig-cleanup"]));
+        let action = scenario(deleting(running_status(1, "Transferring")), calls).await;
+        assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn deleting_a_successful_migration_keeps_the_target_vm() {
+        let mut status = running_status(1, "Ready");
+        status["completionTime"] = json!(at(-100));
+        let mut calls =
+            vec![Call::get(JOB_LIST).ok(job_list(vec![job("mig-a1", "runner", 1, complete())]))];
+        // No cleanup run and no call on virtualmachines.
+        calls.extend(teardown(&["mig-a1"]));
+        let action = scenario(deleting(status), calls).await;
+        assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn deleting_when_references_are_gone_skips_cleanup_instead_of_hanging() {
+        let mut calls = vec![
+            Call::get(JOB_LIST).ok(job_list(vec![job("mig-a1", "runner", 1, failed())])),
+            Call::get(
+                "/apis/infra.virtrigaud.io/v1beta1/namespaces/default/virtualmachines/src-vm",
+            )
+            .not_found(),
+            Call::event("CleanupSkipped", "Warning"),
+        ];
+        calls.extend(teardown(&["mig-a1"]));
+        let action = scenario(deleting(running_status(1, "Transferring")), calls).await;
+        assert_eq!(action, Action::await_change());
+    }
+}
