@@ -1,13 +1,57 @@
 //! Hypervisors, behind one trait. The pipeline calls these in phase order; each implementation
-//! (libvirt, vSphere, Proxmox, and a file-backed one for tests) lives in its own module.
+//! (libvirt, vSphere, Proxmox, and a file-backed one for tests) lives in its own module, and
+//! [`connect`] picks one from the plan.
+
+pub mod file;
+pub mod libvirt;
 
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use crd::plan::ProviderPlan;
 use crd::{DiskFormat, NetworkHint, ProviderType};
 
-use crate::Result;
+use crate::credentials::Credentials;
 use crate::progress::Progress;
+use crate::{Error, Result};
+
+/// Which end of the migration a provider is; names the credential scope (`source.*`, `target.*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Target,
+}
+
+impl Side {
+    /// The credential file prefix of this side.
+    pub fn scope(self) -> &'static str {
+        match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        }
+    }
+}
+
+/// Builds the provider the plan names, with the credentials of `side`. Types this build has no
+/// implementation for are refused with a plain message.
+pub fn connect(
+    side: Side,
+    plan: &ProviderPlan,
+    credentials: &Credentials,
+) -> Result<Box<dyn Provider>> {
+    let _ = (side.scope(), credentials);
+    match plan.type_ {
+        ProviderType::Libvirt => Ok(Box::new(libvirt::LibvirtProvider::new(
+            plan,
+            credentials,
+            side.scope(),
+        )?)),
+        ProviderType::Vsphere | ProviderType::Proxmox => Err(Error::Invalid(format!(
+            "provider type {} is not supported by this runner build",
+            plan.type_
+        ))),
+    }
+}
 
 /// Firmware of a VM, where the source says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -121,6 +165,9 @@ pub trait Provider: Send + Sync {
     async fn vm_exists(&self, name: &str) -> Result<bool>;
 
     /// Makes the disks stop changing for export. `None` when no snapshot is needed (VM stopped).
+    /// `label` is the same for every attempt of a migration: when a snapshot with this label already
+    /// exists (an earlier attempt made it), return it unchanged, so resumed exports stay consistent
+    /// with the disks staged before.
     async fn snapshot(&self, vm: &VmShape, label: &str) -> Result<Option<Snapshot>>;
 
     /// Writes one disk's content into `dir`, streaming, and returns the image written.
@@ -147,6 +194,12 @@ pub trait Provider: Send + Sync {
 
     /// Creates (and, if asked, starts) the target VM from imported disks.
     async fn create_vm(&self, vm: &CreateVm<'_>) -> Result<CreatedVm>;
+
+    /// Whether [`Provider::validate_vm`] reads disk content back. When true, the pipeline computes
+    /// the guest-visible SHA-256 of every disk it exports to compare.
+    fn reads_back(&self) -> bool {
+        false
+    }
 
     /// Checks the created VM: exists, disks attached with the expected capacity. Returns the hex
     /// SHA-256 of each disk's guest-visible content when the provider can read it back.

@@ -1,0 +1,188 @@
+//! The runner's side of the operator contract ([`crd::plan`]): where the plan, scratch space and
+//! termination message are, reading the plan, and turning a result into a [`RunnerOutcome`] and an
+//! exit code.
+
+use std::path::{Path, PathBuf};
+
+use crd::plan::{self, EXIT_OK, EXIT_RETRYABLE, EXIT_TERMINAL, RunnerOutcome, RunnerPlan};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::{Error, Result};
+
+/// Environment variable that overrides [`plan::SCRATCH_DIR`].
+pub const ENV_SCRATCH_DIR: &str = "VRG_SCRATCH_DIR";
+/// Environment variable that overrides [`plan::TERMINATION_MESSAGE_PATH`].
+pub const ENV_TERMINATION_LOG: &str = "VRG_TERMINATION_LOG";
+/// The termination message is cut at 4 KiB by Kubernetes; messages are kept well below.
+const MAX_MESSAGE: usize = 3000;
+
+/// Where the runner finds its inputs and puts its outputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paths {
+    /// The mounted runner Secret: the plan and credential files.
+    pub plan_dir: PathBuf,
+    /// Scratch space for exported and converted images.
+    pub scratch: PathBuf,
+    /// Where the outcome JSON is written.
+    pub termination_log: PathBuf,
+}
+
+impl Paths {
+    /// The contract's paths, each overridable by its environment variable.
+    pub fn from_env() -> Self {
+        let var = |name: &str, default: &str| {
+            std::env::var_os(name)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(default))
+        };
+        Paths {
+            plan_dir: var(plan::ENV_MOUNT_DIR, plan::MOUNT_DIR),
+            scratch: var(ENV_SCRATCH_DIR, plan::SCRATCH_DIR),
+            termination_log: var(ENV_TERMINATION_LOG, plan::TERMINATION_MESSAGE_PATH),
+        }
+    }
+}
+
+/// Reads and parses `plan.json` in `dir`.
+pub fn load(dir: &Path) -> Result<RunnerPlan> {
+    let path = dir.join(plan::PLAN_FILE);
+    let text = std::fs::read(&path)
+        .map_err(|e| Error::Plan(format!("reading {}: {e}", path.display())))?;
+    serde_json::from_slice(&text).map_err(|e| Error::Plan(format!("{}: {e}", path.display())))
+}
+
+/// The outcome of a run: `Completed` with the target VM id, or the error's reason and message.
+pub fn outcome(result: &Result<Option<String>>) -> RunnerOutcome {
+    match result {
+        Ok(target_vm_id) => RunnerOutcome {
+            succeeded: true,
+            retryable: false,
+            reason: "Completed".into(),
+            message: match target_vm_id {
+                Some(id) => format!("target VM {id} created and verified"),
+                None => "cleanup finished".into(),
+            },
+            target_vm_id: target_vm_id.clone(),
+        },
+        Err(e) => {
+            let mut message = e.to_string();
+            if message.len() > MAX_MESSAGE {
+                let mut end = MAX_MESSAGE;
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                message.truncate(end);
+                message.push_str("...");
+            }
+            RunnerOutcome {
+                succeeded: false,
+                retryable: e.is_retryable(),
+                reason: e.reason().into(),
+                message,
+                target_vm_id: None,
+            }
+        }
+    }
+}
+
+/// The exit code the operator reads next to the outcome.
+pub fn exit_code(outcome: &RunnerOutcome) -> i32 {
+    match (outcome.succeeded, outcome.retryable) {
+        (true, _) => EXIT_OK,
+        (false, true) => EXIT_RETRYABLE,
+        (false, false) => EXIT_TERMINAL,
+    }
+}
+
+/// Writes `outcome` as JSON to the termination message file.
+pub fn write_outcome(path: &Path, outcome: &RunnerOutcome) -> Result<()> {
+    let json = serde_json::to_vec(outcome).expect("an outcome always serializes");
+    std::fs::write(path, json).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// Bytes of a Kubernetes memory quantity (`8Gi`, `512Mi`, `2G`, `1.5Gi`, `1073741824`).
+pub fn quantity_bytes(q: &Quantity) -> Result<u64> {
+    let s = q.0.trim();
+    let bad = || {
+        Error::Invalid(format!(
+            "memory quantity {s:?} is not a size like 8Gi or 512Mi"
+        ))
+    };
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let factor: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        _ => return Err(bad()),
+    };
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let bytes = (value * factor).round();
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_and_exit_codes() {
+        let ok = outcome(&Ok(Some("vm-1".into())));
+        assert!(ok.succeeded);
+        assert_eq!(ok.target_vm_id.as_deref(), Some("vm-1"));
+        assert_eq!(exit_code(&ok), EXIT_OK);
+
+        let retry = outcome(&Err(Error::transient("s3", "503 Slow Down")));
+        assert_eq!(
+            (retry.retryable, retry.reason.as_str()),
+            (true, "Unavailable")
+        );
+        assert_eq!(exit_code(&retry), EXIT_RETRYABLE);
+
+        let terminal = outcome(&Err(Error::Invalid("é".repeat(4000))));
+        assert_eq!(exit_code(&terminal), EXIT_TERMINAL);
+        assert!(serde_json::to_vec(&terminal).unwrap().len() < 4096);
+    }
+
+    #[test]
+    fn reads_the_plan_and_writes_the_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::Plan(_)), "{err}");
+        std::fs::write(dir.path().join(plan::PLAN_FILE), "{\"attempt\": 1}").unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("plan.json"), "{err}");
+
+        let out = dir.path().join("termination-log");
+        let outcome = outcome(&Err(Error::NoSpace("scratch".into())));
+        write_outcome(&out, &outcome).unwrap();
+        let back: RunnerOutcome = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        assert_eq!(back, outcome);
+    }
+
+    #[test]
+    fn memory_quantities() {
+        let q = |s: &str| quantity_bytes(&Quantity(s.into()));
+        assert_eq!(q("8Gi").unwrap(), 8 << 30);
+        assert_eq!(q("512Mi").unwrap(), 512 << 20);
+        assert_eq!(q("2G").unwrap(), 2_000_000_000);
+        assert_eq!(q("1.5Gi").unwrap(), 3 << 29);
+        assert_eq!(q("1073741824").unwrap(), 1 << 30);
+        assert!(q("8GB").is_err());
+        assert!(q("-1Gi").is_err());
+        assert!(q("0").is_err());
+    }
+}

@@ -1,0 +1,457 @@
+//! The whole pipeline against a file-backed source and target, a local-directory stage and real
+//! qemu-img: multi-disk migration, conversion, resume, integrity, cleanup policy and live progress.
+
+mod pipeline_support;
+
+use crd::{ConditionStatus, DiskFormat, Phase, ProviderType, VMMigrationStatus};
+use pipeline_support::*;
+use runner::Error;
+use runner::progress::human_bytes;
+
+#[tokio::test]
+async fn migrates_two_disks_end_to_end() {
+    let w = World::two_disks(ProviderType::Libvirt);
+    let (result, rec) = w.run(&VMMigrationStatus::default()).await;
+    let id = result.expect("migration succeeds");
+    assert_eq!(id, format!("file-{TARGET_VM}"));
+
+    // The target holds the source content, in the target's native format (qcow2): vda was copied
+    // as is, vdb converted from raw.
+    let images = w.target_images();
+    assert_eq!(images.len(), 2);
+    for ((name, original), (format, image)) in w.originals.iter().zip(&images) {
+        assert_eq!(*format, DiskFormat::Qcow2, "{name}");
+        assert!(
+            same_content(original, image),
+            "{name} differs on the target"
+        );
+    }
+    let vm = w.target.read_vm(TARGET_VM).unwrap();
+    assert_eq!((vm.cpus, vm.memory_bytes, vm.running), (2, 2 << 30, true));
+
+    let last = rec.last();
+    assert_eq!(last.phase, Some(Phase::Ready));
+    assert_eq!(last.progress, Some(100));
+    assert_eq!(last.target_vm_id.as_deref(), Some(id.as_str()));
+    for phase in Phase::PIPELINE {
+        let c = condition(&last, phase.condition_type());
+        assert_eq!(c.status, ConditionStatus::True, "{phase}: {c:?}");
+    }
+    assert_eq!(
+        condition(&last, "Converted").reason.as_deref(),
+        Some("Converted")
+    );
+    let validated = condition(&last, "TargetValidated").message.clone().unwrap();
+    assert!(
+        validated.contains("guest content of 2 disks matches the source"),
+        "{validated}"
+    );
+
+    // One status entry per disk, with its checksum and target disk.
+    assert_eq!(last.disks.len(), 2);
+    for (d, name) in last.disks.iter().zip(["vda", "vdb"]) {
+        assert_eq!(d.name, name);
+        assert_eq!(d.target_format, Some(DiskFormat::Qcow2));
+        assert_eq!(d.sha256.as_ref().map(String::len), Some(64));
+        assert!(d.target_disk_id.is_some());
+        assert_eq!(d.staged_url, None, "deleted from staging");
+    }
+    assert_eq!(last.disks[0].source_format, Some(DiskFormat::Qcow2));
+    assert_eq!(last.disks[1].source_format, Some(DiskFormat::Raw));
+    assert_eq!(last.disks[1].source_size_bytes, Some(3 << 20));
+
+    // deleteIntermediate and deleteSnapshot (defaults): nothing left behind.
+    assert!(w.stage.objects().is_empty(), "{:?}", w.stage.objects());
+    assert!(w.source.read_vm(SOURCE_VM).unwrap().snapshots.is_empty());
+    assert_eq!(w.source.calls("delete_snapshot"), 1);
+    assert_eq!(last.snapshot_id, None);
+    assert!(files_under(&w.scratch).is_empty());
+
+    // Progress only moves forward, and phases are written in pipeline order.
+    let writes = rec.writes();
+    let progress: Vec<i32> = writes.iter().filter_map(|s| s.progress).collect();
+    assert!(progress.windows(2).all(|p| p[0] <= p[1]), "{progress:?}");
+    let mut phases: Vec<Phase> = writes.iter().filter_map(|s| s.phase).collect();
+    phases.dedup();
+    assert_eq!(
+        phases,
+        [
+            Phase::Validating,
+            Phase::Snapshotting,
+            Phase::Exporting,
+            Phase::Transferring,
+            Phase::Exporting,
+            Phase::Converting,
+            Phase::Transferring,
+            Phase::Importing,
+            Phase::Creating,
+            Phase::ValidatingTarget,
+            Phase::Ready
+        ]
+    );
+}
+
+#[tokio::test]
+async fn explicit_target_disk_format_overrides_the_native_one() {
+    // A Proxmox-like target (native qcow2) asked for streamOptimized VMDK.
+    let mut w = World::two_disks(ProviderType::Proxmox);
+    w.plan.target_disk_format = Some(DiskFormat::Vmdk);
+    let (result, rec) = w.run(&VMMigrationStatus::default()).await;
+    result.expect("migration succeeds");
+    for ((name, original), (format, image)) in w.originals.iter().zip(w.target_images()) {
+        assert_eq!(format, DiskFormat::Vmdk);
+        assert!(
+            same_content(original, &image),
+            "{name} differs on the target"
+        );
+        let info = qemu_img(&[
+            "info",
+            "--output=json",
+            "-f",
+            "vmdk",
+            image.to_str().unwrap(),
+        ]);
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(
+            info["format-specific"]["data"]["create-type"],
+            "streamOptimized"
+        );
+    }
+    let converted = condition(&rec.last(), "Converted").message.clone().unwrap();
+    assert_eq!(converted, "2 disks converted to vmdk");
+}
+
+#[tokio::test]
+async fn matching_formats_skip_conversion() {
+    let w = World::new(
+        ProviderType::Libvirt,
+        &[("vda", DiskFormat::Qcow2, 2 << 20)],
+    );
+    let (result, rec) = w.run(&VMMigrationStatus::default()).await;
+    result.expect("migration succeeds");
+    let last = rec.last();
+    assert_eq!(
+        condition(&last, "Converted").reason.as_deref(),
+        Some("Skipped")
+    );
+    assert!(
+        rec.writes()
+            .iter()
+            .all(|s| s.phase != Some(Phase::Converting))
+    );
+}
+
+#[tokio::test]
+async fn resume_skips_staged_and_imported_disks() {
+    // Attempt 1 stages and imports both disks, then creating the VM fails transiently.
+    let w = World::two_disks(ProviderType::Libvirt);
+    w.target.fail("create_vm", 1, true);
+    let (result, rec1) = w.run(&VMMigrationStatus::default()).await;
+    let err = result.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    let after1 = rec1.last();
+    assert_eq!(after1.phase, Some(Phase::Creating), "retryable: not Failed");
+    assert_eq!(condition(&after1, "Created").status, ConditionStatus::False);
+    assert!(after1.disks.iter().all(|d| d.target_disk_id.is_some()));
+
+    // Attempt 2 starts from that status: nothing is exported, uploaded or imported again.
+    let (result, rec2) = w.run(&after1).await;
+    result.expect("second attempt succeeds");
+    assert_eq!(w.source.calls("export_disk"), 2);
+    assert_eq!(w.source.calls("snapshot"), 1);
+    assert_eq!(w.stage.calls("upload", ""), 2);
+    assert_eq!(w.stage.calls("download", ""), 2);
+    assert_eq!(w.target.calls("import_disk"), 2);
+    assert_eq!(w.target.calls("create_vm"), 2);
+    assert_eq!(
+        condition(&rec2.last(), "Snapshotted").reason.as_deref(),
+        Some("Skipped")
+    );
+    for ((name, original), (_, image)) in w.originals.iter().zip(w.target_images()) {
+        assert!(same_content(original, &image), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn resume_continues_after_a_partly_staged_vm() {
+    // Attempt 1: vda is staged, the upload of vdb fails transiently. The snapshot is kept.
+    let w = World::two_disks(ProviderType::Libvirt);
+    w.stage.inject(Fault::FailUpload("vdb.qcow2".into()));
+    let (result, rec1) = w.run(&VMMigrationStatus::default()).await;
+    assert!(result.unwrap_err().is_retryable());
+    let after1 = rec1.last();
+    assert!(after1.snapshot_id.is_some(), "kept for the next attempt");
+    assert_eq!(w.source.read_vm(SOURCE_VM).unwrap().snapshots.len(), 1);
+
+    // Attempt 2 reuses the same snapshot and the verified vda object: only vdb is exported again.
+    let (result, _) = w.run(&after1).await;
+    result.expect("second attempt succeeds");
+    assert_eq!(w.source.calls("export_disk"), 3);
+    assert_eq!(w.stage.calls("upload", "vda.qcow2"), 1);
+    assert_eq!(w.stage.calls("upload", "vdb.qcow2"), 2);
+    for ((name, original), (_, image)) in w.originals.iter().zip(w.target_images()) {
+        assert!(same_content(original, &image), "{name}");
+    }
+    assert!(w.source.read_vm(SOURCE_VM).unwrap().snapshots.is_empty());
+}
+
+#[tokio::test]
+async fn resume_exports_everything_again_when_the_snapshot_is_gone() {
+    // Attempt 1 stages both disks (and deletes the snapshot, by policy), then the first import
+    // fails. Then vdb's staged object disappears.
+    let w = World::two_disks(ProviderType::Libvirt);
+    w.target.fail("import_disk", 1, true);
+    let (result, rec1) = w.run(&VMMigrationStatus::default()).await;
+    assert!(result.unwrap_err().is_retryable());
+    let after1 = rec1.last();
+    assert_eq!(after1.snapshot_id, None);
+    for f in w.stage.objects() {
+        if f.to_string_lossy().contains("vdb.qcow2") {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+
+    // vda's object is intact but comes from a snapshot that no longer exists: mixing it with a
+    // fresh vdb would give a VM whose disks are from two points in time. Both are exported again.
+    let (result, _) = w.run(&after1).await;
+    result.expect("second attempt succeeds");
+    assert_eq!(w.source.calls("export_disk"), 4);
+    assert_eq!(w.source.calls("snapshot"), 2);
+}
+
+#[tokio::test]
+async fn checksum_mismatch_on_import_is_terminal_and_no_vm_is_created() {
+    // The backend hands back vdb with a flipped byte and does not notice.
+    let w = World::two_disks(ProviderType::Libvirt);
+    w.stage.inject(Fault::CorruptDownload("vdb.qcow2".into()));
+    let (result, rec) = w.run(&VMMigrationStatus::default()).await;
+    let err = result.unwrap_err();
+    assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
+    assert!(!err.is_retryable());
+
+    assert_eq!(w.target.calls("create_vm"), 0);
+    assert!(!w.target.vm_dir(TARGET_VM).join("vm.json").exists());
+    // vda had been imported: removed again, nothing is left on the target.
+    assert_eq!(w.target.calls("delete_disk"), 1);
+    assert!(files_under(&w.target.vm_dir(TARGET_VM)).is_empty());
+
+    let last = rec.last();
+    assert_eq!(last.phase, Some(Phase::Failed));
+    let imported = condition(&last, "Imported");
+    assert_eq!(imported.status, ConditionStatus::False);
+    assert_eq!(imported.reason.as_deref(), Some("ChecksumMismatch"));
+    assert!(imported.message.as_ref().unwrap().contains("vdb.qcow2"));
+    assert!(last.disks.iter().all(|d| d.target_disk_id.is_none()));
+}
+
+#[tokio::test]
+async fn corrupted_staged_object_is_refused() {
+    // The staged bytes rot at rest: the stage's own check refuses them, terminal as well.
+    let w = World::one_disk(ProviderType::Libvirt);
+    w.target.fail("import_disk", 1, true);
+    let (result, rec1) = w.run(&VMMigrationStatus::default()).await;
+    assert!(result.unwrap_err().is_retryable());
+    let object = w
+        .stage
+        .objects()
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "qcow2"))
+        .unwrap();
+    flip_byte(&object, 5000);
+
+    // Size and sidecar still match the record, so the object is reused; the download re-hashes
+    // and catches the rot.
+    let (result, _) = w.run(&rec1.last()).await;
+    let err = result.unwrap_err();
+    assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
+    assert_eq!(w.target.calls("create_vm"), 0);
+}
+
+#[tokio::test]
+async fn delete_source_only_after_target_validation() {
+    // Validation of the target fails: the source stays, the unverified target VM goes.
+    let mut w = World::one_disk(ProviderType::Libvirt);
+    w.plan.cleanup_policy.delete_source = true;
+    w.target.fail("validate_vm", 1, false);
+    let (result, rec) = w.run(&VMMigrationStatus::default()).await;
+    assert!(result.is_err());
+    assert_eq!(w.source.calls("delete_vm"), 0);
+    assert!(w.source.read_vm(SOURCE_VM).is_ok());
+    assert_eq!(
+        condition(&rec.last(), "TargetValidated").status,
+        ConditionStatus::False
+    );
+    assert!(
+        !w.target.vm_dir(TARGET_VM).exists(),
+        "unverified target VM removed"
+    );
+
+    // Validation passes: then, and only then, the source is deleted.
+    let w = {
+        let mut w = World::one_disk(ProviderType::Libvirt);
+        w.plan.cleanup_policy.delete_source = true;
+        w
+    };
+    let (result, rec) = w.run(&VMMigrationStatus::default()).await;
+    result.expect("migration succeeds");
+    assert_eq!(w.source.calls("delete_vm"), 1);
+    assert!(matches!(
+        w.source.read_vm(SOURCE_VM),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(
+        rec.last()
+            .message
+            .unwrap()
+            .contains("source VM web deleted")
+    );
+}
+
+#[tokio::test]
+async fn keeps_what_the_policy_keeps() {
+    let mut w = World::one_disk(ProviderType::Libvirt);
+    w.plan.cleanup_policy.delete_intermediate = false;
+    w.plan.cleanup_policy.delete_snapshot = false;
+    let (result, rec) = w.run(&VMMigrationStatus::default()).await;
+    result.expect("migration succeeds");
+    assert_eq!(w.stage.objects().len(), 2, "object and checksum sidecar");
+    let last = rec.last();
+    assert!(
+        last.disks[0]
+            .staged_url
+            .as_ref()
+            .unwrap()
+            .starts_with("nfs://nfs.local/exports/")
+    );
+    assert_eq!(
+        last.snapshot_id.as_deref(),
+        Some("vrg-5f0c2a8e1b7d4c1e9a8b3d2e1f0a9b8c")
+    );
+    assert_eq!(w.source.read_vm(SOURCE_VM).unwrap().snapshots.len(), 1);
+}
+
+#[tokio::test]
+async fn progress_messages_have_the_guides_form() {
+    let w = World::one_disk(ProviderType::Libvirt);
+    w.stage.inject(Fault::StallUpload);
+    let (result, rec) = w.run(&VMMigrationStatus::default()).await;
+    result.expect("migration succeeds");
+    let messages: Vec<String> = rec
+        .writes()
+        .iter()
+        .filter(|s| s.phase == Some(Phase::Transferring))
+        .filter_map(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Transferring")
+                .and_then(|c| c.message.clone())
+        })
+        .collect();
+    // The staged image is the qcow2 file as exported.
+    let size = std::fs::metadata(&w.originals[0].1).unwrap().len();
+    let stalled = format!(
+        "Uploading disk (45% complete, {}/{})",
+        human_bytes(forty_five_percent(size)),
+        human_bytes(size)
+    );
+    assert!(
+        messages.contains(&stalled),
+        "{stalled:?} not in {messages:?}"
+    );
+    let done = format!("Uploading disk (100% complete, {0}/{0})", human_bytes(size));
+    assert!(messages.contains(&done), "{done:?} not in {messages:?}");
+    // While stalled, status.progress sat inside the upload's share, short of Importing.
+    let during = rec
+        .writes()
+        .iter()
+        .find(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.message.as_deref() == Some(stalled.as_str()))
+        })
+        .and_then(|s| s.progress)
+        .unwrap();
+    assert!((30..=60).contains(&during), "{during}");
+}
+
+#[tokio::test]
+async fn validating_fails_fast_with_a_precise_message() {
+    // The target name is taken.
+    let w = World::one_disk(ProviderType::Libvirt);
+    std::fs::create_dir_all(w.target.vm_dir(TARGET_VM)).unwrap();
+    std::fs::write(w.target.vm_dir(TARGET_VM).join("vm.json"), "{}").unwrap();
+    let (result, rec) = w.run(&VMMigrationStatus::default()).await;
+    let err = result.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("a VM named {TARGET_VM} already exists on target default/target")
+    );
+    assert_eq!(rec.last().phase, Some(Phase::Failed));
+    assert_eq!(
+        condition(&rec.last(), "Validated").status,
+        ConditionStatus::False
+    );
+    assert!(
+        w.target.vm_dir(TARGET_VM).join("vm.json").exists(),
+        "someone else's VM is never touched"
+    );
+    assert_eq!(w.source.calls("snapshot"), 0);
+
+    // The source VM does not exist.
+    let mut w = World::one_disk(ProviderType::Libvirt);
+    w.plan.source_vm.name = "nope".into();
+    let err = w.run(&VMMigrationStatus::default()).await.0.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    assert!(!err.is_retryable());
+
+    // vSphere-like targets import VMDK only.
+    let mut w = World::one_disk(ProviderType::Vsphere);
+    w.plan.target_disk_format = Some(DiskFormat::Qcow2);
+    let err = w.run(&VMMigrationStatus::default()).await.0.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "target default/target (vsphere) does not import qcow2 disks (it accepts vmdk)"
+    );
+
+    // An endpoint that points at the metadata service.
+    let mut w = World::one_disk(ProviderType::Libvirt);
+    w.plan.target.endpoint = "https://169.254.169.254:443".into();
+    let err = w.run(&VMMigrationStatus::default()).await.0.unwrap_err();
+    assert!(matches!(err, Error::ForbiddenEndpoint(_)), "{err}");
+    assert_eq!(w.target.calls("check"), 0, "refused before connecting");
+
+    // A disk larger than the scratch space (a sparse 64 TiB qcow2).
+    let w = World::one_disk(ProviderType::Libvirt);
+    let big = w.source.vm_dir(SOURCE_VM).join("vda.qcow2");
+    std::fs::remove_file(&big).unwrap();
+    qemu_img(&["create", "-q", "-f", "qcow2", big.to_str().unwrap(), "64T"]);
+    let err = w.run(&VMMigrationStatus::default()).await.0.unwrap_err();
+    assert!(matches!(err, Error::NoSpace(_)), "{err}");
+    assert!(
+        err.to_string().contains("the largest disk needs 141TB"),
+        "{err}"
+    );
+    assert_eq!(w.source.calls("snapshot"), 0);
+}
+
+#[tokio::test]
+async fn cleanup_removes_what_an_abandoned_migration_left() {
+    let mut w = World::two_disks(ProviderType::Libvirt);
+    w.plan.cleanup_policy.delete_snapshot = false;
+    w.target.fail("validate_vm", 1, true);
+    let (result, rec) = w.run(&VMMigrationStatus::default()).await;
+    assert!(result.unwrap_err().is_retryable());
+    let status = rec.last();
+    assert!(status.target_vm_id.is_some());
+    assert!(!w.stage.objects().is_empty());
+    assert_eq!(w.source.read_vm(SOURCE_VM).unwrap().snapshots.len(), 1);
+
+    runner::phases::cleanup(&w.plan, &status, &w.source, &w.target, &w.stage)
+        .await
+        .expect("cleanup succeeds");
+    assert!(w.stage.objects().is_empty(), "{:?}", w.stage.objects());
+    assert!(w.source.read_vm(SOURCE_VM).unwrap().snapshots.is_empty());
+    assert!(!w.target.vm_dir(TARGET_VM).exists());
+    // The source VM itself is untouched.
+    assert_eq!(w.source.read_vm(SOURCE_VM).unwrap().disks.len(), 2);
+}
