@@ -29,7 +29,7 @@ pub enum Error {
     CertificateGeneration(#[from] rcgen::Error),
 
     /// A Kubernetes API call failed.
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API: {}", api_message(.0))]
     Kube(#[from] kube::Error),
 
     /// The ValidatingWebhookConfiguration to patch has no webhooks or cannot be patched.
@@ -56,5 +56,15 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// An API error as one short line: the server's message with its reason and code, or the client error.
+fn api_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            format!("{} ({} {})", status.message, status.code, status.reason)
+        }
+        other => other.to_string(),
     }
 }

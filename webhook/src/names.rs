@@ -37,6 +37,12 @@ pub fn check_subdomain(value: &str) -> Result<(), String> {
             value.len()
         ));
     }
+    if let Some(long) = value.split('.').find(|part| part.len() > LABEL_MAX) {
+        return Err(format!(
+            "has a part of {} characters: each dot-separated part of a DNS-1123 subdomain has at most {LABEL_MAX}",
+            long.len()
+        ));
+    }
     if !value.split('.').all(label_chars_ok) {
         return Err(format!(
             "{value:?} is not a DNS-1123 subdomain: use lowercase letters a-z, digits 0-9, '-' and '.', each part starting and ending with a letter or digit (e.g. my-vm.prod)"

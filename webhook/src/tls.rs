@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
@@ -43,12 +43,20 @@ fn stamp(path: &Path) -> std::io::Result<FileStamp> {
 #[derive(Debug)]
 struct Loaded {
     stamps: (FileStamp, FileStamp),
+    /// The PEM bytes the key was built from.
+    pem: (Vec<u8>, Vec<u8>),
     key: Arc<CertifiedKey>,
+    /// When the files were last read.
+    read_at: Instant,
 }
 
+/// Even with unchanged stamps the files are re-read this often: an in-place rewrite of the same size
+/// within one file-timestamp tick would otherwise go unseen.
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(60);
+
 /// A certificate resolver that serves `tls.crt`/`tls.key` from a directory, re-reading them when their
-/// modification time (or size, or inode) changes. A half-written or broken pair is not served: the
-/// previous one stays until the files are valid again.
+/// modification time (or size, or inode) changes, and at least every [`RECHECK_INTERVAL`]. A
+/// half-written or broken pair is not served: the previous one stays until the files are valid again.
 #[derive(Debug)]
 pub struct ReloadingCert {
     cert_path: PathBuf,
@@ -74,16 +82,24 @@ impl ReloadingCert {
     pub fn current(&self) -> Arc<CertifiedKey> {
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         let stamps = (stamp(&self.cert_path), stamp(&self.key_path));
-        if let (Ok(cert), Ok(key)) = stamps
-            && (cert, key) != loaded.stamps
-        {
+        let changed = match stamps {
+            (Ok(cert), Ok(key)) => (cert, key) != loaded.stamps,
+            // Missing for a moment (a rename in progress): keep serving what we have.
+            _ => false,
+        };
+        if changed || loaded.read_at.elapsed() >= RECHECK_INTERVAL {
             match load(&self.cert_path, &self.key_path) {
+                Ok(fresh) if fresh.pem == loaded.pem => {
+                    loaded.stamps = fresh.stamps;
+                    loaded.read_at = fresh.read_at;
+                }
                 Ok(fresh) => {
                     tracing::info!(path = %self.cert_path.display(), "serving certificate reloaded");
                     *loaded = fresh;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "certificate files changed but cannot be loaded; serving the previous certificate");
+                    tracing::warn!(%error, "certificate files cannot be loaded; serving the previous certificate");
+                    loaded.read_at = Instant::now();
                 }
             }
         }
@@ -126,7 +142,9 @@ fn load(cert_path: &Path, key_path: &Path) -> Result<Loaded, Error> {
     certified.keys_match()?;
     Ok(Loaded {
         stamps,
+        pem: (cert_pem, key_pem),
         key: Arc::new(certified),
+        read_at: Instant::now(),
     })
 }
 
