@@ -1,0 +1,684 @@
+//! The process node against the real control plane of the e2e world.
+//!
+//! Needs `e2e/.world/kubeconfig` (e2e/scripts/control-plane-up.sh) and root; each test SKIPs with a
+//! message otherwise. Every test starts its own node (own name, kubelet port and pod CIDR, admin
+//! credentials) from the freshly built `e2e-node` binary and pins its pods to it, so the tests run in
+//! parallel and next to the world's regular node.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, ServiceAccount};
+use kube::api::{DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+fn world() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".world")
+}
+
+/// The kubectl of the control plane's scripts.
+fn kubectl() -> PathBuf {
+    if let Ok(env) = std::fs::read_to_string(world().join("control-plane.env"))
+        && let Some(path) = env.lines().find_map(|l| l.strip_prefix("export KUBECTL="))
+    {
+        return PathBuf::from(path.trim());
+    }
+    let cache = std::env::var("VRG_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/virtrigaud")
+        });
+    cache.join("k8s-v1.36.3/bin/kubectl")
+}
+
+/// `None` (after printing why) when the world is not there to test against.
+fn world_ready(test: &str) -> Option<PathBuf> {
+    let kubeconfig = world().join("kubeconfig");
+    if !kubeconfig.exists() {
+        println!(
+            "SKIP {test}: {} is absent (run e2e/scripts/control-plane-up.sh)",
+            kubeconfig.display()
+        );
+        return None;
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("SKIP {test}: the process node needs root (mount namespaces, pod routes)");
+        return None;
+    }
+    Some(kubeconfig)
+}
+
+async fn client(kubeconfig: &Path) -> Client {
+    let kc = Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("config");
+    Client::try_from(config).expect("client")
+}
+
+fn obj<T: DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).expect("object")
+}
+
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A node process of its own plus a namespace, both removed on drop.
+struct TestNode {
+    name: String,
+    namespace: String,
+    client: Client,
+    kubeconfig: PathBuf,
+    child: Child,
+    world: tempfile::TempDir,
+}
+
+impl TestNode {
+    async fn start(kubeconfig: PathBuf, tag: &str, cidr: &str) -> TestNode {
+        let client = client(&kubeconfig).await;
+        let suffix = format!("{}-{}", tag, std::process::id());
+        let name = format!("e2e-test-{suffix}");
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let pki = world().join("pki");
+        let world = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(world.path().join("node.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_e2e-node"))
+            .args(["--kubeconfig".as_ref(), kubeconfig.as_os_str()])
+            .args([
+                "--node-name",
+                &name,
+                "--pod-cidr",
+                cidr,
+                "--restart-backoff",
+                "1s",
+            ])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--world".as_ref(), world.path().as_os_str()])
+            .args([
+                "--tls-cert".as_ref(),
+                pki.join("node-e2e-node-serving.crt").as_os_str(),
+            ])
+            .args([
+                "--tls-key".as_ref(),
+                pki.join("node-e2e-node-serving.key").as_os_str(),
+            ])
+            .args(["--client-ca".as_ref(), pki.join("ca.crt").as_os_str()])
+            .args([
+                "--image",
+                "busybox-like=/bin/sh",
+                "--image",
+                "python-like=/usr/bin/python3",
+            ])
+            .env("RUST_LOG", "info,e2e=debug")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start e2e-node");
+        let namespace = format!("node-test-{suffix}");
+        let node = TestNode {
+            name,
+            namespace,
+            client,
+            kubeconfig,
+            child,
+            world,
+        };
+        let nodes: Api<Node> = Api::all(node.client.clone());
+        let node_name = node.name.clone();
+        eventually("the test node to be Ready", Duration::from_secs(60), || {
+            let nodes = nodes.clone();
+            let name = node_name.clone();
+            async move {
+                let n = nodes.get_opt(&name).await.ok()??;
+                let ready = n
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                ready.then_some(())
+            }
+        })
+        .await;
+        let ns: Api<Namespace> = Api::all(node.client.clone());
+        ns.create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": node.namespace}})),
+        )
+        .await
+        .expect("create namespace");
+        let sas: Api<ServiceAccount> = Api::namespaced(node.client.clone(), &node.namespace);
+        eventually(
+            "the default ServiceAccount",
+            Duration::from_secs(60),
+            || {
+                let sas = sas.clone();
+                async move { sas.get_opt("default").await.ok()? }
+            },
+        )
+        .await;
+        node
+    }
+
+    fn node_log(&self) -> String {
+        std::fs::read_to_string(self.world.path().join("node.log")).unwrap_or_default()
+    }
+
+    /// A pod spec pinned to this node.
+    fn pod_spec(&self, restart: &str, containers: serde_json::Value) -> serde_json::Value {
+        json!({
+            "restartPolicy": restart,
+            "nodeSelector": {"kubernetes.io/hostname": self.name},
+            "terminationGracePeriodSeconds": 3,
+            "containers": containers,
+        })
+    }
+
+    async fn wait_pod(&self, name: &str, what: &str, pred: impl Fn(&Pod) -> bool) -> Pod {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(Some(p)) = pods.get_opt(name).await
+                && pred(&p)
+            {
+                return p;
+            }
+            if Instant::now() > deadline {
+                let p = pods.get_opt(name).await.ok().flatten();
+                panic!(
+                    "timed out waiting for pod {name}: {what}\npod status: {:#?}\nnode log:\n{}",
+                    p.and_then(|p| p.status),
+                    self.node_log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(kubectl())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["-n", &self.namespace])
+            .args(args)
+            .output()
+            .expect("run kubectl");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for args in [
+            vec![
+                "delete",
+                "namespace",
+                &self.namespace,
+                "--wait=false",
+                "--ignore-not-found",
+            ],
+            vec!["delete", "node", &self.name, "--ignore-not-found"],
+        ] {
+            let _ = Command::new(kubectl())
+                .arg("--kubeconfig")
+                .arg(&self.kubeconfig)
+                .args(args)
+                .output();
+        }
+    }
+}
+
+fn terminated(
+    p: &Pod,
+    container: &str,
+) -> Option<k8s_openapi::api::core::v1::ContainerStateTerminated> {
+    p.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == container)?
+        .state
+        .as_ref()?
+        .terminated
+        .clone()
+}
+
+fn phase(p: &Pod) -> &str {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_runs_a_job_to_completion_and_serves_its_logs() {
+    let Some(kubeconfig) = world_ready("node_runs_a_job_to_completion_and_serves_its_logs") else {
+        return;
+    };
+    let node = TestNode::start(kubeconfig, "job", "10.251.0.0/16").await;
+    let jobs: Api<Job> = Api::namespaced(node.client.clone(), &node.namespace);
+    let spec = node.pod_spec(
+        "Never",
+        json!([{
+            "name": "main",
+            "image": "busybox-like:1.0",
+            "args": ["-c", "echo hello from $(POD_NAME) at $POD_IP; echo to-stderr >&2"],
+            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        }]),
+    );
+    let job: Job = obj(json!({
+        "metadata": {"name": "hello"},
+        "spec": {"backoffLimit": 0, "template": {"spec": spec}},
+    }));
+    jobs.create(&PostParams::default(), &job)
+        .await
+        .expect("create job");
+
+    let done = eventually("the Job to complete", Duration::from_secs(90), || {
+        let jobs = jobs.clone();
+        async move {
+            let j = jobs.get("hello").await.ok()?;
+            let complete = j
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Complete" && c.status == "True");
+            complete.then_some(j)
+        }
+    })
+    .await;
+    assert_eq!(
+        done.status.unwrap().succeeded,
+        Some(1),
+        "node log:\n{}",
+        node.node_log()
+    );
+
+    let pods: Api<Pod> = Api::namespaced(node.client.clone(), &node.namespace);
+    let pod = pods
+        .list(&kube::api::ListParams::default().labels("job-name=hello"))
+        .await
+        .unwrap()
+        .items
+        .pop()
+        .expect("the job's pod");
+    let pod_name = pod.metadata.name.clone().unwrap();
+    let status = pod.status.clone().unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Succeeded"));
+    let pod_ip = status.pod_ip.clone().expect("pod IP");
+    assert!(
+        pod_ip.starts_with("10.251."),
+        "pod IP {pod_ip} from the node's CIDR"
+    );
+    let t = terminated(&pod, "main").expect("terminated state");
+    assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
+
+    // through the real API server and the node's TLS kubelet API
+    let (ok, logs) = node.kubectl(&["logs", &pod_name]);
+    assert!(
+        ok,
+        "kubectl logs failed: {logs}\nnode log:\n{}",
+        node.node_log()
+    );
+    assert!(
+        logs.contains(&format!("hello from {pod_name} at {pod_ip}")),
+        "{logs}"
+    );
+    assert!(logs.contains("to-stderr"), "{logs}");
+    let (ok, tail) = node.kubectl(&["logs", &pod_name, "--tail=1"]);
+    assert!(ok && tail.trim() == "to-stderr", "{tail}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_containers_report_exit_code_and_termination_message() {
+    let Some(kubeconfig) =
+        world_ready("failing_containers_report_exit_code_and_termination_message")
+    else {
+        return;
+    };
+    let node = TestNode::start(kubeconfig, "fail", "10.252.0.0/16").await;
+    let pods: Api<Pod> = Api::namespaced(node.client.clone(), &node.namespace);
+    let spec = node.pod_spec(
+        "Never",
+        json!([
+            {"name": "explicit", "image": "busybox-like", "command": ["sh", "-c", "printf 'disk full' > /dev/termination-log; exit 3"]},
+            {"name": "custom-path", "image": "busybox-like", "terminationMessagePath": "/tmp/e2e-why",
+             "command": ["sh", "-c", "echo custom > /tmp/e2e-why; exit 5"]},
+            {"name": "fallback", "image": "busybox-like", "terminationMessagePolicy": "FallbackToLogsOnError",
+             "command": ["sh", "-c", "echo first; echo last words; exit 4"]},
+        ]),
+    );
+    pods.create(
+        &PostParams::default(),
+        &obj(json!({"metadata": {"name": "fails"}, "spec": spec})),
+    )
+    .await
+    .expect("create pod");
+    let pod = node
+        .wait_pod("fails", "phase Failed", |p| phase(p) == "Failed")
+        .await;
+    let explicit = terminated(&pod, "explicit").unwrap();
+    assert_eq!(explicit.exit_code, 3);
+    assert_eq!(explicit.reason.as_deref(), Some("Error"));
+    assert_eq!(explicit.message.as_deref(), Some("disk full"));
+    let custom = terminated(&pod, "custom-path").unwrap();
+    assert_eq!(
+        (custom.exit_code, custom.message.as_deref()),
+        (5, Some("custom\n"))
+    );
+    let fallback = terminated(&pod, "fallback").unwrap();
+    assert_eq!(
+        (fallback.exit_code, fallback.message.as_deref()),
+        (4, Some("first\nlast words\n"))
+    );
+    // the bind mount of the message file was private to the container
+    assert!(
+        !Path::new("/tmp/e2e-why").exists()
+            || std::fs::read_to_string("/tmp/e2e-why").unwrap() != "custom\n"
+    );
+
+    // an unknown image waits with a pull-like error, as on a real node
+    let spec = node.pod_spec(
+        "Never",
+        json!([{"name": "c", "image": "example.com/nowhere:1"}]),
+    );
+    pods.create(
+        &PostParams::default(),
+        &obj(json!({"metadata": {"name": "no-image"}, "spec": spec})),
+    )
+    .await
+    .unwrap();
+    let pod = node
+        .wait_pod("no-image", "a waiting reason", |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c[0].state.as_ref()?.waiting.as_ref()?.reason.clone())
+                .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+        })
+        .await;
+    let message = pod.status.unwrap().container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .waiting
+        .unwrap()
+        .message
+        .unwrap();
+    assert!(
+        message.contains("--image example.com/nowhere="),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secret_volume_and_projected_service_account_token_are_where_programs_expect_them() {
+    let Some(kubeconfig) = world_ready("secret_volume_and_projected_service_account_token") else {
+        return;
+    };
+    let node = TestNode::start(kubeconfig, "vol", "10.253.0.0/16").await;
+    let secrets: Api<Secret> = Api::namespaced(node.client.clone(), &node.namespace);
+    let secret: Secret = obj(json!({
+        "metadata": {"name": "creds"},
+        "stringData": {"password": "s3cr3t", "user": "admin"},
+    }));
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let script = format!(
+        "cat /etc/creds/password; echo; ls /etc/creds | tr '\\n' ' '; echo; cat {sa}/namespace; echo; \
+         echo scratch > /scratch/x && cat /scratch/x; \
+         curl -s --cacert {sa}/ca.crt -H \"Authorization: Bearer $(cat {sa}/token)\" \
+           https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api/v1/namespaces/$NS/pods/$HOSTNAME \
+           -o /dev/null -w 'api:%{{http_code}}\\n'"
+    );
+    let mut spec = node.pod_spec(
+        "Never",
+        json!([{
+            "name": "reader",
+            "image": "busybox-like",
+            "command": ["sh", "-c", script],
+            "env": [{"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
+            "volumeMounts": [
+                {"name": "creds", "mountPath": "/etc/creds", "readOnly": true},
+                {"name": "scratch", "mountPath": "/scratch"},
+            ],
+        }]),
+    );
+    spec["volumes"] = json!([
+        {"name": "creds", "secret": {"secretName": "creds"}},
+        {"name": "scratch", "emptyDir": {}},
+    ]);
+    // the default ServiceAccount may read nothing: give it `get pods` to see the token really works
+    let (ok, out) = node.kubectl(&[
+        "create",
+        "role",
+        "pod-reader",
+        "--verb=get",
+        "--resource=pods",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = node.kubectl(&[
+        "create",
+        "rolebinding",
+        "pod-reader",
+        "--role=pod-reader",
+        &format!("--serviceaccount={}:default", node.namespace),
+    ]);
+    assert!(ok, "{out}");
+    let pods: Api<Pod> = Api::namespaced(node.client.clone(), &node.namespace);
+    pods.create(
+        &PostParams::default(),
+        &obj(json!({"metadata": {"name": "reader"}, "spec": spec})),
+    )
+    .await
+    .unwrap();
+    let pod = node
+        .wait_pod("reader", "a terminal phase", |p| {
+            matches!(phase(p), "Succeeded" | "Failed")
+        })
+        .await;
+    let (_, logs) = node.kubectl(&["logs", "reader"]);
+    assert_eq!(
+        phase(&pod),
+        "Succeeded",
+        "logs: {logs}\nnode log:\n{}",
+        node.node_log()
+    );
+    let lines: Vec<&str> = logs.lines().collect();
+    assert_eq!(lines[0], "s3cr3t", "{logs}");
+    assert_eq!(lines[1].trim(), "password user", "{logs}");
+    assert_eq!(lines[2], node.namespace, "{logs}");
+    assert_eq!(lines[3], "scratch", "{logs}");
+    assert_eq!(
+        lines[4], "api:200",
+        "the projected token authenticates: {logs}"
+    );
+    // nothing of the pod's mounts is visible on the host
+    assert!(!Path::new("/etc/creds/password").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_running_pod_kills_its_process_and_removes_the_pod() {
+    let Some(kubeconfig) = world_ready("deleting_a_running_pod_kills_its_process") else {
+        return;
+    };
+    let node = TestNode::start(kubeconfig, "del", "10.254.0.0/16").await;
+    let pods: Api<Pod> = Api::namespaced(node.client.clone(), &node.namespace);
+    let spec = node.pod_spec(
+        "Always",
+        json!([{"name": "sleeper", "image": "busybox-like", "command": ["sh", "-c", "echo started; exec sleep 1000"]}]),
+    );
+    pods.create(
+        &PostParams::default(),
+        &obj(json!({"metadata": {"name": "sleeper"}, "spec": spec})),
+    )
+    .await
+    .unwrap();
+    let pod = node
+        .wait_pod("sleeper", "Running and Ready", |p| {
+            phase(p) == "Running"
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .await;
+    let uid = pod.metadata.uid.clone().unwrap();
+    let pid_file = node
+        .world
+        .path()
+        .join("pods")
+        .join(format!("{}_sleeper_{uid}", node.namespace))
+        .join("containers/sleeper/pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid file")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "sleep");
+
+    let started = Instant::now();
+    pods.delete("sleeper", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the pod object to be gone", Duration::from_secs(30), || {
+        let pods = pods.clone();
+        async move { pods.get_opt("sleeper").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "process {pid} still alive"
+    );
+    // sleep dies on SIGTERM: no need to wait for the 3 s grace period's SIGKILL
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        !pid_file.parent().unwrap().exists(),
+        "pod directory removed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ready_deployment_pod_becomes_a_service_endpoint() {
+    let Some(kubeconfig) = world_ready("a_ready_deployment_pod_becomes_a_service_endpoint") else {
+        return;
+    };
+    let node = TestNode::start(kubeconfig, "svc", "10.250.0.0/16").await;
+    let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
+    let mut spec = node.pod_spec(
+        "Always",
+        json!([{
+            "name": "web",
+            "image": "python-like:3",
+            "args": ["-m", "http.server", "8080", "--bind", "$(POD_IP)"],
+            "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+        }]),
+    );
+    spec["terminationGracePeriodSeconds"] = json!(1);
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(node.client.clone(), &node.namespace);
+    deployments
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "metadata": {"name": "web"},
+                "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                         "template": {"metadata": {"labels": labels}, "spec": spec}},
+            })),
+        )
+        .await
+        .unwrap();
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(node.client.clone(), &node.namespace);
+    services
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "web"},
+                        "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": "http"}]}})),
+        )
+        .await
+        .unwrap();
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(node.client.clone(), &node.namespace);
+    let address = eventually(
+        "a ready endpoint for Service web",
+        Duration::from_secs(90),
+        || {
+            let slices = slices.clone();
+            async move {
+                let list = slices
+                    .list(
+                        &kube::api::ListParams::default().labels("kubernetes.io/service-name=web"),
+                    )
+                    .await
+                    .ok()?;
+                list.items
+                    .iter()
+                    .flat_map(|s| s.endpoints.iter().flatten())
+                    .find_map(|e| {
+                        let ready = e.conditions.as_ref()?.ready?;
+                        ready.then(|| e.addresses[0].clone())
+                    })
+            }
+        },
+    )
+    .await;
+    assert!(address.starts_with("10.250."), "{address}");
+    // the endpoint answers on the pod IP, as the API server (aggregator routing) would call it
+    let body = reqwest::get(format!("http://{address}:8080/"))
+        .await
+        .unwrap();
+    assert!(body.status().is_success());
+}
