@@ -44,23 +44,41 @@ async fn client(args: &NodeArgs) -> Result<(Client, String, u16)> {
     Ok((client, host, port))
 }
 
-/// Makes every address of `cidr` local (AnyIP), so pods can listen on their own IP.
-pub fn ensure_pod_route(cidr: &Cidr) -> Result<()> {
+fn ip(args: &[&str]) -> Result<String> {
     let out = std::process::Command::new("ip")
-        .args(["route", "replace", "local", &cidr.to_string(), "dev", "lo"])
+        .args(args)
         .output()
         .map_err(|source| Error::Spawn {
             program: "ip".into(),
             source,
         })?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(Error::Config(format!(
-            "ip route replace local {cidr} dev lo: {}",
+            "ip {}: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         )))
     }
+}
+
+/// Makes every address of `cidr` local (AnyIP), so pods can listen on their own IP. Returns
+/// whether the route was added (rather than already there).
+pub fn ensure_pod_route(cidr: &Cidr) -> Result<bool> {
+    let c = cidr.to_string();
+    let present = !ip(&["route", "show", "table", "local", "type", "local", &c])?
+        .trim()
+        .is_empty();
+    if !present {
+        ip(&["route", "replace", "local", &c, "dev", "lo"])?;
+    }
+    Ok(!present)
+}
+
+/// Removes the route [`ensure_pod_route`] added.
+pub fn remove_pod_route(cidr: &Cidr) -> Result<()> {
+    ip(&["route", "del", "local", &cidr.to_string(), "dev", "lo"]).map(drop)
 }
 
 fn image_map(args: &NodeArgs) -> Result<ImageMap> {
@@ -83,9 +101,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     let images = image_map(&args)?;
     let tls = kubelet_api::tls_config(&args.tls_cert, &args.tls_key, &args.client_ca)?;
     let (client, apiserver_host, apiserver_port) = client(&args).await?;
-    if !args.no_pod_route {
-        ensure_pod_route(&cidr)?;
-    }
+    let added_route = !args.no_pod_route && ensure_pod_route(&cidr)?;
     let pods_root = args.world.join("pods");
     std::fs::create_dir_all(&pods_root).map_err(Error::io("create", &pods_root))?;
     let killed = process::kill_leftovers(&pods_root);
@@ -127,6 +143,11 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         capacity,
         max_pods: args.max_pods,
         pod_cidr: cidr.to_string(),
+        taints: args
+            .taints
+            .iter()
+            .map(|t| node::parse_taint(t))
+            .collect::<Result<_>>()?,
     };
     let node = loop {
         match node::register(&client, &info).await {
@@ -154,6 +175,9 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     heartbeat.abort();
     api_task.abort();
     process::stop_recorded(&pods_root, NODE_STOP_GRACE).await;
+    if added_route && let Err(e) = remove_pod_route(&cidr) {
+        tracing::warn!(error = %e, "pod route not removed");
+    }
     Ok(())
 }
 

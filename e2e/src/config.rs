@@ -80,6 +80,11 @@ pub struct NodeArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
 
+    /// Taints the Node is registered with, `key[=value]:Effect` (repeatable), like the kubelet's
+    /// `--register-with-taints`.
+    #[arg(long = "register-with-taint", value_name = "KEY[=VALUE]:EFFECT")]
+    pub taints: Vec<String>,
+
     /// Maximum number of pods (Node capacity).
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,

@@ -383,6 +383,101 @@ mod tests {
         assert!(body.contains("\"name\":\"p\""), "{body}");
     }
 
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
+    struct Pki {
+        dir: tempfile::TempDir,
+        client_pem: String,
+        stranger_pem: String,
+    }
+
+    fn pki() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf = |names: Vec<String>, issuer: &CertifiedIssuer<'_, KeyPair>| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, issuer)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_crt, server_key) = leaf(vec!["127.0.0.1".into()], &ca);
+        let (client_crt, client_key) = leaf(vec!["kube-apiserver-kubelet-client".into()], &ca);
+        let mut other_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        other_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let other_ca =
+            CertifiedIssuer::self_signed(other_params, KeyPair::generate().unwrap()).unwrap();
+        let (stranger_crt, stranger_key) = leaf(vec!["stranger".into()], &other_ca);
+        std::fs::write(dir.path().join("ca.crt"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("server.crt"), server_crt).unwrap();
+        std::fs::write(dir.path().join("server.key"), server_key).unwrap();
+        Pki {
+            dir,
+            client_pem: format!("{client_crt}{client_key}"),
+            stranger_pem: format!("{stranger_crt}{stranger_key}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_server_authenticates_clients_by_the_ca() {
+        let pki = pki();
+        let d = pki.dir.path();
+        let tls = tls_config(
+            &d.join("server.crt"),
+            &d.join("server.key"),
+            &d.join("ca.crt"),
+        )
+        .unwrap();
+        let logs_dir = tempfile::tempdir().unwrap();
+        let p = logs::log_path(logs_dir.path(), "c", 0);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, "2026-01-01T00:00:00Z stdout F over tls\n").unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(listener, tls, router(state(logs_dir.path()))));
+
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(d.join("ca.crt")).unwrap()).unwrap();
+        let client = |identity: Option<&str>| {
+            let mut b = reqwest::Client::builder()
+                .add_root_certificate(ca.clone())
+                .use_rustls_tls();
+            if let Some(pem) = identity {
+                b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+            }
+            b.build().unwrap()
+        };
+        let url = format!("https://{addr}/containerLogs/ns/p/c");
+        let resp = client(Some(&pki.client_pem))
+            .get(&url)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "over tls\n");
+
+        let anonymous = client(None);
+        assert_eq!(anonymous.get(&url).send().await.unwrap().status(), 401);
+        let health = anonymous
+            .get(format!("https://{addr}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
+
+        // a certificate from another CA fails the handshake
+        assert!(
+            client(Some(&pki.stranger_pem))
+                .get(&url)
+                .send()
+                .await
+                .is_err()
+        );
+        server.abort();
+    }
+
     #[test]
     fn since_seconds_becomes_a_time() {
         let q: HashMap<String, String> = [("sinceSeconds".to_string(), "60".to_string())].into();

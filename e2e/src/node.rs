@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
     DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
-    NodeSystemInfo,
+    NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference, Time};
@@ -15,7 +15,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::volumes::NodeCapacity;
 
 /// Version the node reports as its kubelet version (that of the control plane it joins).
@@ -38,6 +38,34 @@ pub struct NodeInfo {
     pub max_pods: u32,
     /// Pod CIDR (informational).
     pub pod_cidr: String,
+    /// Taints set when the Node is created.
+    pub taints: Vec<Taint>,
+}
+
+/// Parses `key[=value]:Effect`.
+pub fn parse_taint(s: &str) -> Result<Taint> {
+    let bad = || {
+        Error::Config(format!(
+            "taint {s:?}: expected KEY[=VALUE]:NoSchedule|PreferNoSchedule|NoExecute"
+        ))
+    };
+    let (kv, effect) = s.rsplit_once(':').ok_or_else(bad)?;
+    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        return Err(bad());
+    }
+    let (key, value) = match kv.split_once('=') {
+        Some((k, v)) => (k, Some(v.to_string())),
+        None => (kv, None),
+    };
+    if key.is_empty() {
+        return Err(bad());
+    }
+    Ok(Taint {
+        key: key.into(),
+        value,
+        effect: effect.into(),
+        time_added: None,
+    })
 }
 
 /// CPU cores and memory of this machine.
@@ -196,6 +224,7 @@ pub async fn register(client: &Client, info: &NodeInfo) -> Result<Node> {
             spec: Some(k8s_openapi::api::core::v1::NodeSpec {
                 pod_cidr: Some(info.pod_cidr.clone()),
                 pod_cidrs: Some(vec![info.pod_cidr.clone()]),
+                taints: (!info.taints.is_empty()).then(|| info.taints.clone()),
                 ..Default::default()
             }),
             status: None,
@@ -309,7 +338,20 @@ mod tests {
             },
             max_pods: 110,
             pod_cidr: "10.244.0.0/16".into(),
+            taints: vec![],
         }
+    }
+
+    #[test]
+    fn taints_parse_like_register_with_taints() {
+        let t = parse_taint("e2e/test=node-1:NoSchedule").unwrap();
+        assert_eq!(
+            (t.key.as_str(), t.value.as_deref(), t.effect.as_str()),
+            ("e2e/test", Some("node-1"), "NoSchedule")
+        );
+        assert_eq!(parse_taint("dedicated:NoExecute").unwrap().value, None);
+        assert!(parse_taint("k=v:Sometimes").is_err());
+        assert!(parse_taint("novalue").is_err());
     }
 
     #[test]
