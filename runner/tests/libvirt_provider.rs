@@ -1,0 +1,552 @@
+//! The libvirt provider against the e2e world's real libvirtd (qemu guests, SASL over TCP, a dir
+//! pool): inspection, snapshot, sparse export, commit back, import, define, validate, delete, and
+//! the terminal errors. Needs `make e2e-up`.
+
+mod libvirt_world;
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+
+use crd::DiskFormat;
+use libvirt_world::{World, convert, guest_bytes, same_content, unique};
+use runner::Error;
+use runner::credentials::Credentials;
+use runner::progress::Progress;
+use runner::provider::libvirt::LibvirtProvider;
+use runner::provider::{CreateVm, Firmware, ImportDisk, LocalImage, Provider};
+use sha2::{Digest as _, Sha256};
+
+const MIB: u64 = 1 << 20;
+
+/// Writes `pattern` over the first MiB of `disk` from inside the running guest's QEMU, as the guest
+/// would.
+fn guest_write(world: &World, domain: &str, disk_index: usize, pattern: u8) {
+    let cmd = format!(
+        "qemu-io -d /machine/peripheral/virtio-disk{disk_index}/virtio-backend \"write -P {pattern} 0 1M\""
+    );
+    let out = world.virsh_ok(&["qemu-monitor-command", "--hmp", domain, &cmd]);
+    assert!(out.trim().is_empty(), "qemu-io: {out}");
+}
+
+fn dump(world: &World, domain: &str, inactive: bool) -> String {
+    let mut args = vec!["dumpxml", domain];
+    if inactive {
+        args.push("--inactive");
+    }
+    world.virsh_ok(&args)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn running_domain_snapshot_export_and_commit_back() {
+    let world = World::load();
+    let name = unique("lvt-run");
+    let refs = tempfile::tempdir().unwrap();
+    let _guard = world.make_source_vm(&name, true, refs.path());
+    let p = world.provider("source");
+    p.check().await.unwrap();
+
+    let vm = p.inspect_vm(&name).await.unwrap();
+    assert!(vm.running);
+    assert_eq!(
+        (vm.cpus, vm.memory_bytes, vm.firmware, vm.nics),
+        (1, 64 * MIB, Firmware::Bios, 0)
+    );
+    let disks: Vec<(&str, DiskFormat, u64)> = vm
+        .disks
+        .iter()
+        .map(|d| (d.name.as_str(), d.format, d.virtual_size))
+        .collect();
+    assert_eq!(
+        disks,
+        [
+            ("vda", DiskFormat::Qcow2, 64 * MIB),
+            ("vdb", DiskFormat::Raw, 64 * MIB)
+        ],
+        "the cdrom is skipped, data disks in bus order"
+    );
+    let pool = world.pool_dir();
+    assert_eq!(
+        vm.disks[0].locator,
+        pool.join(format!("{name}-vda.qcow2")).display().to_string()
+    );
+
+    let live_before = dump(&world, &name, false);
+    let inactive_before = dump(&world, &name, true);
+
+    let label = format!("vrg-{name}");
+    let snap = p
+        .snapshot(&vm, &label)
+        .await
+        .unwrap()
+        .expect("a running domain is snapshotted");
+    let blk = world.virsh_ok(&["domblklist", &name]);
+    assert!(blk.contains(&format!("{name}-vda.qcow2.{label}")), "{blk}");
+
+    // the guest keeps writing during the export: into the overlays, not the frozen base images
+    guest_write(&world, &name, 0, 0x77);
+    guest_write(&world, &name, 1, 0x77);
+
+    let out = tempfile::tempdir().unwrap();
+    for (disk, reference) in vm.disks.iter().zip(["vda.raw", "vdb.raw"]) {
+        let progress = Progress::default();
+        let image = p
+            .export_disk(&vm, disk, Some(&snap), out.path(), &progress)
+            .await
+            .unwrap();
+        assert_eq!(image.format, disk.format);
+        assert!(
+            same_content(&image.path, &refs.path().join(reference)),
+            "exported {} differs from the content the fixture wrote",
+            disk.name
+        );
+        assert_eq!(progress.done(), progress.total(), "{}", disk.name);
+        assert!(progress.total() > 0);
+    }
+    let vdb = std::fs::metadata(out.path().join("vdb.raw")).unwrap();
+    assert_eq!(vdb.len(), 64 * MIB);
+    assert!(
+        vdb.blocks() * 512 < 20 * MIB,
+        "holes stay holes: {} bytes allocated for 13 MiB of data",
+        vdb.blocks() * 512
+    );
+
+    // a retry of the same attempt finds its snapshot in place and reuses it
+    let again = p.snapshot(&vm, &label).await.unwrap().unwrap();
+    assert_eq!(again, snap);
+
+    p.delete_snapshot(&vm, &snap).await.unwrap();
+    assert_eq!(
+        dump(&world, &name, false),
+        live_before,
+        "live definition restored"
+    );
+    assert_eq!(
+        dump(&world, &name, true),
+        inactive_before,
+        "persistent definition restored"
+    );
+    assert_eq!(
+        world.virsh_ok(&["snapshot-list", &name, "--name"]).trim(),
+        ""
+    );
+    for dev in ["vda.qcow2", "vdb.raw"] {
+        let overlay = pool.join(format!("{name}-{dev}.{label}"));
+        assert!(!overlay.exists(), "{} left behind", overlay.display());
+    }
+    assert_eq!(
+        world.volumes(&name).len(),
+        2,
+        "only the two base volumes remain"
+    );
+    // the guest's writes made during the export were committed into the base images
+    for dev in ["vda.qcow2", "vdb.raw"] {
+        let bytes = guest_bytes(&pool.join(format!("{name}-{dev}")), out.path());
+        assert!(
+            bytes[..MIB as usize].iter().all(|b| *b == 0x77),
+            "{dev} lost the guest's write"
+        );
+        assert!(
+            bytes[MIB as usize..2 * MIB as usize]
+                .iter()
+                .all(|b| *b != 0x77)
+        );
+    }
+    assert!(world.virsh_ok(&["domstate", &name]).contains("running"));
+
+    // deleting again is a no-op
+    p.delete_snapshot(&vm, &snap).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stopped_domain_exports_without_snapshot() {
+    let world = World::load();
+    let name = unique("lvt-off");
+    let refs = tempfile::tempdir().unwrap();
+    let _guard = world.make_source_vm(&name, false, refs.path());
+    let p = world.provider("source");
+
+    let vm = p.inspect_vm(&name).await.unwrap();
+    assert!(!vm.running);
+    assert_eq!(p.snapshot(&vm, "vrg-x").await.unwrap(), None);
+    assert_eq!(
+        world.virsh_ok(&["snapshot-list", &name, "--name"]).trim(),
+        ""
+    );
+    let out = tempfile::tempdir().unwrap();
+    for (disk, reference) in vm.disks.iter().zip(["vda.raw", "vdb.raw"]) {
+        let image = p
+            .export_disk(&vm, disk, None, out.path(), &Progress::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            image.path,
+            out.path().join(format!("{}.{}", disk.name, disk.format))
+        );
+        assert!(same_content(&image.path, &refs.path().join(reference)));
+    }
+}
+
+fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn import_define_validate_and_delete() {
+    let world = World::load();
+    let name = unique("lvt-new");
+    let _guard = world.guard(&name);
+    let refs = tempfile::tempdir().unwrap();
+    // reference content from the fixture, without keeping its domain
+    let src = unique("lvt-ref");
+    drop(world.make_source_vm(&src, false, refs.path()));
+    let vda = LocalImage {
+        path: refs.path().join("vda.qcow2"),
+        format: DiskFormat::Qcow2,
+    };
+    convert(&refs.path().join("vda.raw"), &vda.path, "qcow2");
+    let vdb = LocalImage {
+        path: refs.path().join("vdb.raw"),
+        format: DiskFormat::Raw,
+    };
+
+    let p = world.provider("target");
+    let mut imported = Vec::new();
+    for (i, (disk, image)) in [("vda", &vda), ("vdb", &vdb)].into_iter().enumerate() {
+        let progress = Progress::default();
+        let d = p
+            .import_disk(
+                &ImportDisk {
+                    vm_name: &name,
+                    index: i,
+                    disk_name: disk,
+                    image,
+                    virtual_size: 64 * MIB,
+                    storage_hint: Some("default"),
+                },
+                &progress,
+            )
+            .await
+            .unwrap();
+        assert_eq!((d.format, d.virtual_size), (image.format, 64 * MIB));
+        assert!(same_content(
+            Path::new(&d.id),
+            &refs.path().join(format!("{disk}.raw"))
+        ));
+        assert_eq!(
+            progress.done(),
+            std::fs::metadata(&image.path).unwrap().len()
+        );
+        imported.push(d);
+    }
+    // the raw volume stayed sparse
+    let raw_vol = std::fs::metadata(&imported[1].id).unwrap();
+    assert!(
+        raw_vol.blocks() * 512 < 20 * MIB,
+        "{} bytes allocated",
+        raw_vol.blocks() * 512
+    );
+
+    // a second import of the same disk is a name clash
+    let clash = p
+        .import_disk(
+            &ImportDisk {
+                vm_name: &name,
+                index: 1,
+                disk_name: "vdb",
+                image: &vdb,
+                virtual_size: 64 * MIB,
+                storage_hint: None,
+            },
+            &Progress::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(clash, Error::Invalid(ref m) if m.contains("already exists")),
+        "{clash}"
+    );
+
+    let spec = CreateVm {
+        name: &name,
+        cpus: 2,
+        memory_bytes: 96 * MIB,
+        firmware: Firmware::Bios,
+        disks: &imported,
+        networks: &[],
+        start: false,
+    };
+    assert!(!p.vm_exists(&name).await.unwrap());
+    let created = p.create_vm(&spec).await.unwrap();
+    assert_eq!(created.id.len(), 36, "a UUID: {}", created.id);
+    assert!(p.vm_exists(&name).await.unwrap());
+    let shape = p.inspect_vm(&name).await.unwrap();
+    assert_eq!(
+        (shape.cpus, shape.memory_bytes, shape.running),
+        (2, 96 * MIB, false)
+    );
+    assert_eq!(shape.id, created.id);
+
+    // stopped: the raw disk is hashed on read-back, the qcow2 one cannot be
+    let hashes = p.validate_vm(&spec).await.unwrap();
+    assert_eq!(hashes, [None, Some(sha256_file(&vdb.path))]);
+
+    // the same name again is a clash
+    let clash = p.create_vm(&spec).await.unwrap_err();
+    assert!(
+        matches!(clash, Error::Invalid(ref m) if m.contains("already exists")),
+        "{clash}"
+    );
+
+    // defined again and started (the disks stay): the guest runs and validation checks it
+    world.virsh_ok(&["undefine", &name]);
+    let running = CreateVm {
+        start: true,
+        ..spec
+    };
+    p.create_vm(&running).await.unwrap();
+    assert!(world.virsh_ok(&["domstate", &name]).contains("running"));
+    assert_eq!(p.validate_vm(&running).await.unwrap(), [None, None]);
+    // a disk of the wrong size fails validation
+    let mut wrong = imported.clone();
+    wrong[1].virtual_size += 1;
+    let err = p
+        .validate_vm(&CreateVm {
+            disks: &wrong,
+            ..running
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("capacity"), "{err}");
+
+    p.delete_vm(&name).await.unwrap();
+    assert!(!p.vm_exists(&name).await.unwrap());
+    assert!(
+        world.volumes(&name).is_empty(),
+        "volumes deleted with the domain"
+    );
+    p.delete_vm(&name).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_starts_a_running_source_copy_with_a_nic() {
+    let world = World::load();
+    let name = unique("lvt-nic");
+    let _guard = world.guard(&name);
+    let bridge = format!("vrgbr{}", std::process::id() % 100_000);
+    let up = std::process::Command::new("ip")
+        .args(["link", "add", &bridge, "type", "bridge"])
+        .status()
+        .unwrap();
+    assert!(
+        up.success(),
+        "creating bridge {bridge} (the tests run as root)"
+    );
+    struct Bridge(String);
+    impl Drop for Bridge {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &self.0])
+                .status();
+        }
+    }
+    let _bridge = Bridge(bridge.clone());
+    std::process::Command::new("ip")
+        .args(["link", "set", &bridge, "up"])
+        .status()
+        .unwrap();
+
+    let scratch = tempfile::tempdir().unwrap();
+    let image = LocalImage {
+        path: scratch.path().join("boot.qcow2"),
+        format: DiskFormat::Qcow2,
+    };
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&image.path)
+        .arg("16M")
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let p = world.provider("target");
+    let disk = p
+        .import_disk(
+            &ImportDisk {
+                vm_name: &name,
+                index: 0,
+                disk_name: "vda",
+                image: &image,
+                virtual_size: 16 * MIB,
+                storage_hint: None,
+            },
+            &Progress::default(),
+        )
+        .await
+        .unwrap();
+    let networks = [crd::NetworkHint {
+        name: "eth0".into(),
+        network: None,
+        bridge: Some(bridge.clone()),
+    }];
+    let spec = CreateVm {
+        name: &name,
+        cpus: 1,
+        memory_bytes: 64 * MIB,
+        firmware: Firmware::Bios,
+        disks: std::slice::from_ref(&disk),
+        networks: &networks,
+        start: true,
+    };
+    p.create_vm(&spec).await.unwrap();
+    assert!(world.virsh_ok(&["domstate", &name]).contains("running"));
+    let iface = world.virsh_ok(&["domiflist", &name]);
+    assert!(iface.contains(&bridge), "{iface}");
+    assert_eq!(p.validate_vm(&spec).await.unwrap(), [None]);
+    p.delete_vm(&name).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn terminal_errors_are_clear() {
+    let world = World::load();
+    let p = world.provider("source");
+
+    let err = p.inspect_vm("no-such-domain-vrg").await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    assert!(err.to_string().contains("no-such-domain-vrg"), "{err}");
+    assert!(!err.is_retryable());
+
+    let scratch = tempfile::tempdir().unwrap();
+    let image = LocalImage {
+        path: scratch.path().join("d.raw"),
+        format: DiskFormat::Raw,
+    };
+    std::fs::write(&image.path, vec![1u8; MIB as usize]).unwrap();
+    let import = |pool: &'static str| ImportDisk {
+        vm_name: "vrg-err",
+        index: 0,
+        disk_name: "vda",
+        image: &image,
+        virtual_size: MIB,
+        storage_hint: Some(pool),
+    };
+    let err = p
+        .import_disk(&import("no-such-pool"), &Progress::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NotFound { ref what, .. } if what == "libvirt storage pool"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no-such-pool"), "{err}");
+
+    let mut bad = Credentials::default()
+        .with("source", "username", world.var("VRG_LIBVIRT_USER"))
+        .with("source", "password", "wrong-password");
+    let wrong = LibvirtProvider::new(&world.plan_for(world.uri()), &bad, "source").unwrap();
+    let err = wrong.check().await.unwrap_err();
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+    assert!(!err.to_string().contains("wrong-password"), "{err}");
+    assert!(!err.is_retryable());
+    bad = Credentials::default();
+    let none = LibvirtProvider::new(&world.plan_for(world.uri()), &bad, "source").unwrap();
+    let err = none.vm_exists("x").await.unwrap_err();
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_pool_is_no_space() {
+    let world = World::load();
+    let pool = unique("vrg-small");
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8M", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "mounting a tmpfs (the tests run as root)"
+    );
+    struct Cleanup<'a>(&'a World, String, std::path::PathBuf);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            self.0.virsh(&["pool-destroy", &self.1]);
+            self.0.virsh(&["pool-undefine", &self.1]);
+            let _ = std::process::Command::new("umount").arg(&self.2).status();
+        }
+    }
+    let _cleanup = Cleanup(&world, pool.clone(), dir.path().to_path_buf());
+    world.virsh_ok(&[
+        "pool-define-as",
+        &pool,
+        "dir",
+        "--target",
+        &dir.path().display().to_string(),
+    ]);
+    world.virsh_ok(&["pool-start", &pool]);
+
+    let scratch = tempfile::tempdir().unwrap();
+    let image = LocalImage {
+        path: scratch.path().join("d.raw"),
+        format: DiskFormat::Raw,
+    };
+    std::fs::write(&image.path, vec![7u8; 16 * MIB as usize]).unwrap();
+    let p = world.provider("target");
+    let err = p
+        .import_disk(
+            &ImportDisk {
+                vm_name: "vrg-full",
+                index: 0,
+                disk_name: "vda",
+                image: &image,
+                virtual_size: 16 * MIB,
+                storage_hint: Some(&pool),
+            },
+            &Progress::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+    assert!(err.to_string().contains(&pool), "{err}");
+    assert!(
+        world.virsh_ok(&["vol-list", &pool]).trim().is_empty(),
+        "nothing created"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_endpoint_with_key_and_known_hosts() {
+    let world = World::load();
+    let endpoint = format!(
+        "qemu+ssh://{}@{}:{}/system",
+        world.var("VRG_SSH_USER"),
+        world.var("VRG_SSH_HOST"),
+        world.var("VRG_SSH_PORT")
+    );
+    let key = std::fs::read_to_string(world.var("VRG_SSH_KEY")).unwrap();
+    let known = std::fs::read_to_string(world.var("VRG_SSH_KNOWN_HOSTS")).unwrap();
+    let creds = Credentials::default()
+        .with("source", "ssh-privatekey", key.clone())
+        .with("source", "known_hosts", known.clone());
+    let p = LibvirtProvider::new(&world.plan_for(&endpoint), &creds, "source").unwrap();
+    p.check().await.unwrap();
+    assert!(!p.vm_exists("no-such-domain-vrg").await.unwrap());
+
+    // another host key for the same host in known_hosts: refused, as an authentication failure
+    let scratch = tempfile::tempdir().unwrap();
+    let keygen = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(scratch.path().join("k"))
+        .status()
+        .unwrap();
+    assert!(keygen.success());
+    let other_key = std::fs::read_to_string(scratch.path().join("k.pub")).unwrap();
+    let host = known.split_whitespace().next().unwrap();
+    let other_key: Vec<&str> = other_key.split_whitespace().take(2).collect();
+    let other = format!("{host} {}\n", other_key.join(" "));
+    let creds = Credentials::default()
+        .with("source", "ssh-privatekey", key)
+        .with("source", "known_hosts", other);
+    let p = LibvirtProvider::new(&world.plan_for(&endpoint), &creds, "source").unwrap();
+    let err = p.check().await.unwrap_err();
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+}

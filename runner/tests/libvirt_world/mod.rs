@@ -1,0 +1,253 @@
+//! The e2e world's libvirtd for the libvirt provider tests: endpoints from `e2e/.world/endpoints.env`
+//! (written by `make e2e-up`), the source-domain fixture script, virsh, qemu-img, and guards that
+//! remove what a test created even when it fails.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crd::ProviderType;
+use crd::plan::ProviderPlan;
+use runner::credentials::Credentials;
+use runner::provider::libvirt::LibvirtProvider;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The running e2e world.
+pub struct World {
+    env: HashMap<String, String>,
+}
+
+impl World {
+    /// Reads `endpoints.env`; fails the test when the world is not up.
+    pub fn load() -> World {
+        let file = std::env::var("VRG_WORLD")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repo_root().join("e2e/.world"))
+            .join("endpoints.env");
+        assert!(
+            file.is_file(),
+            "{} is missing: the libvirt tests need the e2e world's libvirtd; run `make e2e-up`",
+            file.display()
+        );
+        // let bash undo printf %q quoting
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg("set -a; source \"$1\"; env -0")
+            .arg("_")
+            .arg(&file)
+            .output()
+            .expect("bash");
+        assert!(out.status.success(), "sourcing {}", file.display());
+        let env = out
+            .stdout
+            .split(|b| *b == 0)
+            .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
+            .filter(|(k, _)| k.starts_with("VRG_"))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let world = World { env };
+        let version = world.virsh(&["version"]);
+        assert!(
+            version.status.success(),
+            "libvirtd at {} does not answer (run `make e2e-up`): {}",
+            world.var("VRG_LIBVIRT_URI"),
+            String::from_utf8_lossy(&version.stderr)
+        );
+        world
+    }
+
+    /// A variable of endpoints.env.
+    pub fn var(&self, name: &str) -> &str {
+        self.env
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing from endpoints.env"))
+    }
+
+    pub fn uri(&self) -> &str {
+        self.var("VRG_LIBVIRT_URI")
+    }
+
+    pub fn pool_dir(&self) -> PathBuf {
+        PathBuf::from(self.var("VRG_LIBVIRT_POOL_DIR"))
+    }
+
+    /// A provider plan for `endpoint`.
+    pub fn plan_for(&self, endpoint: &str) -> ProviderPlan {
+        ProviderPlan {
+            name: "default/kvm-e2e".into(),
+            type_: ProviderType::Libvirt,
+            endpoint: endpoint.into(),
+            insecure_skip_verify: false,
+            defaults: None,
+        }
+    }
+
+    /// The SASL credentials of the world's libvirtd under `scope`.
+    pub fn creds(&self, scope: &str) -> Credentials {
+        Credentials::default()
+            .with(scope, "username", self.var("VRG_LIBVIRT_USER"))
+            .with(scope, "password", self.var("VRG_LIBVIRT_PASSWORD"))
+    }
+
+    /// A provider on the world's libvirtd.
+    pub fn provider(&self, scope: &str) -> LibvirtProvider {
+        LibvirtProvider::new(&self.plan_for(self.uri()), &self.creds(scope), scope).unwrap()
+    }
+
+    /// Runs virsh against the world's libvirtd.
+    pub fn virsh(&self, args: &[&str]) -> std::process::Output {
+        Command::new("virsh")
+            .arg("-q")
+            .arg("-c")
+            .arg(self.uri())
+            .args(args)
+            .env("LIBVIRT_AUTH_FILE", self.var("VRG_LIBVIRT_AUTH_FILE"))
+            .output()
+            .expect("virsh")
+    }
+
+    /// Runs virsh and returns its stdout; panics on failure.
+    pub fn virsh_ok(&self, args: &[&str]) -> String {
+        let out = self.virsh(args);
+        assert!(
+            out.status.success(),
+            "virsh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Defines the two-disk source domain `name` with e2e/fixtures/libvirt/make-source-vm.sh and
+    /// writes its reference images (vda.raw, vdb.raw) to `ref_dir`.
+    pub fn make_source_vm(&self, name: &str, running: bool, ref_dir: &Path) -> DomainGuard<'_> {
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo_root().join("e2e/fixtures/libvirt/make-source-vm.sh"))
+            .arg(name)
+            .arg("--ref-dir")
+            .arg(ref_dir)
+            .envs(&self.env);
+        if !running {
+            cmd.arg("--stopped");
+        }
+        let out = cmd.output().expect("make-source-vm.sh");
+        assert!(
+            out.status.success(),
+            "make-source-vm.sh: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.guard(name)
+    }
+
+    /// Removes domain `name` and every volume of the default pool whose name starts with `name`
+    /// when dropped.
+    pub fn guard(&self, name: &str) -> DomainGuard<'_> {
+        DomainGuard {
+            world: self,
+            name: name.to_string(),
+        }
+    }
+
+    /// Volume names in the world's pool starting with `prefix`.
+    pub fn volumes(&self, prefix: &str) -> Vec<String> {
+        self.virsh(&["pool-refresh", "default"]);
+        self.virsh_ok(&["vol-list", "default"])
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(prefix))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Removes a test's domain and volumes.
+pub struct DomainGuard<'a> {
+    world: &'a World,
+    name: String,
+}
+
+impl Drop for DomainGuard<'_> {
+    fn drop(&mut self) {
+        let w = self.world;
+        w.virsh(&["destroy", &self.name]);
+        w.virsh(&["undefine", &self.name, "--snapshots-metadata", "--nvram"]);
+        for vol in w.volumes(&self.name) {
+            w.virsh(&["vol-delete", "--pool", "default", &vol]);
+        }
+    }
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `qemu-img compare` of two images (force-shared: the source may be in use). True when the guest
+/// content is identical.
+pub fn same_content(a: &Path, b: &Path) -> bool {
+    let out = Command::new("qemu-img")
+        .args(["compare", "-U"])
+        .arg(a)
+        .arg(b)
+        .output()
+        .expect("qemu-img");
+    match out.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!(
+            "qemu-img compare {} {}: {}",
+            a.display(),
+            b.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// Converts any image to a raw file (force-shared) and returns its bytes.
+pub fn guest_bytes(image: &Path, scratch: &Path) -> Vec<u8> {
+    let raw = scratch.join(format!(
+        "{}.guest.raw",
+        image.file_name().unwrap().to_string_lossy()
+    ));
+    let out = Command::new("qemu-img")
+        .args(["convert", "-U", "-O", "raw"])
+        .arg(image)
+        .arg(&raw)
+        .output()
+        .expect("qemu-img");
+    assert!(
+        out.status.success(),
+        "qemu-img convert: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&raw).unwrap();
+    std::fs::remove_file(raw).unwrap();
+    bytes
+}
+
+/// `qemu-img convert` between formats.
+pub fn convert(from: &Path, to: &Path, format: &str) {
+    let out = Command::new("qemu-img")
+        .args(["convert", "-O", format])
+        .arg(from)
+        .arg(to)
+        .output()
+        .expect("qemu-img");
+    assert!(
+        out.status.success(),
+        "qemu-img convert: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
