@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use crd::{ConditionStatus, Phase, VMMigration, VMMigrationStatus, VirtualMachine};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -45,6 +47,17 @@ fn max_attempts(m: &VMMigration) -> i32 {
     m.spec.retry_policy.max_attempts.max(1)
 }
 
+/// A reference to the Job `name` of the migration, for Events.
+pub fn job_ref(m: &VMMigration, name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("batch/v1".into()),
+        kind: Some("Job".into()),
+        name: Some(name.to_owned()),
+        namespace: m.namespace(),
+        ..ObjectReference::default()
+    }
+}
+
 /// Applies the operator's status fields.
 pub async fn patch_status(ctx: &Context, m: &VMMigration, s: &OperatorStatus) -> Result<()> {
     let api: Api<VMMigration> = Api::namespaced(ctx.client.clone(), &namespace(m)?);
@@ -74,7 +87,7 @@ pub async fn apply(m: &VMMigration, ctx: &Context) -> Result<Action> {
         ctx.event(
             m,
             EventType::Normal,
-            reason::PHASE_CHANGED,
+            phase.as_str(),
             action::RECONCILE,
             note,
         )
@@ -270,8 +283,9 @@ async fn launch(
     };
     if create_run(m, ctx, &resolved, kind).await? == Created::New {
         ctx.metrics.job_launched("migrate");
-        ctx.event(
+        ctx.event_about(
             m,
+            Some(job_ref(m, &kind.name)),
             EventType::Normal,
             reason::JOB_LAUNCHED,
             action::LAUNCH,
@@ -345,11 +359,17 @@ async fn schedule_retry(
         }
     };
     let now = ctx.now();
+    // Whole seconds (rounded up), as the API stores times: the status says exactly when.
+    let next = now
+        .0
+        .checked_add(backoff)
+        .map_err(|e| Error::Config(format!("retry time out of range: {e}")))?;
+    let next_second = next.as_second() + i64::from(next.subsec_nanosecond() > 0);
     let next = Time(
-        now.0
-            .checked_add(backoff)
+        Timestamp::from_second(next_second)
             .map_err(|e| Error::Config(format!("retry time out of range: {e}")))?,
     );
+    let backoff = until(&now, &next);
     delete_attempt_secret(m, ctx, status).await?;
     let mut s = OperatorStatus::carried_over(status);
     s.phase = Some(Phase::Pending);
@@ -368,8 +388,9 @@ async fn schedule_retry(
     );
     patch_status(ctx, m, &s).await?;
     ctx.metrics.retries.inc();
-    ctx.event(
+    ctx.event_about(
         m,
+        Some(job_ref(m, &names::job(&m.name_any(), attempt))),
         EventType::Warning,
         reason::RETRY_SCHEDULED,
         action::RETRY,

@@ -136,8 +136,9 @@ async fn stop_runners(
     for job in active {
         if job.metadata.deletion_timestamp.is_none() {
             objects::delete(api, &job.name_any(), PropagationPolicy::Foreground).await?;
-            ctx.event(
+            ctx.event_about(
                 m,
+                Some(crate::apply::job_ref(m, &job.name_any())),
                 EventType::Normal,
                 reason::STOPPING,
                 action::CLEANUP,

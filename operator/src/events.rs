@@ -11,8 +11,8 @@ pub mod reason {
     pub const PENDING: &str = "Pending";
     /// A runner Job was created.
     pub const JOB_LAUNCHED: &str = "JobLaunched";
-    /// The runner moved the migration to another pipeline phase.
-    pub const PHASE_CHANGED: &str = "PhaseChanged";
+    // A pipeline phase the runner entered is published with the phase's name as the reason
+    // (`Validating`, `Snapshotting`, ..., `ValidatingTarget`).
     /// An attempt failed with a transient error; the next one is scheduled.
     pub const RETRY_SCHEDULED: &str = "RetryScheduled";
     /// The migration failed for good.
@@ -49,10 +49,13 @@ pub mod action {
     pub const CLEANUP: &str = "Cleanup";
 }
 
-/// Publishes one Event about `regarding`; logs instead of failing.
+/// Publishes one Event about `regarding` (and `related`, e.g. the runner Job); logs instead of
+/// failing. The recorder folds Events with the same type, reason, action, regarding and related
+/// object into one series, so each Job gets its own Events.
 pub async fn publish(
     recorder: &Recorder,
     regarding: &ObjectReference,
+    related: Option<ObjectReference>,
     type_: EventType,
     reason: &str,
     action: &str,
@@ -63,7 +66,7 @@ pub async fn publish(
         reason: reason.to_owned(),
         note: Some(note),
         action: action.to_owned(),
-        secondary: None,
+        secondary: related,
     };
     if let Err(e) = recorder.publish(&event, regarding).await {
         tracing::warn!(

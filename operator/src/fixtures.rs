@@ -461,12 +461,12 @@ mod scenarios {
     #[tokio::test]
     async fn running_job_is_left_alone_and_a_restarted_operator_creates_no_duplicate() {
         // A fresh Context is a freshly started operator: it sees the runner's phase once (one
-        // PhaseChanged Event), finds the attempt's Job and creates nothing.
+        // Transferring Event), finds the attempt's Job and creates nothing.
         let m = migration(running_status(1, "Transferring"));
         let action = scenario(
             m,
             vec![
-                Call::event("PhaseChanged", "Normal")
+                Call::event("Transferring", "Normal")
                     .includes(json!({"note": "phase Transferring (45%)"})),
                 Call::get(format!("{JOBS}/mig-a1")).ok(job("mig-a1", "runner", 1, running())),
             ],
@@ -501,7 +501,7 @@ mod scenarios {
         let action = scenario(
             m.clone(),
             vec![
-                Call::event("PhaseChanged", "Normal"),
+                Call::event("Transferring", "Normal"),
                 Call::get(format!("{JOBS}/mig-a{attempt}")).ok(job(&format!("mig-a{attempt}"), "runner", attempt, failed())),
                 Call::get(format!(
                     "/api/v1/namespaces/default/pods?&labelSelector=virtrigaud.io%2Fmigration%3Dmig%2Cvirtrigaud.io%2Fcomponent%3Drunner%2Cvirtrigaud.io%2Fattempt%3D{attempt}"
@@ -520,7 +520,7 @@ mod scenarios {
                     }}))
                     .check(|body| assert!(body["status"].get("completionTime").is_none()))
                     .ok(migration_json(&m)),
-                Call::event("RetryScheduled", "Warning").includes(json!({"note": format!(
+                Call::event("RetryScheduled", "Warning").includes(json!({"related": {"kind": "Job", "name": format!("mig-a{attempt}")}, "note": format!(
                     "attempt {attempt} of 5 failed (StorageUnavailable: S3 answered 503); attempt {next} in {}",
                     crd::format_duration(Duration::from_secs(backoff_secs as u64))
                 )})),
@@ -580,7 +580,7 @@ mod scenarios {
         let action = scenario(
             m.clone(),
             vec![
-                Call::event("PhaseChanged", "Normal"),
+                Call::event("Validating", "Normal"),
                 Call::get(format!("{JOBS}/mig-a1")).ok(job("mig-a1", "runner", 1, failed())),
                 Call::get("/api/v1/namespaces/default/pods?&labelSelector=virtrigaud.io%2Fmigration%3Dmig%2Cvirtrigaud.io%2Fcomponent%3Drunner%2Cvirtrigaud.io%2Fattempt%3D1")
                     .ok(pods(2, outcome(false, false, "StorageAuthFailed", "Storage authentication failed: SignatureDoesNotMatch"))),
@@ -606,7 +606,7 @@ mod scenarios {
         let action = scenario(
             m.clone(),
             vec![
-                Call::event("PhaseChanged", "Normal"),
+                Call::event("Importing", "Normal"),
                 Call::get(format!("{JOBS}/mig-a3")).ok(job("mig-a3", "runner", 3, failed())),
                 // The pod was killed and is gone: no termination state, a retryable loss.
                 Call::get("/api/v1/namespaces/default/pods?&labelSelector=virtrigaud.io%2Fmigration%3Dmig%2Cvirtrigaud.io%2Fcomponent%3Drunner%2Cvirtrigaud.io%2Fattempt%3D3")

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use crd::{Phase, VMMigration, labels};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
@@ -68,7 +69,7 @@ pub struct Context {
     pub settings: Settings,
     clock: Clock,
     /// Last pipeline phase an Event was published for, by VMMigration uid. Only deduplicates
-    /// `PhaseChanged` Events; losing it on restart costs at most one repeated Event.
+    /// pipeline-phase Events; losing it on restart costs at most one repeated Event.
     seen_phases: Mutex<HashMap<String, Phase>>,
 }
 
@@ -117,9 +118,23 @@ impl Context {
         action: &str,
         note: String,
     ) {
+        self.event_about(m, None, type_, reason, action, note).await
+    }
+
+    /// Publishes an Event about `m` naming a related object (a Job).
+    pub async fn event_about(
+        &self,
+        m: &VMMigration,
+        related: Option<ObjectReference>,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         events::publish(
             &self.recorder,
             &m.object_ref(&()),
+            related,
             type_,
             reason,
             action,

@@ -91,8 +91,8 @@ impl Collector for PhaseCollector {
                 .map(|m| m.status.as_ref().and_then(|s| s.phase)),
         );
         let mut family = encoder.encode_descriptor(
-            "virtrigaud_migrations",
-            "VMMigrations by phase",
+            "migrations",
+            "VMMigrations by phase (registered under the registry prefix)",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
@@ -222,15 +222,16 @@ mod tests {
         metrics.retries.inc();
         metrics.reconcile_failed(&crate::Error::MissingMetadata("uid"));
         let text = metrics.render();
+        let lines: Vec<&str> = text.lines().collect();
         for line in [
-            "virtrigaud_migrations{phase=\"Transferring\"} 1",
-            "virtrigaud_migrations{phase=\"Ready\"} 0",
+            "virtrigaud_operator_migrations{phase=\"Transferring\"} 1",
+            "virtrigaud_operator_migrations{phase=\"Ready\"} 0",
             "virtrigaud_operator_jobs_launched_total{mode=\"migrate\"} 1",
             "virtrigaud_operator_retries_total 1",
             "virtrigaud_operator_reconcile_errors_total{error=\"missing_metadata\"} 1",
             "# TYPE virtrigaud_operator_reconcile_duration_seconds histogram",
         ] {
-            assert!(text.contains(line), "missing {line:?} in\n{text}");
+            assert!(lines.contains(&line), "missing line {line:?} in\n{text}");
         }
     }
 }
