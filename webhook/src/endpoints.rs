@@ -202,33 +202,45 @@ impl AddressPolicy {
         Ok(())
     }
 
-    /// Checks an endpoint: its literal host, or its name and every address the name resolves to. A name
-    /// that does not resolve is allowed: the webhook's DNS may differ from the runner's, and the runner
-    /// checks its storage in its Validating phase.
+    /// Checks what needs no I/O: an IP literal, or a name on the deny lists.
+    pub fn check_host(&self, host: &Host) -> Result<(), String> {
+        match host {
+            Host::Ip(ip) => self.check_ip(*ip),
+            Host::Name(name) => self.check_name(name),
+        }
+    }
+
+    /// Checks every address a host name resolves to (an IP literal has nothing to resolve). A name that
+    /// does not resolve is allowed: the webhook's DNS may differ from the runner's, and the runner checks
+    /// its storage in its Validating phase.
+    pub async fn check_resolved(
+        &self,
+        endpoint: &Endpoint,
+        resolver: &dyn Resolve,
+    ) -> Result<(), String> {
+        let Host::Name(name) = &endpoint.host else {
+            return Ok(());
+        };
+        match resolver.resolve(name, endpoint.port).await {
+            Ok(addresses) => addresses.into_iter().try_for_each(|ip| {
+                self.check_ip(ip)
+                    .map_err(|why| format!("{name} resolves to {why}"))
+            }),
+            Err(error) => {
+                tracing::debug!(%name, %error, "endpoint host does not resolve here; not a reason to deny");
+                Ok(())
+            }
+        }
+    }
+
+    /// [`check_host`](Self::check_host), then [`check_resolved`](Self::check_resolved).
     pub async fn check_endpoint(
         &self,
         endpoint: &Endpoint,
         resolver: &dyn Resolve,
     ) -> Result<(), String> {
-        match &endpoint.host {
-            Host::Ip(ip) => self.check_ip(*ip),
-            Host::Name(name) => {
-                self.check_name(name)?;
-                match resolver.resolve(name, endpoint.port).await {
-                    Ok(addresses) => {
-                        for ip in addresses {
-                            self.check_ip(ip)
-                                .map_err(|why| format!("{name} resolves to {why}"))?;
-                        }
-                        Ok(())
-                    }
-                    Err(error) => {
-                        tracing::debug!(%name, %error, "endpoint host does not resolve here; not a reason to deny");
-                        Ok(())
-                    }
-                }
-            }
-        }
+        self.check_host(&endpoint.host)?;
+        self.check_resolved(endpoint, resolver).await
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use crd::{StorageSpec, StorageType, VMMigrationSpec};
 
 use crate::admission::Verdict;
-use crate::endpoints::{self, Endpoint};
+use crate::endpoints::{self, AddressPolicy, Endpoint};
 use crate::names::{check_label, check_subdomain};
 
 /// Longest VMMigration name: it names the runner Job and goes into label values.
@@ -21,9 +21,14 @@ pub const CPU: std::ops::RangeInclusive<u32> = 1..=768;
 /// Smallest `targetResources.memory`, in bytes (1Mi).
 pub const MEMORY_MIN_BYTES: f64 = 1024.0 * 1024.0;
 
-/// Checks everything that needs no I/O: metadata, names, storage syntax, retry policy, resources.
-/// Warns about risky but legal choices.
-pub fn check(namespace: &str, name: &str, spec: &VMMigrationSpec) -> Verdict {
+/// Checks everything that needs no I/O: metadata, names, storage syntax and literal endpoint addresses
+/// (under `addresses`), retry policy, resources. Warns about risky but legal choices.
+pub fn check(
+    namespace: &str,
+    name: &str,
+    spec: &VMMigrationSpec,
+    addresses: &AddressPolicy,
+) -> Verdict {
     let mut v = Verdict::default();
     check_metadata(&mut v, namespace, name);
 
@@ -48,7 +53,7 @@ pub fn check(namespace: &str, name: &str, spec: &VMMigrationSpec) -> Verdict {
     }
     check_network_hints(&mut v, spec);
     check_resources(&mut v, spec);
-    check_storage(&mut v, namespace, &spec.storage);
+    check_storage(&mut v, namespace, &spec.storage, addresses);
     check_retry(&mut v, spec);
 
     if spec.cleanup_policy.delete_source {
@@ -218,7 +223,12 @@ pub fn storage_endpoint(storage: &StorageSpec) -> Option<Result<Endpoint, String
     })
 }
 
-fn check_storage(v: &mut Verdict, namespace: &str, storage: &StorageSpec) {
+fn check_storage(
+    v: &mut Verdict,
+    namespace: &str,
+    storage: &StorageSpec,
+    addresses: &AddressPolicy,
+) {
     let endpoint = storage.endpoint.as_deref();
     match storage.type_ {
         StorageType::S3 => match storage.bucket.as_deref() {
@@ -262,11 +272,17 @@ fn check_storage(v: &mut Verdict, namespace: &str, storage: &StorageSpec) {
     }
     match storage_endpoint(storage) {
         Some(Err(why)) => v.deny("spec.storage.endpoint", why),
-        Some(Ok(parsed)) if parsed.plain_http => v.warn(format!(
-            "spec.storage.endpoint {:?} is plain http: disk images and storage credentials travel unencrypted; prefer https",
-            storage.endpoint.as_deref().unwrap_or_default()
-        )),
-        _ => {}
+        Some(Ok(parsed)) => {
+            if let Err(why) = addresses.check_host(&parsed.host) {
+                v.deny("spec.storage.endpoint", unroutable(&why));
+            } else if parsed.plain_http {
+                v.warn(format!(
+                    "spec.storage.endpoint {:?} is plain http: disk images and storage credentials travel unencrypted; prefer https",
+                    storage.endpoint.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        None => {}
     }
     if let Some(path) = storage.path.as_deref() {
         if path.split('/').any(|segment| segment == "..") {
@@ -292,6 +308,11 @@ fn check_storage(v: &mut Verdict, namespace: &str, storage: &StorageSpec) {
             );
         }
     }
+}
+
+/// The message for an endpoint address that is refused.
+pub fn unroutable(why: &str) -> String {
+    format!("{why}: storage must be reachable at a routable address")
 }
 
 /// S3 bucket naming rules (AWS's, which MinIO and most S3-compatible servers enforce too).
@@ -364,7 +385,10 @@ mod tests {
 
     #[test]
     fn a_plain_spec_passes_without_warnings() {
-        assert_eq!(check("default", "m", &spec()), Verdict::default());
+        assert_eq!(
+            check("default", "m", &spec(), &AddressPolicy::default()),
+            Verdict::default()
+        );
     }
 
     #[test]
@@ -403,7 +427,7 @@ mod tests {
         s.target_name = "Bad_Name".into();
         s.retry_policy.max_attempts = 0;
         s.storage.bucket = None;
-        let verdict = check("default", "m", &s);
+        let verdict = check("default", "m", &s, &AddressPolicy::default());
         let fields: Vec<_> = verdict
             .violations
             .iter()
@@ -431,7 +455,7 @@ mod tests {
             path: None,
             credentials_secret_ref: None,
         };
-        let verdict = check("default", "m", &s);
+        let verdict = check("default", "m", &s, &AddressPolicy::default());
         assert!(verdict.is_allowed(), "{}", verdict.message());
         assert_eq!(verdict.warnings.len(), 2, "{:?}", verdict.warnings);
         assert!(verdict.warnings[0].contains("plain http"));

@@ -11,23 +11,33 @@ use crate::spec;
 #[async_trait::async_trait]
 impl Validate<VMMigrationSpec> for Admission {
     async fn create(&self, request: &Request<'_>, spec: VMMigrationSpec) -> Verdict {
-        let mut verdict = spec::check(request.namespace, request.name, &spec);
+        let mut verdict = spec::check(request.namespace, request.name, &spec, &self.addresses);
         if !verdict.is_allowed() {
-            // References are looked up only for a well-formed spec: names are valid, messages stay short.
+            // Names are resolved and references looked up only for a well-formed spec: every name is
+            // valid then, and the message stays about what the user must fix first.
             return verdict;
         }
-        if let Some(Ok(endpoint)) = spec::storage_endpoint(&spec.storage)
-            && let Err(why) = self
-                .addresses
-                .check_endpoint(&endpoint, self.resolver.as_ref())
-                .await
-        {
-            verdict.deny(
-                "spec.storage.endpoint",
-                format!("{why}: storage must be reachable at a routable address"),
-            );
+        // Name resolution and the API reads run side by side: the answer waits for the slower one.
+        let resolved = async {
+            match spec::storage_endpoint(&spec.storage) {
+                Some(Ok(endpoint)) => {
+                    self.addresses
+                        .check_resolved(&endpoint, self.resolver.as_ref())
+                        .await
+                }
+                _ => Ok(()),
+            }
+        };
+        let mut references = Verdict::default();
+        let (resolved, ()) = futures::join!(
+            resolved,
+            self.check_references(request, &spec, &mut references)
+        );
+        if let Err(why) = resolved {
+            verdict.deny("spec.storage.endpoint", spec::unroutable(&why));
         }
-        self.check_references(request, &spec, &mut verdict).await;
+        verdict.violations.extend(references.violations);
+        verdict.warnings.extend(references.warnings);
         verdict
     }
 
@@ -231,9 +241,7 @@ impl Admission {
                 Ok(true) => {}
                 Ok(false) => verdict.deny(
                     *field,
-                    format!(
-                        "user {user:?} may not {access}{why}; a migration may only use what its creator may use"
-                    ),
+                    format!("user {user:?} may not {access}{why}, so the migration may not use it"),
                 ),
                 Err(error) => verdict.deny(
                     *field,

@@ -769,11 +769,17 @@ async fn every_violation_is_reported_at_once() {
     s(&mut request, "/spec/targetName", json!("Bad_Name"));
     s(&mut request, "/spec/retryPolicy/maxAttempts", json!(42));
     rm(&mut request, "/spec/storage/bucket");
+    s(
+        &mut request,
+        "/spec/storage/endpoint",
+        json!("169.254.169.254"),
+    );
     let text = message(&server.review(&request).await);
     for field in [
         "spec.targetName:",
         "spec.retryPolicy.maxAttempts:",
         "spec.storage.bucket:",
+        "spec.storage.endpoint:",
     ] {
         assert!(text.contains(field), "{field} in {text}");
     }
