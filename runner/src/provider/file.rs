@@ -19,7 +19,7 @@ use super::{
     SourceDisk, VmShape,
 };
 use crate::progress::Progress;
-use crate::stream::{CHUNK, HashingReader};
+use crate::stream::CHUNK;
 use crate::{Error, Result, disk};
 
 /// File name of a VM's descriptor.
@@ -169,22 +169,31 @@ fn write_descriptor(dir: &Path, vm: &VmFile) -> Result<()> {
         .map_err(|e| Error::io(format!("writing descriptor in {}", dir.display()), e))
 }
 
-/// Copies `src` to `dest`, counting bytes into `progress`.
+/// Copies `src` to `dest` off the async runtime, counting bytes into `progress`.
 async fn copy_counted(src: &Path, dest: &Path, progress: &Progress) -> Result<()> {
-    let input = tokio::fs::File::open(src)
-        .await
-        .map_err(|e| Error::io(format!("opening {}", src.display()), e))?;
-    let mut reader = HashingReader::new(
-        tokio::io::BufReader::with_capacity(CHUNK, input),
-        progress.clone(),
-    );
-    let mut output = tokio::fs::File::create(dest)
-        .await
-        .map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
-    tokio::io::copy(&mut reader, &mut output)
-        .await
-        .map_err(|e| Error::io(format!("copying to {}", dest.display()), e))?;
-    Ok(())
+    let (src, dest, progress) = (src.to_path_buf(), dest.to_path_buf(), progress.clone());
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut input = std::fs::File::open(&src)
+            .map_err(|e| Error::io(format!("opening {}", src.display()), e))?;
+        let mut output = std::fs::File::create(&dest)
+            .map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = input
+                .read(&mut buf)
+                .map_err(|e| Error::io(format!("reading {}", src.display()), e))?;
+            if n == 0 {
+                return Ok(());
+            }
+            output
+                .write_all(&buf[..n])
+                .map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+            progress.add(n as u64);
+        }
+    })
+    .await
+    .map_err(|e| Error::io("copying", std::io::Error::other(e)))?
 }
 
 #[async_trait]
