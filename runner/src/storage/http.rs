@@ -427,12 +427,18 @@ impl Stage for HttpStage {
                     let response = self.send(&what, self.request(Method::HEAD, url)).await?;
                     match response.status() {
                         StatusCode::NOT_FOUND => Ok(None),
-                        s if s.is_success() => Ok(response.content_length().or_else(|| {
-                            response
-                                .headers()
-                                .get(CONTENT_LENGTH)
-                                .and_then(|v| v.to_str().ok()?.parse().ok())
-                        })),
+                        // the header, not `content_length()`: a HEAD answer's body is empty
+                        s if s.is_success() => response
+                            .headers()
+                            .get(CONTENT_LENGTH)
+                            .and_then(|v| v.to_str().ok()?.parse().ok())
+                            .map(Some)
+                            .ok_or_else(|| {
+                                Error::Invalid(format!(
+                                    "{}: {what}: no Content-Length in the answer",
+                                    self.system()
+                                ))
+                            }),
                         s => Err(self.status_error(&what, s)),
                     }
                 }
