@@ -11,11 +11,13 @@
 # node-<NODE>-serving.crt on 127.0.0.1:10250 and trusts client certificates of the cluster CA.
 #
 # Image mappings (which local binary an image stands for): e2e/.world/node-images.yaml if present
-# (`repository: /path/to/binary` lines), plus E2E_NODE_IMAGES="repo=/path repo2=/path2".
+# (`repository: /path/to/binary` lines), plus E2E_NODE_IMAGES="repo=/path repo2=/path2"; any other image
+# runs the binary named like its last component from the bin dirs (E2E_NODE_BIN_DIRS, default the cargo
+# target's debug dir: virtrigaud/runner:dev -> $CARGO_TARGET_DIR/debug/runner).
 # Idempotent: a running node (pid alive, our binary) is left alone.
 #
 # Environment: E2E_WORLD, E2E_NODE_NAME (e2e-node), E2E_POD_CIDR (10.244.0.0/16), E2E_NODE_BIN (prebuilt
-# binary; otherwise `cargo build -p e2e --bin e2e-node`), E2E_NODE_IMAGES, E2E_NODE_ARGS (extra flags),
+# binary; otherwise `cargo build -p e2e --bin e2e-node`), E2E_NODE_IMAGES, E2E_NODE_BIN_DIRS, E2E_NODE_ARGS (extra flags),
 # NODE_TIMEOUT (seconds, default 60), CARGO_TARGET_DIR.
 set -euo pipefail
 
@@ -76,6 +78,7 @@ else
         --tls-cert "$PKI/node-$NODE-serving.crt" --tls-key "$PKI/node-$NODE-serving.key" --client-ca "$PKI/ca.crt")
   [ -f "$WORLD/node-images.yaml" ] && args+=(--image-config "$WORLD/node-images.yaml")
   for m in ${E2E_NODE_IMAGES:-}; do args+=(--image "$m"); done
+  for d in ${E2E_NODE_BIN_DIRS:-$CARGO_TARGET_DIR/debug}; do args+=(--bin-dir "$d"); done
   # shellcheck disable=SC2206
   args+=(${E2E_NODE_ARGS:-})
   say "starting $BIN (log $LOG)"

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A call to the Kubernetes API failed.
-    #[error("kubernetes API: {0}")]
+    #[error("kubernetes API: {}", kube_message(.0))]
     Kube(#[from] kube::Error),
 
     /// The kubeconfig could not be read or used.
@@ -31,7 +31,10 @@ pub enum Error {
     Tls(String),
 
     /// A container image has no local binary.
-    #[error("image {image:?} is not mapped to a local binary (add --image {repo}=/path/to/binary)")]
+    #[error(
+        "image {image:?} is not mapped to a local binary (add --image {repo}=/path/to/binary, or put a \
+         binary named after the repository's last component in a --bin-dir)"
+    )]
     ImageNotMapped { image: String, repo: String },
 
     /// A volume could not be materialised.
@@ -71,6 +74,17 @@ impl Error {
             path,
             source,
         }
+    }
+}
+
+/// A one-line description of a Kubernetes client error: the API server's message and code for
+/// refusals (instead of the whole Status object).
+pub fn kube_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => {
+            format!("{} ({} {})", status.message, status.code, status.reason)
+        }
+        other => other.to_string(),
     }
 }
 

@@ -3,7 +3,10 @@
 //! There is no container runtime: an image stands for one executable on this machine. A mapping
 //! `REPOSITORY=PATH` matches an image whose repository (the reference without tag and digest) is
 //! REPOSITORY, or ends with `/REPOSITORY` (so the registry host does not matter), or, when
-//! REPOSITORY ends with `/` or `*`, starts with it. The longest matching pattern wins.
+//! REPOSITORY ends with `/` or `*`, starts with it. The longest matching pattern wins. An image no
+//! pattern matches stands for the executable named like the repository's last component in one of
+//! the `--bin-dir` directories (`virtrigaud/runner:dev` -> `<bin dir>/runner`), so a cargo target
+//! directory serves every image of the workspace's binaries.
 //!
 //! A container's `command` replaces the image entrypoint as in Kubernetes. Its first word is looked
 //! up on this machine: an existing absolute path is used as is; otherwise its basename is looked up
@@ -81,11 +84,21 @@ impl ImageMap {
     /// The executable an image stands for.
     pub fn resolve_image(&self, image: &str) -> Result<PathBuf> {
         let repo = Self::repository(image);
-        self.entries
+        let mapped = self
+            .entries
             .iter()
             .filter(|(pattern, _)| pattern_matches(pattern, repo))
             .max_by_key(|(pattern, _)| pattern.len())
-            .map(|(_, path)| path.clone())
+            .map(|(_, path)| path.clone());
+        let by_name = || {
+            let name = repo.rsplit('/').next().unwrap_or(repo);
+            self.bin_dirs
+                .iter()
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        };
+        mapped
+            .or_else(by_name)
             .ok_or_else(|| Error::ImageNotMapped {
                 image: image.to_string(),
                 repo: repo.to_string(),
@@ -207,6 +220,25 @@ mod tests {
         );
         // a pattern must match a whole path component
         assert!(map().resolve_image("my-busybox-like").is_err());
+    }
+
+    #[test]
+    fn unmapped_images_fall_back_to_a_binary_of_the_same_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("webhook"), "").unwrap();
+        let m = ImageMap::new(
+            vec![("virtrigaud/runner".into(), "/opt/runner".into())],
+            vec![dir.path().into()],
+        );
+        assert_eq!(
+            m.resolve_image("virtrigaud/webhook:dev").unwrap(),
+            dir.path().join("webhook")
+        );
+        assert_eq!(
+            m.resolve_image("virtrigaud/runner:dev").unwrap(),
+            PathBuf::from("/opt/runner")
+        );
+        assert!(m.resolve_image("virtrigaud/operator:dev").is_err());
     }
 
     #[test]

@@ -687,3 +687,74 @@ async fn a_ready_deployment_pod_becomes_a_service_endpoint() {
         .unwrap();
     assert!(body.status().is_success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restarts_follow_the_policy_and_logs_follow_and_keep_the_previous_run() {
+    let Some(kubeconfig) = world_ready("restarts_follow_the_policy_and_logs_follow") else {
+        return;
+    };
+    let node = TestNode::start(kubeconfig, "restart", "10.249.0.0/16").await;
+    let pods: Api<Pod> = Api::namespaced(node.client.clone(), &node.namespace);
+
+    let spec = node.pod_spec(
+        "Always",
+        json!([{"name": "crash", "image": "busybox-like", "command": ["sh", "-c", "echo run at $(date +%s%N); exit 7"]}]),
+    );
+    pods.create(
+        &PostParams::default(),
+        &obj(json!({"metadata": {"name": "crash"}, "spec": spec})),
+    )
+    .await
+    .unwrap();
+    let pod = node
+        .wait_pod("crash", "two restarts", |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .is_some_and(|c| c[0].restart_count >= 2)
+        })
+        .await;
+    assert_eq!(
+        phase(&pod),
+        "Running",
+        "restartPolicy Always keeps the pod Running"
+    );
+    let c = &pod
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0];
+    let last = c
+        .last_state
+        .as_ref()
+        .and_then(|l| l.terminated.as_ref())
+        .expect("last state");
+    assert_eq!(last.exit_code, 7);
+    let (ok, previous) = node.kubectl(&["logs", "crash", "--previous"]);
+    assert!(ok && previous.starts_with("run at "), "{previous}");
+
+    let spec = node.pod_spec(
+        "Never",
+        json!([{"name": "ticker", "image": "busybox-like",
+                "command": ["sh", "-c", "for i in 1 2 3; do echo tick $i; sleep 1; done"]}]),
+    );
+    pods.create(
+        &PostParams::default(),
+        &obj(json!({"metadata": {"name": "ticker"}, "spec": spec})),
+    )
+    .await
+    .unwrap();
+    node.wait_pod("ticker", "Running", |p| phase(p) == "Running")
+        .await;
+    let started = Instant::now();
+    // returns when the container ends, with every line
+    let (ok, followed) = node.kubectl(&["logs", "-f", "ticker"]);
+    assert!(ok, "{followed}");
+    assert_eq!(followed, "tick 1\ntick 2\ntick 3\n");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "follow streamed while the container ran"
+    );
+}
