@@ -143,7 +143,15 @@ impl Admission {
         let outcome = if verdict.is_allowed() {
             Outcome::Allowed
         } else {
-            response = response.deny(verdict.message());
+            let message = verdict.message();
+            tracing::info!(
+                namespace = request.namespace.as_deref().unwrap_or_default(),
+                name = %request.name,
+                user = request.user_info.username.as_deref().unwrap_or_default(),
+                %message,
+                "denied"
+            );
+            response = response.deny(message);
             Outcome::Denied
         };
         if !verdict.warnings.is_empty() {

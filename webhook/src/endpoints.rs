@@ -44,14 +44,15 @@ pub struct Endpoint {
 
 /// Parses an s3 `storage.endpoint`: `host`, `host:port`, or an `http(s)://host[:port]` URL.
 pub fn parse_s3(endpoint: &str) -> Result<Endpoint, String> {
+    let shown = redacted(endpoint);
     if endpoint.contains("://") {
         return parse_url(endpoint, "an http(s)://host[:port] URL or host[:port]");
     }
     let url = url::Url::parse(&format!("https://{endpoint}"))
-        .map_err(|e| format!("{endpoint:?} is not host[:port] or an http(s) URL: {e}"))?;
+        .map_err(|e| format!("{shown:?} is not host[:port] or an http(s) URL: {e}"))?;
     if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
         return Err(format!(
-            "{endpoint:?} has a path: write host[:port] or an http(s)://host[:port] URL (a key prefix goes in storage.path)"
+            "{shown:?} has a path: write host[:port] or an http(s)://host[:port] URL (a key prefix goes in storage.path)"
         ));
     }
     from_url(endpoint, &url)
@@ -69,7 +70,8 @@ pub fn parse_http(endpoint: &str) -> Result<Endpoint, String> {
 pub fn parse_nfs(endpoint: &str) -> Result<Endpoint, String> {
     let host = url::Host::parse(endpoint).map_err(|_| {
         format!(
-            "{endpoint:?} is not a host name or IP address (the NFS server, e.g. nfs.example.com or 10.0.0.5; the export goes in storage.path)"
+            "{:?} is not a host name or IP address (the NFS server, e.g. nfs.example.com or 10.0.0.5; the export goes in storage.path)",
+            redacted(endpoint)
         )
     })?;
     Ok(Endpoint {
@@ -80,11 +82,11 @@ pub fn parse_nfs(endpoint: &str) -> Result<Endpoint, String> {
 }
 
 fn parse_url(endpoint: &str, expected: &str) -> Result<Endpoint, String> {
-    let url =
-        url::Url::parse(endpoint).map_err(|e| format!("{endpoint:?} is not {expected}: {e}"))?;
+    let shown = redacted(endpoint);
+    let url = url::Url::parse(endpoint).map_err(|e| format!("{shown:?} is not {expected}: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
-            "scheme {:?} is not allowed (allowed: http, https): {endpoint:?} is not {expected}",
+            "scheme {:?} is not allowed (allowed: http, https): {shown:?} is not {expected}",
             url.scheme()
         ));
     }
@@ -100,7 +102,7 @@ fn from_url(endpoint: &str, url: &url::Url) -> Result<Endpoint, String> {
     }
     let host = url
         .host()
-        .ok_or_else(|| format!("{endpoint:?} has no host"))?;
+        .ok_or_else(|| format!("{:?} has no host", redacted(endpoint)))?;
     Ok(Endpoint {
         host: host_of(host.to_owned()),
         port: url.port_or_known_default().unwrap_or(443),
@@ -114,6 +116,25 @@ fn redact(url: &url::Url) -> String {
     let _ = url.set_username("");
     let _ = url.set_password(None);
     url.to_string()
+}
+
+/// An endpoint as written, with any `user:password@` replaced by `***@`: for every message that shows
+/// an endpoint, so credentials put in the wrong place never reach a response, a log or an audit record.
+pub fn redacted(endpoint: &str) -> String {
+    let (scheme, rest) = match endpoint.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, endpoint),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_owned(),
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{authority}{tail}"),
+        None => format!("{authority}{tail}"),
+    }
 }
 
 fn host_of(host: url::Host<String>) -> Host {
@@ -332,6 +353,24 @@ mod tests {
         );
         assert!(!parse_s3("https://u:p@host").unwrap_err().contains("u:p"));
         assert!(parse_s3("").is_err());
+        for leaky in [
+            "ftp://u:secret@h",
+            "u:secret@h/x",
+            "https://u:secret@",
+            "nfs://u:secret@h",
+        ] {
+            let message = parse_s3(leaky).unwrap_err();
+            assert!(!message.contains("secret"), "{message}");
+            assert!(!parse_http(leaky).unwrap_err().contains("secret"));
+            assert!(!parse_nfs(leaky).unwrap_err().contains("secret"));
+        }
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redacted("https://u:p@h:1/a@b"), "https://***@h:1/a@b");
+        assert_eq!(redacted("u:p@h"), "***@h");
+        assert_eq!(redacted("https://h/x"), "https://h/x");
     }
 
     #[test]

@@ -278,7 +278,7 @@ fn check_storage(
             } else if parsed.plain_http {
                 v.warn(format!(
                     "spec.storage.endpoint {:?} is plain http: disk images and storage credentials travel unencrypted; prefer https",
-                    storage.endpoint.as_deref().unwrap_or_default()
+                    endpoints::redacted(storage.endpoint.as_deref().unwrap_or_default())
                 ));
             }
         }

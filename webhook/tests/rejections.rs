@@ -246,6 +246,18 @@ fn cases() -> Vec<Case> {
             &["credentialsSecretRef"],
         ),
         create(
+            "credentials in a URL of a refused scheme",
+            |r| {
+                s(
+                    r,
+                    "/spec/storage/endpoint",
+                    json!("ftp://user:hunter2@storage.test"),
+                )
+            },
+            "spec.storage.endpoint",
+            &["***@storage.test", "allowed: http, https"],
+        ),
+        create(
             "nfs without path",
             |r| {
                 s(
@@ -713,7 +725,9 @@ async fn every_rejection_case_is_denied_naming_the_field() {
         (case.edit)(&mut request);
         let response = server.review(&request).await;
         let text = message(&response);
-        let problem = if response["allowed"] != false {
+        let problem = if text.contains("hunter2") {
+            Some("the message shows a password from the URL".to_owned())
+        } else if response["allowed"] != false {
             Some("was allowed".to_owned())
         } else if !text.contains(&format!("{}:", case.field)) {
             Some(format!("message does not name {}", case.field))
