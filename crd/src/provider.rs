@@ -20,8 +20,18 @@ use crate::vmmigration::DiskFormat;
     namespaced,
     status = "ProviderStatus",
     category = "virtrigaud",
-    printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
-    printcolumn(name = "Endpoint", type_ = "string", json_path = ".spec.endpoint"),
+    printcolumn(
+        name = "Type",
+        type_ = "string",
+        json_path = ".spec.type",
+        description = "Hypervisor kind"
+    ),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".spec.endpoint",
+        description = "Where the hypervisor is reached"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",

@@ -22,10 +22,21 @@ use crate::common::{Condition, ObjectRef};
     printcolumn(
         name = "Provider",
         type_ = "string",
-        json_path = ".spec.providerRef.name"
+        json_path = ".spec.providerRef.name",
+        description = "The Provider the VM lives on"
     ),
-    printcolumn(name = "Id", type_ = "string", json_path = ".status.id"),
-    printcolumn(name = "Power", type_ = "string", json_path = ".status.powerState"),
+    printcolumn(
+        name = "Id",
+        type_ = "string",
+        json_path = ".status.id",
+        description = "Hypervisor id"
+    ),
+    printcolumn(
+        name = "Power",
+        type_ = "string",
+        json_path = ".status.powerState",
+        description = "Power state"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
