@@ -9,6 +9,8 @@ use crate::vmmigration::DiskFormat;
 /// Where the hypervisor is and how to authenticate. Credential Secret keys by type: libvirt `username`/`password` (SASL)
 /// or `ssh-privatekey` + `known_hosts` for qemu+ssh; vsphere `username`/`password`; proxmox `token_id`
 /// (`user@realm!name`) and `token_secret`, plus `ssh-privatekey` + `known_hosts` for disk export.
+// Printer columns repeat `type_ = "string"` by design; clippy reads that as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "infra.virtrigaud.io",

@@ -7,6 +7,8 @@ use crate::common::{Condition, ObjectRef};
 
 /// Which Provider the VM lives on. A VMMigration's `sourceName` names one of these, and a successful
 /// migration creates one for the new VM.
+// Printer columns repeat `type_ = "string"` by design; clippy reads that as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "infra.virtrigaud.io",

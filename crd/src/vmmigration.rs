@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::common::{Condition, ObjectRef, SecretRef};
 
 /// What to migrate, where to, and through which storage. Immutable after creation.
+// Printer columns repeat `type_ = "string"` by design; clippy reads that as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "infra.virtrigaud.io",
