@@ -94,33 +94,44 @@ struct TestNode {
     client: Client,
     kubeconfig: PathBuf,
     child: Child,
+    args: NodeProcessArgs,
     world: tempfile::TempDir,
 }
 
-impl TestNode {
-    async fn start(kubeconfig: PathBuf, tag: &str, cidr: &str) -> TestNode {
-        let client = client(&kubeconfig).await;
-        let suffix = format!("{}-{}", tag, std::process::id());
-        let name = format!("e2e-test-{suffix}");
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+/// How a test node process is started (again, for restarts).
+struct NodeProcessArgs {
+    kubeconfig: PathBuf,
+    name: String,
+    cidr: String,
+    port: u16,
+    world: PathBuf,
+}
+
+impl NodeProcessArgs {
+    fn spawn(&self) -> Child {
         let pki = world().join("pki");
-        let world = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(world.path().join("node.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_e2e-node"))
-            .args(["--kubeconfig".as_ref(), kubeconfig.as_os_str()])
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.world.join("node.log"))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_e2e-node"))
+            .args(["--kubeconfig".as_ref(), self.kubeconfig.as_os_str()])
             .args([
                 "--node-name",
-                &name,
+                &self.name,
                 "--pod-cidr",
-                cidr,
+                &self.cidr,
                 "--restart-backoff",
                 "1s",
             ])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--world".as_ref(), world.path().as_os_str()])
+            // only the tests' pods (which tolerate it) may land on a test node
+            .args([
+                "--register-with-taint",
+                &format!("{TEST_TAINT}={}:NoSchedule", self.name),
+            ])
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--world".as_ref(), self.world.as_os_str()])
             .args([
                 "--tls-cert".as_ref(),
                 pki.join("node-e2e-node-serving.crt").as_os_str(),
@@ -140,7 +151,28 @@ impl TestNode {
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
-            .expect("start e2e-node");
+            .expect("start e2e-node")
+    }
+}
+
+impl TestNode {
+    async fn start(kubeconfig: PathBuf, tag: &str, cidr: &str) -> TestNode {
+        let client = client(&kubeconfig).await;
+        let suffix = format!("{}-{}", tag, std::process::id());
+        let name = format!("e2e-test-{suffix}");
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let world = tempfile::tempdir().unwrap();
+        let args = NodeProcessArgs {
+            kubeconfig: kubeconfig.clone(),
+            name: name.clone(),
+            cidr: cidr.to_string(),
+            port,
+            world: world.path().to_path_buf(),
+        };
+        let child = args.spawn();
         let namespace = format!("node-test-{suffix}");
         let node = TestNode {
             name,
@@ -148,6 +180,7 @@ impl TestNode {
             client,
             kubeconfig,
             child,
+            args,
             world,
         };
         let nodes: Api<Node> = Api::all(node.client.clone());
@@ -239,8 +272,9 @@ impl TestNode {
     }
 }
 
-impl Drop for TestNode {
-    fn drop(&mut self) {
+impl TestNode {
+    /// SIGTERM to the node process, SIGKILL after 15 s.
+    fn stop_process(&mut self) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
@@ -254,6 +288,18 @@ impl Drop for TestNode {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Stops the node process and starts a new one with the same name and world.
+    fn restart_process(&mut self) {
+        self.stop_process();
+        self.child = self.args.spawn();
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.stop_process();
         for args in [
             vec![
                 "delete",
@@ -756,5 +802,81 @@ async fn restarts_follow_the_policy_and_logs_follow_and_keep_the_previous_run() 
     assert!(
         started.elapsed() >= Duration::from_millis(1500),
         "follow streamed while the container ran"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_node_restarts_lost_containers_or_fails_their_pods() {
+    let Some(kubeconfig) = world_ready("a_restarted_node_restarts_lost_containers") else {
+        return;
+    };
+    let mut node = TestNode::start(kubeconfig, "reboot", "10.248.0.0/16").await;
+    let pods: Api<Pod> = Api::namespaced(node.client.clone(), &node.namespace);
+    for (name, policy) in [("always", "Always"), ("never", "Never")] {
+        let spec = node.pod_spec(
+            policy,
+            json!([{"name": "c", "image": "busybox-like", "command": ["sh", "-c", "echo up; exec sleep 1000"]}]),
+        );
+        pods.create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": name}, "spec": spec})),
+        )
+        .await
+        .unwrap();
+    }
+    for name in ["always", "never"] {
+        node.wait_pod(name, "Running", |p| phase(p) == "Running")
+            .await;
+    }
+    let (pods_dir, ns) = (node.world.path().join("pods"), node.namespace.clone());
+    let pid_of = move |name: &str, uid: &str| -> i32 {
+        let f = pods_dir.join(format!("{ns}_{name}_{uid}/containers/c/pid"));
+        std::fs::read_to_string(f)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let uid = |p: &Pod| p.metadata.uid.clone().unwrap();
+    let always_uid = uid(&pods.get("always").await.unwrap());
+    let never_uid = uid(&pods.get("never").await.unwrap());
+    let (always_pid, never_pid) = (pid_of("always", &always_uid), pid_of("never", &never_uid));
+
+    node.restart_process();
+    // the stopping node ended its containers
+    assert!(!Path::new(&format!("/proc/{always_pid}")).exists());
+    assert!(!Path::new(&format!("/proc/{never_pid}")).exists());
+
+    let always = node
+        .wait_pod("always", "running again after one restart", |p| {
+            phase(p) == "Running"
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .is_some_and(|c| {
+                        c[0].restart_count == 1
+                            && c[0].state.as_ref().is_some_and(|s| s.running.is_some())
+                    })
+        })
+        .await;
+    let last = always.status.unwrap().container_statuses.unwrap()[0]
+        .last_state
+        .clone()
+        .unwrap();
+    assert_eq!(
+        last.terminated.unwrap().reason.as_deref(),
+        Some("ContainerStatusUnknown")
+    );
+    assert_ne!(pid_of("always", &always_uid), always_pid);
+
+    let never = node
+        .wait_pod("never", "Failed", |p| phase(p) == "Failed")
+        .await;
+    let t = terminated(&never, "c").expect("terminated");
+    assert_eq!(
+        (t.exit_code, t.reason.as_deref()),
+        (137, Some("ContainerStatusUnknown"))
     );
 }
