@@ -29,7 +29,8 @@ use crate::status::StatusWriter;
 use crate::storage::{Stage, StagedObject, object_key};
 use crate::{Error, Result, disk, endpoint, plan, stream};
 
-/// In-process tries of an operation failing transiently, before the attempt is reported retryable.
+/// In-process tries of a provider operation failing transiently, before the attempt is reported
+/// retryable. Stages retry inside ([`crate::storage::StageOptions`]), so their calls are not wrapped.
 pub const DEFAULT_TRIES: u32 = 3;
 /// How often a running transfer refreshes its progress (the writer rate-limits the patches).
 const TICK: Duration = Duration::from_secs(1);
@@ -154,6 +155,12 @@ impl Pipeline {
         Ok(id)
     }
 
+    /// Records a progress milestone (sent with the next write; progress never goes back).
+    fn milestone(&mut self, percent: i32) {
+        let percent = self.overall.at_least(percent);
+        self.status.set_progress(percent);
+    }
+
     /// Enters a phase (or re-enters it for the next disk).
     async fn enter(&mut self, phase: Phase, message: String) -> Result<()> {
         self.current = phase;
@@ -163,6 +170,7 @@ impl Pipeline {
     /// Validating: endpoints, credentials, source VM and disks, target name and format, staging,
     /// resume state and scratch space. Fails fast with a precise message.
     async fn validating(&mut self) -> Result<Work> {
+        self.milestone(0);
         self.enter(
             Phase::Validating,
             format!(
@@ -173,7 +181,6 @@ impl Pipeline {
             ),
         )
         .await?;
-        self.overall.at_least(0);
         let plan = &self.plan;
         for endpoint in [
             Some(plan.source.endpoint.as_str()),
@@ -225,7 +232,7 @@ impl Pipeline {
                 plan.target_name, plan.target.name
             )));
         }
-        with_retries("storage check", tries, || stage.check()).await?;
+        stage.check().await?;
         let (cpus, memory_bytes) = match &plan.target_resources {
             Some(r) => (
                 r.cpu.unwrap_or(vm.cpus),
@@ -342,7 +349,7 @@ impl Pipeline {
         };
         let stage = &*self.stage;
         let key = disk.key.clone();
-        let found = with_retries("storage stat", self.tries, || stage.stat(&key)).await?;
+        let found = stage.stat(&key).await?;
         match found {
             Some(obj) if obj.sha256 == *sha && obj.size as i64 == size => {
                 tracing::info!(
@@ -377,7 +384,7 @@ impl Pipeline {
                     "every disk is already staged or imported",
                 )
                 .await?;
-            self.overall.at_least(Overall::START);
+            self.milestone(Overall::START);
             return Ok(None);
         }
         self.enter(
@@ -418,7 +425,7 @@ impl Pipeline {
         self.status
             .complete(Phase::Snapshotting, reason, &message)
             .await?;
-        self.overall.at_least(Overall::START);
+        self.milestone(Overall::START);
         Ok(snapshot)
     }
 
@@ -520,7 +527,7 @@ impl Pipeline {
             (i, Step::Upload),
             ("Uploading", &label),
             &counter,
-            with_retries("upload", tries, || stage.upload(key, path, &counter)),
+            stage.upload(key, path, &counter),
         )
         .await?;
         remove(&image.path).await;
@@ -645,9 +652,7 @@ impl Pipeline {
             (i, Step::Download),
             ("Downloading", &label),
             &counter,
-            with_retries("download", tries, || {
-                stage.download(&object, &dest, &counter)
-            }),
+            stage.download(&object, &dest, &counter),
         )
         .await?;
         // The pipeline's own end-to-end check, whatever the backend verified.
@@ -756,7 +761,7 @@ impl Pipeline {
         // Not retried in-process: creating is not idempotent.
         let created = self.target.create_vm(&self.vm_spec(w, &disks)).await?;
         self.status.set_target_vm(&created.id).await?;
-        self.overall.at_least(Overall::IMPORTED + 2);
+        self.milestone(Overall::IMPORTED + 2);
         self.status
             .complete(
                 Phase::Creating,
@@ -817,7 +822,7 @@ impl Pipeline {
             self.plan.target_name,
             count(w.disks.len(), "disk")
         );
-        self.overall.at_least(99);
+        self.milestone(99);
         self.status
             .complete(Phase::ValidatingTarget, "Validated", &message)
             .await
@@ -831,7 +836,7 @@ impl Pipeline {
             let stage = &*self.stage;
             let mut deleted = 0;
             for d in &w.disks {
-                match with_retries("storage delete", self.tries, || stage.delete(&d.key)).await {
+                match stage.delete(&d.key).await {
                     Ok(()) => {
                         deleted += 1;
                         if let Some(mut entry) = self.status.disk(&d.source.name).cloned() {

@@ -197,6 +197,11 @@ impl StatusWriter {
         }
     }
 
+    /// Sets the whole-migration percentage without writing (it goes with the next write).
+    pub fn set_progress(&mut self, percent: i32) {
+        self.state.progress = Some(percent.clamp(0, 100));
+    }
+
     /// Logs a human progress line (percent, bytes, rate) at most every [`LOG_INTERVAL`].
     pub fn log_progress(&mut self, what: &str, counter: &Progress) {
         let now = Instant::now();

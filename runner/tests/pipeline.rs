@@ -71,6 +71,9 @@ async fn migrates_two_disks_end_to_end() {
     let writes = rec.writes();
     let progress: Vec<i32> = writes.iter().filter_map(|s| s.progress).collect();
     assert!(progress.windows(2).all(|p| p[0] <= p[1]), "{progress:?}");
+    assert_eq!(writes[0].progress, Some(0));
+    let before_ready = &writes[writes.len() - 2];
+    assert_eq!(before_ready.progress, Some(99), "{before_ready:?}");
     let mut phases: Vec<Phase> = writes.iter().filter_map(|s| s.phase).collect();
     phases.dedup();
     assert_eq!(

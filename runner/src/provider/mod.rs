@@ -39,7 +39,6 @@ pub fn connect(
     plan: &ProviderPlan,
     credentials: &Credentials,
 ) -> Result<Box<dyn Provider>> {
-    let _ = (side.scope(), credentials);
     match plan.type_ {
         ProviderType::Libvirt => Ok(Box::new(libvirt::LibvirtProvider::new(
             plan,
