@@ -1,0 +1,149 @@
+//! `/version` and `/cluster/*` (pve-manager `PVE::API2::Cluster`, `PVE::API2`).
+
+use serde_json::{Value, json};
+
+use super::{ApiOk, ApiParams, ApiResult, Authed, St, validate, vmid_prop};
+use crate::error::Error;
+use crate::qemu_config::VmState;
+use crate::schema::Prop;
+
+/// The PVE release the simulator answers as.
+pub const VERSION: &str = "9.1.1";
+/// Release branch.
+pub const RELEASE: &str = "9.1";
+
+/// `GET /version`.
+pub async fn version(_auth: Authed, ApiParams(params): ApiParams) -> ApiResult {
+    validate(&params, vec![])?;
+    Ok(ApiOk::new(
+        json!({ "version": VERSION, "release": RELEASE, "repoid": "pvesim00" }),
+    ))
+}
+
+/// `GET /cluster/nextid`: the first free VMID from 100, or the given one if it is free.
+pub async fn nextid(state: St, _auth: Authed, ApiParams(params): ApiParams) -> ApiResult {
+    validate(&params, vec![("vmid", vmid_prop().optional())])?;
+    let data = &state.node.data;
+    if let Some(vmid) = params.get("vmid").and_then(|v| v.parse::<u32>().ok()) {
+        if VmState::exists(data, vmid) {
+            return Err(Error::param("vmid", format!("VM {vmid} already exists")));
+        }
+        return Ok(ApiOk::new(vmid.to_string()));
+    }
+    let (lower, upper) = (100u32, 1_000_000u32);
+    (lower..upper)
+        .find(|id| !VmState::exists(data, *id))
+        .map(|id| ApiOk::new(id.to_string()))
+        .ok_or_else(|| {
+            Error::failed(format!(
+                "unable to get any free VMID in range [{lower}, {upper}]"
+            ))
+        })
+}
+
+/// One VM as a resource / list entry (`vmstatus`).
+pub fn vm_status(vmid: u32, vm: &VmState, node: &str) -> Value {
+    let running = vm.is_running();
+    let uptime = vm
+        .running_since
+        .map(|s| (crate::datadir::now() - s).max(0))
+        .unwrap_or(0);
+    let mut v = json!({
+        "vmid": vmid,
+        "name": vm.name(vmid),
+        "status": if running { "running" } else { "stopped" },
+        "cpus": vm.cpus(),
+        "maxmem": vm.memory_mib() * 1024 * 1024,
+        "mem": 0,
+        "maxdisk": vm.boot_disk_size(),
+        "disk": 0,
+        "cpu": 0,
+        "uptime": uptime,
+        "netin": 0,
+        "netout": 0,
+        "diskread": 0,
+        "diskwrite": 0,
+        "node": node,
+    });
+    if running {
+        v["pid"] = json!(std::process::id());
+        v["mem"] = json!(vm.memory_mib() * 1024 * 1024 / 4);
+    }
+    if let Some(lock) = vm.config.get("lock") {
+        v["lock"] = json!(lock);
+    }
+    if let Some(tags) = vm.config.get("tags") {
+        v["tags"] = json!(tags);
+    }
+    if vm.config.get("template").is_some_and(|t| t == "1") {
+        v["template"] = json!(1);
+    }
+    v
+}
+
+/// `GET /cluster/resources`: VMs, storages and the node (filtered by `type`), each only if the token
+/// may see it.
+pub async fn resources(state: St, auth: Authed, ApiParams(params): ApiParams) -> ApiResult {
+    validate(
+        &params,
+        vec![(
+            "type",
+            Prop::string()
+                .optional()
+                .one_of(&["vm", "storage", "node", "sdn", "pool"]),
+        )],
+    )?;
+    let node = &state.node;
+    let kind = params.get("type").map(String::as_str);
+    let mut result = Vec::new();
+    if kind.is_none() || kind == Some("vm") {
+        for vmid in VmState::list(&node.data) {
+            if !auth.has(&format!("/vms/{vmid}"), "VM.Audit") {
+                continue;
+            }
+            let Ok(vm) = node.load_vm(vmid) else { continue };
+            let mut v = vm_status(vmid, &vm, node.name());
+            v["id"] = json!(format!("qemu/{vmid}"));
+            v["type"] = json!("qemu");
+            v["maxcpu"] = v["cpus"].clone();
+            v["template"] = json!(if vm.config.get("template").is_some_and(|t| t == "1") {
+                1
+            } else {
+                0
+            });
+            v["hastate"] = Value::Null;
+            result.push(v);
+        }
+    }
+    if kind.is_none() || kind == Some("node") {
+        result.push(json!({
+            "id": format!("node/{}", node.name()),
+            "type": "node",
+            "node": node.name(),
+            "status": "online",
+            "level": "",
+            "cgroup-mode": 2,
+        }));
+    }
+    if kind.is_none() || kind == Some("storage") {
+        for storage in node.storages() {
+            if !auth.has(&format!("/storage/{}", storage.id), "Datastore.Audit") {
+                continue;
+            }
+            let (total, used, _) = storage.usage();
+            result.push(json!({
+                "id": format!("storage/{}/{}", node.name(), storage.id),
+                "type": "storage",
+                "storage": storage.id,
+                "node": node.name(),
+                "status": "available",
+                "plugintype": storage.kind.as_str(),
+                "content": storage.content_string(),
+                "shared": 0,
+                "disk": used,
+                "maxdisk": total,
+            }));
+        }
+    }
+    Ok(ApiOk::new(result))
+}

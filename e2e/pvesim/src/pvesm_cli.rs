@@ -1,0 +1,390 @@
+//! The `pvesm` command of the simulated node (pve-storage `PVE::CLI::pvesm`): `export`, `list`,
+//! `path` and `status`, with PVE's argument handling (positional arguments plus `--option value`
+//! options in any order, `-option` also accepted) and PVE's messages. Errors print to stderr and exit
+//! with 255, as a Perl `die` in the CLI handler does.
+//!
+//! The data directory comes from `PVESIM_DATA_DIR` (set by the wrapper `pvesim-up.sh` installs as
+//! `/usr/local/sbin/pvesm`, so an sshd session finds it).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use crate::datadir::DataDir;
+use crate::error::{Error, Result};
+use crate::export::{self, ExportRequest, KNOWN_EXPORT_FORMATS};
+use crate::schema::{self, Params, Prop, Schema};
+use crate::storage::{NodeConfig, parse_volume_id};
+
+/// Environment variable naming the data directory.
+pub const DATA_DIR_ENV: &str = "PVESIM_DATA_DIR";
+
+/// One command's argument layout.
+struct Command {
+    name: &'static str,
+    positional: &'static [&'static str],
+    schema: Schema,
+}
+
+fn snapshot_name() -> Prop {
+    Prop::string()
+        .optional()
+        .pattern("(?i)[a-z0-9_\\-]{1,40}")
+        .max_length(40)
+}
+
+fn command(name: &str) -> Option<Command> {
+    Some(match name {
+        "export" => Command {
+            name: "export",
+            positional: &["volume", "format", "filename"],
+            schema: Schema::new(vec![
+                ("volume", Prop::string()),
+                ("format", Prop::string().one_of(KNOWN_EXPORT_FORMATS)),
+                ("filename", Prop::string()),
+                ("base", snapshot_name()),
+                ("snapshot", snapshot_name()),
+                ("with-snapshots", Prop::boolean().optional()),
+                ("snapshot-list", Prop::string().optional()),
+            ]),
+        },
+        "list" => Command {
+            name: "list",
+            positional: &["storage"],
+            schema: Schema::new(vec![
+                ("storage", Prop::string().verify(schema::verify_storage_id)),
+                (
+                    "content",
+                    Prop::string().optional().verify(schema::verify_content),
+                ),
+                (
+                    "vmid",
+                    Prop::integer()
+                        .optional()
+                        .verify(schema::verify_vmid)
+                        .range(Some(100), Some(999_999_999)),
+                ),
+            ]),
+        },
+        "path" => Command {
+            name: "path",
+            positional: &["volume"],
+            schema: Schema::new(vec![(
+                "volume",
+                Prop::string().verify(schema::verify_volume_id),
+            )]),
+        },
+        "status" => Command {
+            name: "status",
+            positional: &[],
+            schema: Schema::new(vec![
+                (
+                    "storage",
+                    Prop::string().optional().verify(schema::verify_storage_id),
+                ),
+                (
+                    "content",
+                    Prop::string().optional().verify(schema::verify_content),
+                ),
+            ]),
+        },
+        _ => return None,
+    })
+}
+
+fn usage(cmd: &Command) -> String {
+    let positional: String = cmd.positional.iter().map(|p| format!(" <{p}>")).collect();
+    let options = if cmd.schema.props.len() > cmd.positional.len() {
+        " [OPTIONS]"
+    } else {
+        ""
+    };
+    format!("USAGE: pvesm {}{positional}{options}", cmd.name)
+}
+
+/// Getopt-style parsing: `--key value` / `-key value` options anywhere, the rest positional.
+/// A boolean option without a value means 1.
+fn parse_args(cmd: &Command, args: &[String]) -> std::result::Result<Params, String> {
+    let mut params = BTreeMap::new();
+    let mut positional = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        if arg.len() > 1 && arg.starts_with('-') && arg != "-" {
+            let name = arg.trim_start_matches('-');
+            let (name, inline) = match name.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (name, None),
+            };
+            let Some((_, prop)) = cmd.schema.props.iter().find(|(n, _)| *n == name) else {
+                return Err(format!(
+                    "Unknown option: {name}\n400 unable to parse option"
+                ));
+            };
+            let value = match inline {
+                Some(v) => v,
+                None if prop.ty == schema::Type::Boolean => {
+                    match args.get(i + 1).and_then(|v| schema::parse_boolean(v)) {
+                        Some(b) => {
+                            i += 1;
+                            (b as u8).to_string()
+                        }
+                        None => "1".to_string(),
+                    }
+                }
+                None => {
+                    i += 1;
+                    args.get(i).cloned().ok_or_else(|| {
+                        format!("Option {name} requires an argument\n400 unable to parse option")
+                    })?
+                }
+            };
+            let value = if prop.ty == schema::Type::Boolean {
+                schema::parse_boolean(&value)
+                    .map(|b| (b as u8).to_string())
+                    .unwrap_or(value)
+            } else {
+                value
+            };
+            params.insert(name.to_string(), value);
+        } else {
+            positional.push(arg.clone());
+        }
+        i += 1;
+    }
+    if positional.len() < cmd.positional.len() {
+        return Err("400 not enough arguments".to_string());
+    }
+    if positional.len() > cmd.positional.len() {
+        return Err("400 too many arguments".to_string());
+    }
+    for (name, value) in cmd.positional.iter().zip(positional) {
+        params.insert(name.to_string(), value);
+    }
+    Ok(params)
+}
+
+/// Runs `pvesm <args>`; returns the process exit code.
+pub fn main(args: &[String]) -> i32 {
+    let Some(name) = args.first() else {
+        eprintln!(
+            "ERROR: no command specified\nUSAGE: pvesm <COMMAND> [ARGS] [OPTIONS]\n       commands: export list path status"
+        );
+        return 255;
+    };
+    let Some(cmd) = command(name) else {
+        eprintln!(
+            "ERROR: unknown command 'pvesm {name}'\nUSAGE: pvesm <COMMAND> [ARGS] [OPTIONS]\n       commands: export list path status"
+        );
+        return 255;
+    };
+    let params = match parse_args(&cmd, &args[1..]) {
+        Ok(p) => p,
+        Err(message) => {
+            eprintln!("{message}\n{}", usage(&cmd));
+            return 255;
+        }
+    };
+    match run(&cmd, &params) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprint!("{}", e.cli_message());
+            if matches!(e, Error::Param(_)) {
+                eprintln!("{}", usage(&cmd));
+            }
+            255
+        }
+    }
+}
+
+fn data_dir() -> Result<DataDir> {
+    let dir = std::env::var_os(DATA_DIR_ENV).ok_or_else(|| {
+        Error::failed(format!(
+            "{DATA_DIR_ENV} is not set (the pvesim data directory)"
+        ))
+    })?;
+    DataDir::open(std::path::Path::new(&dir))
+}
+
+fn run(cmd: &Command, params: &Params) -> Result<()> {
+    cmd.schema.validate(params)?;
+    let data = data_dir()?;
+    let stdout = std::io::stdout();
+    match cmd.name {
+        "export" => {
+            let request = ExportRequest {
+                volid: params["volume"].clone(),
+                format: params["format"].clone(),
+                snapshot: params.get("snapshot").cloned(),
+                base: params.get("base").cloned(),
+                with_snapshots: params.get("with-snapshots").is_some_and(|v| v == "1")
+                    || params.contains_key("snapshot-list"),
+            };
+            let log = |line: &str| eprintln!("{line}");
+            let filename = &params["filename"];
+            if filename == "-" {
+                // nothing else may go to stdout while it carries the stream
+                let mut out = stdout.lock();
+                export::export(&data, &request, &mut out, &log)
+            } else {
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(filename)
+                    .map_err(|e| Error::failed(format!("open({filename}): {e}")))?;
+                let result = export::export(&data, &request, &mut file, &log);
+                if result.is_err() {
+                    drop(file);
+                    let _ = std::fs::remove_file(filename);
+                }
+                result
+            }
+        }
+        "path" => {
+            let (store, volname) = parse_volume_id(&params["volume"])?;
+            let node = NodeConfig::load(&data)?;
+            let storage = node.storage(&data, store)?;
+            let volume = storage.parse_volname(volname)?;
+            writeln!(stdout.lock(), "{}", storage.path(&volume).display())
+                .map_err(Error::io("write stdout"))
+        }
+        "list" => {
+            let node = NodeConfig::load(&data)?;
+            let storage = node.storage(&data, &params["storage"])?;
+            let vmid = params.get("vmid").and_then(|v| v.parse().ok());
+            let list = storage.list_volumes(params.get("content").map(String::as_str), vmid)?;
+            let width = list.iter().map(|v| v.volid.len()).max().unwrap_or(0);
+            let size_width = list
+                .iter()
+                .map(|v| v.size.to_string().len())
+                .max()
+                .unwrap_or(0)
+                .max(4);
+            let mut out = stdout.lock();
+            let w = |out: &mut dyn Write, line: String| {
+                writeln!(out, "{line}").map_err(Error::io("write stdout"))
+            };
+            w(
+                &mut out,
+                format!(
+                    "{:<width$} {:<7} {:<9} {:>size_width$} VMID",
+                    "Volid", "Format", "Type", "Size"
+                ),
+            )?;
+            for v in list.iter().filter(|v| v.vmid.is_some()) {
+                let vmid = v.vmid.unwrap_or_default();
+                w(
+                    &mut out,
+                    format!(
+                        "{:<width$} {:<7} {:<9} {:>size_width$} {vmid}",
+                        v.volid, v.format, v.content, v.size
+                    ),
+                )?;
+            }
+            let mut rest: Vec<_> = list.iter().filter(|v| v.vmid.is_none()).collect();
+            rest.sort_by(|a, b| a.format.cmp(&b.format));
+            for v in rest {
+                w(
+                    &mut out,
+                    format!(
+                        "{:<width$} {:<7} {:<9} {:>size_width$}",
+                        v.volid, v.format, v.content, v.size
+                    ),
+                )?;
+            }
+            Ok(())
+        }
+        "status" => {
+            let node = NodeConfig::load(&data)?;
+            let mut out = stdout.lock();
+            writeln!(
+                out,
+                "{:<10} {:<8} {:<8} {:>16} {:>16} {:>16} {:>8}",
+                "Name", "Type", "Status", "Total (KiB)", "Used (KiB)", "Available (KiB)", "%"
+            )
+            .map_err(Error::io("write stdout"))?;
+            for storage in node.all(&data) {
+                if params.get("storage").is_some_and(|s| *s != storage.id)
+                    || params.get("content").is_some_and(|c| !storage.supports(c))
+                {
+                    continue;
+                }
+                let (total, used, avail) = storage.usage();
+                let percent = if total > 0 {
+                    used as f64 * 100.0 / total as f64
+                } else {
+                    0.0
+                };
+                writeln!(
+                    out,
+                    "{:<10} {:<8} {:<8} {:>16} {:>16} {:>16} {:>7.2}%",
+                    storage.id,
+                    storage.kind.as_str(),
+                    "active",
+                    total / 1024,
+                    used / 1024,
+                    avail / 1024,
+                    percent
+                )
+                .map_err(Error::io("write stdout"))?;
+            }
+            Ok(())
+        }
+        other => Err(Error::failed(format!("unknown command '{other}'"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn export_arguments_like_pves_cli() {
+        let cmd = command("export").unwrap();
+        let p = parse_args(
+            &cmd,
+            &args(&[
+                "local:100/vm-100-disk-0.qcow2",
+                "raw+size",
+                "-",
+                "--snapshot",
+                "s1",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(p["volume"], "local:100/vm-100-disk-0.qcow2");
+        assert_eq!(p["filename"], "-");
+        assert_eq!(p["snapshot"], "s1");
+        let p = parse_args(&cmd, &args(&["--with-snapshots", "v", "qcow2+size", "f"])).unwrap();
+        assert_eq!(p["with-snapshots"], "1");
+        assert_eq!(p["volume"], "v");
+        let p = parse_args(
+            &cmd,
+            &args(&["v", "qcow2+size", "f", "-with-snapshots", "0"]),
+        )
+        .unwrap();
+        assert_eq!(p["with-snapshots"], "0");
+        assert!(
+            parse_args(&cmd, &args(&["v", "raw+size"]))
+                .unwrap_err()
+                .contains("not enough arguments")
+        );
+        assert!(
+            parse_args(&cmd, &args(&["v", "raw+size", "-", "--bogus", "1"]))
+                .unwrap_err()
+                .contains("Unknown option: bogus")
+        );
+        let p = parse_args(&cmd, &args(&["v", "foo+size", "-"])).unwrap();
+        let Err(Error::Param(e)) = cmd.schema.validate(&p) else {
+            panic!()
+        };
+        assert_eq!(
+            e["format"],
+            "value 'foo+size' does not have a value in the enumeration 'raw+size, tar+size, qcow2+size, vmdk+size, zfs, btrfs'"
+        );
+    }
+}
