@@ -118,9 +118,7 @@ impl Pipeline {
                 self.discard_partial(work.as_ref()).await;
             }
         }
-        if let Some(w) = &work {
-            let _ = tokio::fs::remove_dir_all(&w.dir).await;
-        }
+        let _ = tokio::fs::remove_dir_all(self.scratch_dir()).await;
         result
     }
 
@@ -153,6 +151,14 @@ impl Pipeline {
         self.validating_target(w, &id).await?;
         self.finish(w, &id).await?;
         Ok(id)
+    }
+
+    /// This migration's directory in scratch, removed when the attempt ends.
+    fn scratch_dir(&self) -> PathBuf {
+        self.scratch.join(format!(
+            "{}-{}",
+            self.plan.migration.namespace, self.plan.migration.name
+        ))
     }
 
     /// Records a progress milestone (sent with the next write; progress never goes back).
@@ -223,14 +229,24 @@ impl Pipeline {
                 accepted.join(", ")
             )));
         }
+        // A VM of the target name is refused unless an earlier attempt of this migration made it.
         let ours = self.status.status().target_vm_id.is_some();
-        if !ours
-            && with_retries("target name", tries, || target.vm_exists(&plan.target_name)).await?
-        {
-            return Err(Error::Invalid(format!(
-                "a VM named {} already exists on target {}",
-                plan.target_name, plan.target.name
-            )));
+        let exists =
+            with_retries("target name", tries, || target.vm_exists(&plan.target_name)).await?;
+        match (exists, ours) {
+            (true, false) => {
+                return Err(Error::Invalid(format!(
+                    "a VM named {} already exists on target {}",
+                    plan.target_name, plan.target.name
+                )));
+            }
+            (false, true) => {
+                tracing::info!(
+                    "the target VM an earlier attempt created is gone: it will be created again"
+                );
+                self.status.clear_target_vm().await?;
+            }
+            _ => {}
         }
         stage.check().await?;
         let (cpus, memory_bytes) = match &plan.target_resources {
@@ -265,10 +281,7 @@ impl Pipeline {
             disks.push(disk);
         }
 
-        let dir = self.scratch.join(format!(
-            "{}-{}",
-            plan.migration.namespace, plan.migration.name
-        ));
+        let dir = self.scratch_dir();
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating scratch {}", dir.display()), e))?;
         let reads_back = target.reads_back();

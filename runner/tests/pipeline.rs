@@ -223,6 +223,31 @@ async fn resume_exports_everything_again_when_the_snapshot_is_gone() {
 }
 
 #[tokio::test]
+async fn resume_creates_the_target_vm_again_when_it_was_removed() {
+    // Attempt 1 created the VM, then validating it failed transiently; someone removed the VM
+    // definition (not the disks) before attempt 2.
+    let w = World::one_disk(ProviderType::Libvirt);
+    w.target.fail("validate_vm", 1, true);
+    let (result, rec1) = w.run(&VMMigrationStatus::default()).await;
+    assert!(result.unwrap_err().is_retryable());
+    assert!(rec1.last().target_vm_id.is_some());
+    std::fs::remove_file(w.target.vm_dir(TARGET_VM).join("vm.json")).unwrap();
+
+    let (result, rec2) = w.run(&rec1.last()).await;
+    result.expect("second attempt succeeds");
+    assert_eq!(w.target.calls("create_vm"), 2);
+    assert_eq!(
+        w.target.calls("import_disk"),
+        1,
+        "the imported disk is reused"
+    );
+    assert_eq!(
+        condition(&rec2.last(), "Created").reason.as_deref(),
+        Some("Created")
+    );
+}
+
+#[tokio::test]
 async fn checksum_mismatch_on_import_is_terminal_and_no_vm_is_created() {
     // The backend hands back vdb with a flipped byte and does not notice.
     let w = World::two_disks(ProviderType::Libvirt);
@@ -435,6 +460,10 @@ async fn validating_fails_fast_with_a_precise_message() {
         "{err}"
     );
     assert_eq!(w.source.calls("snapshot"), 0);
+    assert!(
+        std::fs::read_dir(&w.scratch).unwrap().next().is_none(),
+        "scratch left clean"
+    );
 }
 
 #[tokio::test]
