@@ -1,6 +1,8 @@
-//! The source VM of the e2e world: `database-server` (VMID 100) with a qcow2 system disk (`scsi0`)
-//! and a raw data disk (`scsi1`) on `local`, filled with known byte patterns (`qemu-io write -P`),
-//! so a migrated copy can be checked byte for byte.
+//! The source VM of the e2e world: `database-server` (VMID 100) with a qcow2 system disk (`scsi0`,
+//! `local`, a dir storage) and a raw data disk (`scsi1`, `local-lvm`, LVM-thin, as on a default PVE
+//! install), filled with known byte patterns (`qemu-io write -P`), so a migrated copy can be checked
+//! byte for byte. Both storages can snapshot these volumes (qcow2 internal snapshot, thin snapshot),
+//! so the VM can be snapshotted as a whole; a raw disk on `local` could not be.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -9,7 +11,7 @@ use crate::datadir::{DataDir, random_uuid};
 use crate::error::{Error, Result};
 use crate::qemu_config::{VmState, format_size};
 use crate::qemu_img;
-use crate::storage::{NodeConfig, VolType};
+use crate::storage::NodeConfig;
 
 /// VMID of the source VM.
 pub const VMID: u32 = 100;
@@ -24,6 +26,10 @@ pub type Pattern = (u64, u64, u8);
 pub struct DiskSpec {
     /// Config key.
     pub key: &'static str,
+    /// Storage.
+    pub storage: &'static str,
+    /// Volume ID the fixture creates.
+    pub volid: &'static str,
     /// Image format.
     pub format: &'static str,
     /// Virtual size in bytes.
@@ -40,6 +46,8 @@ pub fn disks(size: u64) -> Vec<DiskSpec> {
     vec![
         DiskSpec {
             key: "scsi0",
+            storage: "local",
+            volid: "local:100/vm-100-disk-0.qcow2",
             format: "qcow2",
             size,
             patterns: vec![
@@ -50,6 +58,8 @@ pub fn disks(size: u64) -> Vec<DiskSpec> {
         },
         DiskSpec {
             key: "scsi1",
+            storage: "local-lvm",
+            volid: "local-lvm:vm-100-disk-0",
             format: "raw",
             size: data_size,
             patterns: vec![(0, MIB, 0x44), (data_size / 2, MIB, 0x55)],
@@ -65,23 +75,30 @@ pub fn create_source_vm(data: &DataDir, size: u64, running: bool, force: bool) -
         ));
     }
     let node = NodeConfig::load_or_init(data)?;
-    let local = node.storage(data, "local")?;
     if VmState::exists(data, VMID) {
         if !force {
             return Ok(false);
         }
         VmState::remove(data, VMID)?;
     }
-    let dir = local.subdir(VolType::Images).join(VMID.to_string());
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(Error::io(format!("remove {}", dir.display())))?;
+    for storage in node.all(data) {
+        for old in storage.list_images(Some(VMID))? {
+            storage.free(&storage.parse_volid(&old.volid)?)?;
+        }
     }
     let quiet = |line: &str| tracing::debug!("{line}");
     let mut config = BTreeMap::new();
     for spec in disks(size) {
-        let volid = local.alloc_image(VMID, spec.format, spec.size, &quiet)?;
-        let volume = local.parse_volid(&volid)?;
-        let path = local.path(&volume);
+        let storage = node.storage(data, spec.storage)?;
+        let volid = storage.alloc_image(VMID, spec.format, spec.size, &quiet)?;
+        if volid != spec.volid {
+            return Err(Error::failed(format!(
+                "fixture disk became {volid}, expected {}",
+                spec.volid
+            )));
+        }
+        let volume = storage.parse_volid(&volid)?;
+        let path = storage.path(&volume);
         let mut cmd = Command::new("qemu-io");
         cmd.args(["-f", spec.format]);
         for (offset, length, byte) in &spec.patterns {

@@ -192,7 +192,6 @@ pub fn convert(
     let args = [
         "convert", "-p", "-n", "-f", src_format, "-O", dst_format, &src_s, &dst_s,
     ];
-    log(&format!("running '{}'", command_line(&args)));
     let mut child = Command::new("qemu-img")
         .args(args)
         .stdin(Stdio::null())
@@ -209,6 +208,7 @@ pub fn convert(
     });
     let mut buf = [0u8; 4096];
     let mut pending = String::new();
+    let mut last = String::new();
     loop {
         let n = stdout
             .read(&mut buf)
@@ -219,7 +219,8 @@ pub fn convert(
         pending.push_str(&String::from_utf8_lossy(&buf[..n]));
         while let Some(pos) = pending.find(['\r', '\n']) {
             let line: String = pending.drain(..=pos).collect();
-            if let Some(percent) = parse_progress(&line) {
+            if let Some(percent) = parse_progress(&line).filter(|p| *p != last) {
+                last = percent.to_string();
                 let transferred =
                     (size as f64 * percent.parse::<f64>().unwrap_or_default() / 100.0) as u64;
                 log(&format!(

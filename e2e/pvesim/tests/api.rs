@@ -435,7 +435,7 @@ async fn snapshots_qcow2_internal_and_lvm_thin_but_not_raw_on_dir() {
     stage_import(&sim, "s.qcow2");
     fixture::create_source_vm(&sim.data, 16 << 20, true, false).unwrap();
 
-    // the fixture has a raw disk on a dir storage: PVE cannot snapshot that VM
+    // the source VM (qcow2 on dir, raw on LVM-thin) can be snapshotted as a whole
     let answer = call(
         &sim,
         "POST",
@@ -446,8 +446,45 @@ async fn snapshots_qcow2_internal_and_lvm_thin_but_not_raw_on_dir() {
     .await;
     let upid = answer.data().as_str().unwrap().to_string();
     assert!(upid.contains(":qmsnapshot:100:"));
+    assert_eq!(wait_task(&sim, &upid).await["exitstatus"], "OK");
+    let log = task_log(&sim, &upid).await;
+    assert!(
+        log.contains(&"snapshotting 'drive-scsi0' (local:100/vm-100-disk-0.qcow2)".to_string()),
+        "{log:?}"
+    );
+    assert!(
+        log.contains(&"snapshotting 'drive-scsi1' (local-lvm:vm-100-disk-0)".to_string()),
+        "{log:?}"
+    );
+
+    // a raw disk on a dir storage cannot be snapshotted: PVE refuses the whole VM
+    let answer = call(
+        &sim,
+        "POST",
+        "/nodes/pve1/qemu",
+        Some(ADMIN),
+        &[("vmid", "202"), ("scsi0", "local:1")],
+    )
+    .await;
     assert_eq!(
-        wait_task(&sim, &upid).await["exitstatus"],
+        wait_task(&sim, answer.data().as_str().unwrap()).await["exitstatus"],
+        "OK"
+    );
+    let config = call(&sim, "GET", "/nodes/pve1/qemu/202/config", Some(ADMIN), &[]).await;
+    assert_eq!(
+        config.data()["scsi0"],
+        "local:202/vm-202-disk-0.raw,size=1G"
+    );
+    let answer = call(
+        &sim,
+        "POST",
+        "/nodes/pve1/qemu/202/snapshot",
+        Some(ADMIN),
+        &[("snapname", "migrate")],
+    )
+    .await;
+    assert_eq!(
+        wait_task(&sim, answer.data().as_str().unwrap()).await["exitstatus"],
         "snapshot feature is not available"
     );
 
@@ -790,7 +827,7 @@ async fn storage_status_and_volume_info() {
     let answer = call(
         &sim,
         "GET",
-        "/nodes/pve1/storage/local/content/100%2Fvm-100-disk-1.raw",
+        "/nodes/pve1/storage/local-lvm/content/vm-100-disk-0",
         Some(ADMIN),
         &[],
     )

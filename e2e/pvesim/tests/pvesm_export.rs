@@ -79,7 +79,7 @@ fn raw_size_export_of_raw_disk_and_to_a_file() {
         &data,
         &[
             "export",
-            "local:100/vm-100-disk-1.raw",
+            "local-lvm:vm-100-disk-0",
             "raw+size",
             target.to_str().unwrap(),
             "--with-snapshots",
@@ -128,6 +128,10 @@ fn qcow2_size_export_streams_the_image_file() {
 #[test]
 fn export_refusals_are_pves() {
     let (_tmp, data) = setup();
+    let node = pvesim::storage::NodeConfig::load(&data).unwrap();
+    let local = node.storage(&data, "local").unwrap();
+    let raw = local.alloc_image(100, "raw", 1 << 20, &|_| {}).unwrap();
+    assert_eq!(raw, "local:100/vm-100-disk-1.raw");
     let cases: &[(&[&str], &str)] = &[
         (
             &[
@@ -185,8 +189,8 @@ fn lvm_thin_exports_raw_size_but_no_snapshot() {
     let (_tmp, data) = setup();
     let node = pvesim::storage::NodeConfig::load(&data).unwrap();
     let lvm = node.storage(&data, "local-lvm").unwrap();
-    let volid = lvm.alloc_image(100, "raw", 4 << 20, &|_| {}).unwrap();
-    assert_eq!(volid, "local-lvm:vm-100-disk-0");
+    let volid = lvm.alloc_image(150, "raw", 4 << 20, &|_| {}).unwrap();
+    assert_eq!(volid, "local-lvm:vm-150-disk-0");
     let path = lvm.path(&lvm.parse_volid(&volid).unwrap());
     let mut content = vec![0u8; 4 << 20];
     content[..4096].fill(0x77);

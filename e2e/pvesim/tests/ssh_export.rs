@@ -105,11 +105,7 @@ fn pvesm_export_raw_size_over_real_sshd() {
     let prefix = format!("PVESIM_DATA_DIR={} {pvesm}", data.root().display());
 
     for spec in fixture::disks(32 << 20) {
-        let volid = format!(
-            "local:100/vm-100-disk-{}.{}",
-            if spec.key == "scsi0" { 0 } else { 1 },
-            spec.format
-        );
+        let volid = spec.volid;
         let out = ssh.run(&format!("{prefix} export {volid} raw+size -"));
         assert!(
             out.status.success(),
