@@ -846,3 +846,98 @@ async fn storage_status_and_volume_info() {
         "storage ID mismatch (local-lvm != local)\n"
     );
 }
+
+#[tokio::test]
+async fn download_url_fetches_and_verifies() {
+    let sim = sim();
+    let image = sim.tmp.path().join("served.qcow2");
+    make_qcow2(&image, "8M");
+    let bytes = std::fs::read(&image).unwrap();
+    let sha512 = hex::encode(sha2::Sha512::digest(&bytes));
+    let served = bytes.clone();
+    let app = axum::Router::new().route(
+        "/disk.qcow2",
+        axum::routing::get(move || async move { served }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/disk.qcow2", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let download = |checksum: String, filename: &'static str| {
+        let (sim, url) = (&sim, url.clone());
+        async move {
+            let params = [
+                ("url", url.as_str()),
+                ("content", "import"),
+                ("filename", filename),
+                ("checksum-algorithm", "sha512"),
+                ("checksum", checksum.as_str()),
+            ];
+            let answer = call(
+                sim,
+                "POST",
+                "/nodes/pve1/storage/local/download-url",
+                Some(ADMIN),
+                &params,
+            )
+            .await;
+            assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+            let upid = answer.data().as_str().unwrap().to_string();
+            assert!(upid.contains(&format!(":download:{filename}:")), "{upid}");
+            wait_task(sim, &upid).await["exitstatus"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    assert_eq!(download(sha512.clone(), "fetched.qcow2").await, "OK");
+    let import_dir = sim.node.storage("local").unwrap().root.join("import");
+    assert_eq!(
+        std::fs::read(import_dir.join("fetched.qcow2")).unwrap(),
+        bytes
+    );
+    let exit = download("ab".repeat(64), "bad.qcow2").await;
+    assert_eq!(
+        exit,
+        format!(
+            "checksum mismatch: got '{sha512}' != expect '{}'",
+            "ab".repeat(64)
+        )
+    );
+    assert!(std::fs::read_dir(&import_dir).unwrap().all(|e| {
+        let name = e.unwrap().file_name();
+        name == "fetched.qcow2"
+    }));
+    // the same checksum again: the file is there already
+    assert_eq!(download(sha512, "fetched.qcow2").await, "OK");
+
+    let answer = call(
+        &sim,
+        "POST",
+        "/nodes/pve1/storage/local-lvm/download-url",
+        Some(ADMIN),
+        &[
+            ("url", url.as_str()),
+            ("content", "import"),
+            ("filename", "x.qcow2"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        answer.body["message"],
+        "can't upload to storage type 'lvmthin', not a file based storage!\n"
+    );
+    let answer = call(
+        &sim,
+        "POST",
+        "/nodes/pve1/storage/local/download-url",
+        Some(READONLY),
+        &[
+            ("url", url.as_str()),
+            ("content", "import"),
+            ("filename", "x.qcow2"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+}
