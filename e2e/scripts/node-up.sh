@@ -10,6 +10,10 @@
 # apply as to a real kubelet), or the admin one when the PKI has none. The kubelet API serves
 # node-<NODE>-serving.crt on 127.0.0.1:10250 and trusts client certificates of the cluster CA.
 #
+# Pods share the machine's network namespace; each gets its own IP from the pod CIDR (made local on lo), and
+# the preloaded vrg-bindshim library turns a program's bind to 0.0.0.0 / [::] into a bind to its pod IP, so
+# pods may listen on the same port (E2E_BIND_SHIM overrides its path when E2E_NODE_BIN is given).
+#
 # Image mappings (which local binary an image stands for): e2e/.world/node-images.yaml if present
 # (`repository: /path/to/binary` lines), plus E2E_NODE_IMAGES="repo=/path repo2=/path2"; any other image
 # runs the binary named like its last component from the bin dirs (E2E_NODE_BIN_DIRS, default the cargo
@@ -17,7 +21,7 @@
 # Idempotent: a running node (pid alive, our binary) is left alone.
 #
 # Environment: E2E_WORLD, E2E_NODE_NAME (e2e-node), E2E_POD_CIDR (10.244.0.0/16), E2E_NODE_BIN (prebuilt
-# binary; otherwise `cargo build -p e2e --bin e2e-node`), E2E_NODE_IMAGES, E2E_NODE_BIN_DIRS, E2E_NODE_ARGS (extra flags),
+# binary; otherwise `cargo build -p e2e --bin e2e-node` and `-p vrg-bindshim`), E2E_NODE_IMAGES, E2E_NODE_BIN_DIRS, E2E_NODE_ARGS (extra flags),
 # NODE_TIMEOUT (seconds, default 60), CARGO_TARGET_DIR.
 set -euo pipefail
 
@@ -48,11 +52,14 @@ KUBECONFIG_NODE=$PKI/node-$NODE.kubeconfig
 
 if [ -n "${E2E_NODE_BIN:-}" ]; then
   BIN=$E2E_NODE_BIN
+  SHIM=${E2E_BIND_SHIM:-$(dirname "$BIN")/libvrg_bindshim.so}
 else
-  (cd "$REPO" && cargo build -q -p e2e --bin e2e-node)
+  (cd "$REPO" && cargo build -q -p e2e --bin e2e-node && cargo build -q -p vrg-bindshim)
   BIN=$CARGO_TARGET_DIR/debug/e2e-node
+  SHIM=$CARGO_TARGET_DIR/debug/libvrg_bindshim.so
 fi
 [ -x "$BIN" ] || die "no node binary at $BIN"
+[ -f "$SHIM" ] || die "no bind shim at $SHIM (cargo build -p vrg-bindshim)"
 
 mkdir -p "$WORLD/pids" "$WORLD/logs" "$WORLD/pods" "$WORLD/nfs"
 
@@ -75,7 +82,8 @@ if pid=$(running_pid); then
   say "already running (pid $pid)"
 else
   args=(--kubeconfig "$KUBECONFIG_NODE" --node-name "$NODE" --world "$WORLD" --pod-cidr "$POD_CIDR"
-        --tls-cert "$PKI/node-$NODE-serving.crt" --tls-key "$PKI/node-$NODE-serving.key" --client-ca "$PKI/ca.crt")
+        --tls-cert "$PKI/node-$NODE-serving.crt" --tls-key "$PKI/node-$NODE-serving.key" --client-ca "$PKI/ca.crt"
+        --bind-shim "$SHIM")
   [ -f "$WORLD/node-images.yaml" ] && args+=(--image-config "$WORLD/node-images.yaml")
   for m in ${E2E_NODE_IMAGES:-}; do args+=(--image "$m"); done
   for d in ${E2E_NODE_BIN_DIRS:-$CARGO_TARGET_DIR/debug}; do args+=(--bin-dir "$d"); done

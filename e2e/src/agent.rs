@@ -98,6 +98,14 @@ fn image_map(args: &NodeArgs) -> Result<ImageMap> {
 /// Runs the node until SIGTERM or SIGINT, then stops its container processes.
 pub async fn run(args: NodeArgs) -> Result<()> {
     let cidr: Cidr = args.pod_cidr.parse()?;
+    if let Some(shim) = &args.bind_shim
+        && !shim.is_file()
+    {
+        return Err(Error::Config(format!(
+            "--bind-shim {}: no such file",
+            shim.display()
+        )));
+    }
     let images = image_map(&args)?;
     let tls = kubelet_api::tls_config(&args.tls_cert, &args.tls_key, &args.client_ca)?;
     let (client, apiserver_host, apiserver_port) = client(&args).await?;
@@ -123,6 +131,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         apiserver_port,
         restart_backoff: args.restart_backoff,
         images,
+        bind_shim: args.bind_shim.clone(),
     };
     let ctx = NodeContext::new(client.clone(), config, capacity);
 

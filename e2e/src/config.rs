@@ -80,6 +80,12 @@ pub struct NodeArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
 
+    /// The vrg-bindshim library (libvrg_bindshim.so): preloaded into every container so that binds
+    /// to 0.0.0.0 / [::] land on the pod IP (no port clashes between pods, nothing exposed on the
+    /// machine's other addresses). Without it, pods share the host's ports.
+    #[arg(long)]
+    pub bind_shim: Option<PathBuf>,
+
     /// Taints the Node is registered with, `key[=value]:Effect` (repeatable), like the kubelet's
     /// `--register-with-taints`.
     #[arg(long = "register-with-taint", value_name = "KEY[=VALUE]:EFFECT")]
@@ -111,4 +117,6 @@ pub struct NodeConfig {
     pub restart_backoff: Duration,
     /// Images.
     pub images: ImageMap,
+    /// LD_PRELOAD library moving wildcard binds to the pod IP.
+    pub bind_shim: Option<PathBuf>,
 }

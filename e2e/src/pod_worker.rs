@@ -460,7 +460,16 @@ impl Worker {
     }
 
     async fn set_up_sandbox(&mut self) -> Result<()> {
-        if self.ip.is_none() {
+        let host_network = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        if host_network {
+            // the node's address, as for any host-network pod (never returned to the pool)
+            self.ip = self.ctx.config.node_ip.parse().ok();
+        } else if self.ip.is_none() {
             self.ip = Some(self.ctx.ips.lock().expect("ip pool").allocate()?);
         }
         for sub in ["containers", "logs", "volumes"] {
@@ -592,6 +601,15 @@ impl Worker {
                 return;
             }
         };
+        let mut env = env;
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        if let (Some(shim), false) = (&self.ctx.config.bind_shim, host_network) {
+            preload(&mut env, shim, &ctx.pod_ip);
+        }
         let command = expand_all(spec.command.as_deref().unwrap_or_default(), &env);
         let args = expand_all(spec.args.as_deref().unwrap_or_default(), &env);
         let invocation = self.ctx.config.images.invocation(&binary, &command, &args);
@@ -1075,7 +1093,9 @@ impl Worker {
     }
 
     fn clean_up(&mut self) {
-        if let Some(ip) = self.ip.take() {
+        if let Some(ip) = self.ip.take()
+            && self.ctx.config.pod_cidr.contains(ip)
+        {
             self.ctx.ips.lock().expect("ip pool").release(ip);
         }
         self.ctx.registry.remove(&self.ns, &self.name, &self.uid);
@@ -1183,6 +1203,21 @@ impl Worker {
     }
 }
 
+/// Preloads the bind shim (before any `LD_PRELOAD` of the pod's own) with the pod IP to bind to.
+fn preload(env: &mut Vec<(String, String)>, shim: &Path, pod_ip: &str) {
+    let own = env
+        .iter()
+        .position(|(k, _)| k == "LD_PRELOAD")
+        .map(|i| env.remove(i).1);
+    let value = match own {
+        Some(own) if !own.is_empty() => format!("{}:{own}", shim.display()),
+        _ => shim.display().to_string(),
+    };
+    env.retain(|(k, _)| k != "VRG_BIND_IP");
+    env.push(("LD_PRELOAD".into(), value));
+    env.push(("VRG_BIND_IP".into(), pod_ip.into()));
+}
+
 fn strip_times(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
@@ -1216,6 +1251,18 @@ mod tests {
             pod_dir(Path::new("/w/pods"), &pod),
             PathBuf::from("/w/pods/ns_p_123")
         );
+    }
+
+    #[test]
+    fn preload_goes_first_and_carries_the_pod_ip() {
+        let mut env = vec![
+            ("LD_PRELOAD".to_string(), "/own.so".to_string()),
+            ("A".into(), "1".into()),
+        ];
+        preload(&mut env, Path::new("/shim.so"), "10.244.0.9");
+        assert!(env.contains(&("LD_PRELOAD".into(), "/shim.so:/own.so".into())));
+        assert!(env.contains(&("VRG_BIND_IP".into(), "10.244.0.9".into())));
+        assert_eq!(env.iter().filter(|(k, _)| k == "LD_PRELOAD").count(), 1);
     }
 
     #[test]

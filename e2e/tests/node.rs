@@ -40,6 +40,26 @@ fn kubectl() -> PathBuf {
     cache.join("k8s-v1.36.3/bin/kubectl")
 }
 
+/// The bind shim library, built on first use next to this test's binary.
+fn bind_shim() -> PathBuf {
+    static SHIM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    SHIM.get_or_init(|| {
+        // <target>/debug/deps/node-<hash> -> <target>/debug
+        let exe = std::env::current_exe().unwrap();
+        let target_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "vrg-bindshim"])
+            .env("CARGO_TARGET_DIR", target_dir.parent().unwrap())
+            .status()
+            .expect("cargo build -p vrg-bindshim");
+        assert!(status.success(), "building vrg-bindshim failed");
+        let so = target_dir.join("libvrg_bindshim.so");
+        assert!(so.is_file(), "{} missing", so.display());
+        so
+    })
+    .clone()
+}
+
 /// `None` (after printing why) when the world is not there to test against.
 fn world_ready(test: &str) -> Option<PathBuf> {
     let kubeconfig = world().join("kubeconfig");
@@ -147,6 +167,7 @@ impl NodeProcessArgs {
                 "--image",
                 "python-like=/usr/bin/python3",
             ])
+            .args(["--bind-shim".as_ref(), bind_shim().as_os_str()])
             .env("RUST_LOG", "info,e2e=debug")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -671,8 +692,8 @@ async fn a_ready_deployment_pod_becomes_a_service_endpoint() {
         json!([{
             "name": "web",
             "image": "python-like:3",
-            "args": ["-m", "http.server", "8080", "--bind", "$(POD_IP)"],
-            "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+            // binds 0.0.0.0:8080: the bind shim moves it to the pod IP, so other pods may use 8080 too
+            "args": ["-m", "http.server", "8080", "--bind", "0.0.0.0"],
             "ports": [{"name": "http", "containerPort": 8080}],
             "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
         }]),
@@ -727,11 +748,34 @@ async fn a_ready_deployment_pod_becomes_a_service_endpoint() {
     )
     .await;
     assert!(address.starts_with("10.250."), "{address}");
-    // the endpoint answers on the pod IP, as the API server (aggregator routing) would call it
+    // the endpoint answers on the pod IP only ...
     let body = reqwest::get(format!("http://{address}:8080/"))
         .await
         .unwrap();
     assert!(body.status().is_success());
+    let ss = Command::new("ss")
+        .args(["-Hltnp", "sport = :8080"])
+        .output()
+        .unwrap();
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    let python: Vec<&str> = ss.lines().filter(|l| l.contains("python3")).collect();
+    assert!(
+        !python.is_empty()
+            && python
+                .iter()
+                .all(|l| l.contains(&format!("{address}:8080"))),
+        "{ss}"
+    );
+    // ... and the API server reaches it through the Service's endpoints (as it calls webhooks)
+    let (ok, listing) = node.kubectl(&[
+        "get",
+        "--raw",
+        &format!(
+            "/api/v1/namespaces/{}/services/web:80/proxy/",
+            node.namespace
+        ),
+    ]);
+    assert!(ok && listing.contains("Directory listing"), "{listing}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
