@@ -20,7 +20,7 @@ pub struct NodeArgs {
     #[arg(long, default_value = "e2e-node")]
     pub node_name: String,
 
-    /// The e2e world directory: pods live in <world>/pods, NFS stand-ins in <world>/nfs.
+    /// The e2e world directory: pods live in `WORLD/pods`, NFS stand-ins in `WORLD/nfs`.
     #[arg(long, default_value = "e2e/.world")]
     pub world: PathBuf,
 
@@ -81,7 +81,7 @@ pub struct NodeArgs {
     pub heartbeat: Duration,
 
     /// The vrg-bindshim library (libvrg_bindshim.so): preloaded into every container so that binds
-    /// to 0.0.0.0 / [::] land on the pod IP (no port clashes between pods, nothing exposed on the
+    /// to `0.0.0.0` / `[::]` land on the pod IP (no port clashes between pods, nothing exposed on the
     /// machine's other addresses). Without it, pods share the host's ports.
     #[arg(long)]
     pub bind_shim: Option<PathBuf>,

@@ -7,6 +7,25 @@
 //! reports phase and container states with exit codes and termination messages, and tears the
 //! pod down when it is deleted. Container logs are served on the kubelet port over TLS, so
 //! `kubectl logs` works through the real API server.
+//!
+//! How Kubernetes concepts map onto processes:
+//! - image: a local executable ([`images`]); `command`/`args`/`env`/`envFrom`/`$(VAR)` as in
+//!   Kubernetes ([`mod@env`]);
+//! - volumes: directories under `WORLD/pods/NS_POD_UID/volumes` (Secret, ConfigMap,
+//!   downward API, projected with TokenRequest tokens refreshed at 80% of their life, emptyDir),
+//!   `nfs` as `WORLD/nfs/SERVER/PATH`, `hostPath` as itself ([`volumes`]), bind-mounted at the
+//!   mount paths in the container's own mount namespace, as is its termination message file
+//!   ([`process`]);
+//! - network: the host's namespace; each pod an address of the pod CIDR (a local route on `lo`,
+//!   [`pod_ip`]); the `vrg-bindshim` preload moves binds to `0.0.0.0` and `[::]` onto the pod IP, so pods
+//!   can use the same port; `KUBERNETES_SERVICE_HOST/PORT` name the real API server.
+//!
+//! Not done (a real kubelet does): resource limits and cgroups, `securityContext` (processes run
+//! as root), `kubectl exec`/`attach`/`port-forward`, sidecar (restartable init) containers as
+//! sidecars, lifecycle hooks, updating Secret/ConfigMap volumes after the start, Service
+//! environment variables other than `KUBERNETES_*` (there is no kube-proxy), image pull secrets.
+//! Statically linked programs are not affected by the bind preload. Mount points missing on the
+//! host are created there as empty directories or files (as a runtime does in an image root).
 
 pub mod agent;
 pub mod config;
