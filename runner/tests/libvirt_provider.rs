@@ -550,3 +550,58 @@ async fn ssh_endpoint_with_key_and_known_hosts() {
     let err = p.check().await.unwrap_err();
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uefi_target_is_defined_or_refused_terminally() {
+    let world = World::load();
+    let name = unique("lvt-efi");
+    let _guard = world.guard(&name);
+    let scratch = tempfile::tempdir().unwrap();
+    let image = LocalImage {
+        path: scratch.path().join("boot.raw"),
+        format: DiskFormat::Raw,
+    };
+    std::fs::File::create(&image.path)
+        .unwrap()
+        .set_len(8 * MIB)
+        .unwrap();
+    let p = world.provider("target");
+    let disk = p
+        .import_disk(
+            &ImportDisk {
+                vm_name: &name,
+                index: 0,
+                disk_name: "vda",
+                image: &image,
+                virtual_size: 8 * MIB,
+                storage_hint: None,
+            },
+            &Progress::default(),
+        )
+        .await
+        .unwrap();
+    let spec = CreateVm {
+        name: &name,
+        cpus: 1,
+        memory_bytes: 64 * MIB,
+        firmware: Firmware::Uefi,
+        disks: std::slice::from_ref(&disk),
+        networks: &[],
+        start: false,
+    };
+    match p.create_vm(&spec).await {
+        // the host has UEFI firmware (OVMF): the domain boots it
+        Ok(_) => {
+            let vm = p.inspect_vm(&name).await.unwrap();
+            assert_eq!(vm.firmware, Firmware::Uefi);
+        }
+        // no UEFI firmware on the host: a clear, terminal error
+        Err(e) => {
+            assert!(matches!(e, Error::Invalid(_)), "{e:?}");
+            assert!(e.to_string().contains("firmware"), "{e}");
+            assert!(!p.vm_exists(&name).await.unwrap());
+            p.delete_disk(&disk).await.unwrap();
+            assert!(world.volumes(&name).is_empty());
+        }
+    }
+}

@@ -193,9 +193,8 @@ impl Provider for LibvirtProvider {
         progress: &Progress,
     ) -> Result<LocalImage> {
         let (vm, disk, snapshot) = (vm.clone(), disk.clone(), snapshot.cloned());
-        let out = dir.join(format!("{}.{}", disk.name, disk.format.as_str()));
-        let progress = progress.clone();
-        self.run(move |h| h.export(&vm, &disk, snapshot.as_ref(), out, &progress))
+        let (dir, progress) = (dir.to_path_buf(), progress.clone());
+        self.run(move |h| h.export(&vm, &disk, snapshot.as_ref(), dir, &progress))
             .await
     }
 
@@ -212,8 +211,8 @@ impl Provider for LibvirtProvider {
         let job = ImportJob {
             volume: format!(
                 "{}-{}.{}",
-                disk.vm_name,
-                disk.disk_name,
+                file_safe(disk.vm_name),
+                file_safe(disk.disk_name),
                 disk.image.format.as_str()
             ),
             pool: disk
@@ -418,17 +417,7 @@ impl Host<'_> {
         let info = self.domain_info(&dom)?;
         let mut disks = Vec::new();
         for d in info.data_disks() {
-            let format = match d.format.as_deref().unwrap_or("raw") {
-                "qcow2" => DiskFormat::Qcow2,
-                "raw" => DiskFormat::Raw,
-                "vmdk" => DiskFormat::Vmdk,
-                other => {
-                    return Err(Error::Invalid(format!(
-                        "disk {} of domain {name:?} has format {other}; the runner migrates qcow2, raw and vmdk",
-                        d.target
-                    )));
-                }
-            };
+            let format = disk_format(d.format.as_deref().unwrap_or("raw"), &d.target)?;
             let path = self.disk_path(d)?;
             let vol = self.volume_at(&path)?;
             let virtual_size = vol
@@ -579,9 +568,9 @@ impl Host<'_> {
         vm: &VmShape,
         disk: &SourceDisk,
         snapshot: Option<&Snapshot>,
-    ) -> Result<String> {
+    ) -> Result<(String, DiskFormat)> {
         let Some(snapshot) = snapshot else {
-            return Ok(disk.locator.clone());
+            return Ok((disk.locator.clone(), disk.format));
         };
         let dom = self.domain_of(vm)?;
         let snap = self
@@ -604,9 +593,15 @@ impl Host<'_> {
         let live = self.domain_info(&dom)?;
         match live.disk(&disk.name) {
             Some(d) if d.source == DiskSource::Path(overlay.clone()) => {
-                d.backing.clone().ok_or_else(|| {
+                let base = d.backing.clone().ok_or_else(|| {
                     Error::Invalid(format!("the live XML shows no base image under {overlay}"))
-                })
+                })?;
+                // the base's own format, as libvirt recorded it (the disk's driver now says qcow2)
+                let format = match d.backing_format.as_deref() {
+                    Some(f) => disk_format(f, &disk.name)?,
+                    None => disk.format,
+                };
+                Ok((base, format))
             }
             _ => Err(Error::Invalid(format!(
                 "disk {} no longer writes to the snapshot overlay {overlay}",
@@ -620,12 +615,15 @@ impl Host<'_> {
         vm: &VmShape,
         disk: &SourceDisk,
         snapshot: Option<&Snapshot>,
-        out: PathBuf,
+        dir: PathBuf,
         progress: &Progress,
     ) -> Result<LocalImage> {
-        let path = self.export_source(vm, disk, snapshot)?;
+        let (path, format) = self.export_source(vm, disk, snapshot)?;
         let vol = self.volume_at(&path)?;
-        if let Some(backing) = self.volume_info(&vol)?.backing {
+        // (a raw image may hold anything, also what a format probe takes for a backing file)
+        if format != DiskFormat::Raw
+            && let Some(backing) = self.volume_info(&vol)?.backing
+        {
             return Err(Error::Invalid(format!(
                 "disk {} ({path}) is an overlay of {backing}: the runner exports images without backing \
                  chains (commit or flatten it first)",
@@ -639,6 +637,7 @@ impl Host<'_> {
         if progress.total() == 0 {
             progress.set_total(physical);
         }
+        let out = dir.join(format!("{}.{format}", file_safe(&disk.name)));
         let started = Instant::now();
         let (data, holes) = self.download(&vol, &path, &out, progress)?;
         tracing::info!(
@@ -648,10 +647,7 @@ impl Host<'_> {
             human_bytes(holes),
             started.elapsed().as_secs_f64()
         );
-        Ok(LocalImage {
-            path: out,
-            format: disk.format,
-        })
+        Ok(LocalImage { path: out, format })
     }
 
     /// Opens a download stream on `vol`: sparse when the daemon supports it.
@@ -1151,8 +1147,10 @@ impl Host<'_> {
                 default_bridge: self.default_bridge,
                 without_arch_capabilities,
             });
-            Domain::define_xml(self.conn, &domain_xml)
-                .map_err(|e| self.err(format_args!("defining domain {:?}", vm.name), e))
+            Domain::define_xml(self.conn, &domain_xml).map_err(|e| {
+                self.ep
+                    .definition_error(format_args!("defining domain {:?}", vm.name), e)
+            })
         };
         let mut dom = define(None, false)?;
         let id = dom
@@ -1358,11 +1356,21 @@ impl Host<'_> {
     }
 }
 
-/// A snapshot name from the pipeline's label: `[A-Za-z0-9._-]`, at most 64 characters (it also
-/// names the overlay files).
-fn snapshot_name(label: &str) -> String {
-    let name: String = label
-        .chars()
+/// The runner's format for a libvirt disk format name.
+fn disk_format(name: &str, disk: &str) -> Result<DiskFormat> {
+    match name {
+        "qcow2" => Ok(DiskFormat::Qcow2),
+        "raw" => Ok(DiskFormat::Raw),
+        "vmdk" => Ok(DiskFormat::Vmdk),
+        other => Err(Error::Invalid(format!(
+            "disk {disk} has format {other}; the runner migrates qcow2, raw and vmdk images"
+        ))),
+    }
+}
+
+/// `s` with every character outside `[A-Za-z0-9._-]` replaced by `-`: safe in volume and file names.
+fn file_safe(s: &str) -> String {
+    s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
                 c
@@ -1370,8 +1378,13 @@ fn snapshot_name(label: &str) -> String {
                 '-'
             }
         })
-        .take(64)
-        .collect();
+        .collect()
+}
+
+/// A snapshot name from the pipeline's label: file-safe, at most 64 characters (it also names the
+/// overlay files).
+fn snapshot_name(label: &str) -> String {
+    let name: String = file_safe(label).chars().take(64).collect();
     if name.trim_matches('.').is_empty() {
         "virtrigaud".to_string()
     } else {
@@ -1388,5 +1401,6 @@ mod tests {
         assert_eq!(snapshot_name("vrg-1234/attempt 2"), "vrg-1234-attempt-2");
         assert_eq!(snapshot_name(".."), "virtrigaud");
         assert_eq!(snapshot_name(&"x".repeat(100)).len(), 64);
+        assert_eq!(file_safe("Hard disk 1/x"), "Hard-disk-1-x");
     }
 }

@@ -207,6 +207,19 @@ impl Endpoint {
         }
     }
 
+    /// Maps the error of a call whose input is ours and deterministic (a domain definition): only a
+    /// broken connection is worth another try; anything else would fail the same way again.
+    pub fn definition_error(&self, context: impl fmt::Display, e: VirtError) -> Error {
+        match e.code() {
+            ErrorNumber::Rpc
+            | ErrorNumber::SystemError
+            | ErrorNumber::NoConnect
+            | ErrorNumber::InvalidConn
+            | ErrorNumber::OperationTimeout => self.error(context, e),
+            _ => Error::Invalid(format!("{context} on {}: {}", self.shown, e.message())),
+        }
+    }
+
     /// Maps a libvirt error of an operation on this endpoint. `context` says what was being done.
     pub fn error(&self, context: impl fmt::Display, e: VirtError) -> Error {
         let msg = e.message();

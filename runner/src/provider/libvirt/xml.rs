@@ -53,6 +53,8 @@ pub struct DiskInfo {
     pub source: DiskSource,
     /// The image under `source` (first `<backingStore>` level), when the live XML shows a chain.
     pub backing: Option<String>,
+    /// Its `<format type>`.
+    pub backing_format: Option<String>,
     pub boot_order: Option<u32>,
 }
 
@@ -153,12 +155,17 @@ fn parse_disk(disk: Node) -> ParseResult<DiskInfo> {
             other => DiskSource::Other(other.into()),
         },
     };
-    let backing = child(disk, "backingStore").and_then(|b| {
+    let backing_store = child(disk, "backingStore");
+    let backing = backing_store.and_then(|b| {
         let s = child(b, "source")?;
         s.attribute("file")
             .or(s.attribute("dev"))
             .map(str::to_string)
     });
+    let backing_format = backing_store
+        .and_then(|b| child(b, "format"))
+        .and_then(|f| f.attribute("type"))
+        .map(str::to_string);
     Ok(DiskInfo {
         target,
         device: disk.attribute("device").unwrap_or("disk").to_string(),
@@ -167,6 +174,7 @@ fn parse_disk(disk: Node) -> ParseResult<DiskInfo> {
             .map(str::to_string),
         source,
         backing,
+        backing_format,
         boot_order: child(disk, "boot")
             .and_then(|b| b.attribute("order"))
             .and_then(|o| o.parse().ok()),
@@ -506,6 +514,7 @@ mod tests {
         let vda = d.disk("vda").unwrap();
         assert_eq!(vda.source, DiskSource::Path("/pool/a.qcow2.snap".into()));
         assert_eq!(vda.backing.as_deref(), Some("/pool/a.qcow2"));
+        assert_eq!(vda.backing_format.as_deref(), Some("qcow2"));
         assert_eq!(vda.format.as_deref(), Some("qcow2"));
         let vdb = d.disk("vdb").unwrap();
         assert_eq!(
