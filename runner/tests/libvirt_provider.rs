@@ -605,3 +605,61 @@ async fn uefi_target_is_defined_or_refused_terminally() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interrupted_snapshot_work_is_picked_up_by_a_retry() {
+    let world = World::load();
+    let name = unique("lvt-retry");
+    let refs = tempfile::tempdir().unwrap();
+    let _guard = world.make_source_vm(&name, true, refs.path());
+    let p = world.provider("source");
+    let vm = p.inspect_vm(&name).await.unwrap();
+    let live_before = dump(&world, &name, false);
+    let label = format!("vrg-{name}");
+    let pool = world.pool_dir();
+    let overlay = |dev: &str| pool.join(format!("{name}-{dev}.{label}"));
+
+    // a cleanup that stopped after committing vda: the next attempt's snapshot call finds the
+    // snapshot half undone, finishes removing it and takes a fresh one
+    p.snapshot(&vm, &label).await.unwrap().unwrap();
+    world.virsh_ok(&["blockcommit", &name, "vda", "--active", "--pivot", "--wait"]);
+    let snap = p.snapshot(&vm, &label).await.unwrap().unwrap();
+    let blk = world.virsh_ok(&["domblklist", &name]);
+    assert!(
+        blk.contains(&overlay("vda.qcow2").display().to_string()),
+        "{blk}"
+    );
+    assert!(
+        blk.contains(&overlay("vdb.raw").display().to_string()),
+        "{blk}"
+    );
+    assert_eq!(
+        world.virsh_ok(&["snapshot-list", &name, "--name"]).trim(),
+        label
+    );
+
+    // the same cut short inside delete_snapshot (cleanup mode): it finishes the job
+    world.virsh_ok(&["blockcommit", &name, "vdb", "--active", "--pivot", "--wait"]);
+    p.delete_snapshot(&vm, &snap).await.unwrap();
+    assert_eq!(dump(&world, &name, false), live_before);
+    assert!(!overlay("vda.qcow2").exists() && !overlay("vdb.raw").exists());
+
+    // an overlay file left without snapshot metadata (a crash inside libvirt) is replaced
+    let stale = overlay("vdb.raw");
+    std::fs::write(&stale, b"stale").unwrap();
+    let snap = p.snapshot(&vm, &label).await.unwrap().unwrap();
+    assert_ne!(std::fs::metadata(&stale).unwrap().len(), 5);
+    p.delete_snapshot(&vm, &snap).await.unwrap();
+    assert_eq!(dump(&world, &name, false), live_before);
+    assert_eq!(
+        world.virsh_ok(&["snapshot-list", &name, "--name"]).trim(),
+        ""
+    );
+    assert_eq!(world.volumes(&name).len(), 2, "{:?}", world.volumes(&name));
+    for (dev, reference) in [("vda.qcow2", "vda.raw"), ("vdb.raw", "vdb.raw")] {
+        assert!(same_content(
+            &pool.join(format!("{name}-{dev}")),
+            &refs.path().join(reference)
+        ));
+    }
+}

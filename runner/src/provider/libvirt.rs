@@ -56,6 +56,8 @@ const CHUNK: usize = 1 << 20;
 const COMMIT_STALL: Duration = Duration::from_secs(600);
 /// How often block job progress is polled.
 const POLL: Duration = Duration::from_millis(200);
+/// Pivot attempts, [`POLL`] apart, while libvirt waits for the commit job's ready event.
+const PIVOT_TRIES: u32 = 150;
 
 /// A libvirt host as a migration source and target.
 pub struct LibvirtProvider {
@@ -462,6 +464,7 @@ impl Host<'_> {
 
         let live = self.domain_info(&dom)?;
         let mut overlays = Vec::new();
+        let mut pools = Vec::new();
         for disk in &vm.disks {
             let d = live.disk(&disk.name).ok_or_else(|| {
                 Error::Invalid(format!(
@@ -490,10 +493,22 @@ impl Host<'_> {
             }
             // next to the base image, so that the overlay is a volume of the same pool
             let overlay = format!("{base}.{name}");
-            if self.delete_volume_at(&overlay)? {
+            if let Err(e) = pool.refresh(0) {
+                tracing::debug!("refreshing the pool of {base}: {}", e.message());
+            }
+            let overlay_name = Path::new(&overlay)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if let Ok(stale) = StorageVol::lookup_by_name(&pool, &overlay_name) {
+                // not in use: the domain's disks have no backing chain (checked above)
+                stale
+                    .delete(0)
+                    .map_err(|e| self.err(format_args!("deleting the stale {overlay}"), e))?;
                 tracing::info!("removed {overlay}, left over by an earlier attempt");
             }
             overlays.push((disk.name.clone(), overlay));
+            pools.push(pool);
         }
         let excluded: Vec<String> = live
             .disks
@@ -523,7 +538,12 @@ impl Host<'_> {
             DomainSnapshot::create_xml(&dom, &snapshot_xml, flags)
                 .map_err(|e| self.err(format_args!("creating snapshot {name}"), e))?;
         }
-        self.refresh_pools();
+        // the overlays become volumes of their pools
+        for pool in &pools {
+            if let Err(e) = pool.refresh(0) {
+                tracing::debug!("refreshing a pool after the snapshot: {}", e.message());
+            }
+        }
         tracing::info!(
             "snapshot {name}: {} disk(s) now write to overlays, base images frozen{}",
             overlays.len(),
@@ -634,9 +654,8 @@ impl Host<'_> {
             .get_info_flags(sys::VIR_STORAGE_VOL_GET_PHYSICAL)
             .map_err(|e| self.err(format_args!("reading volume {path}"), e))?
             .allocation;
-        if progress.total() == 0 {
-            progress.set_total(physical);
-        }
+        // the bytes that will move: a qcow2 file is smaller than its disk, a sparse raw one is not
+        progress.set_total(physical);
         let out = dir.join(format!("{}.{format}", file_safe(&disk.name)));
         let started = Instant::now();
         let (data, holes) = self.download(&vol, &path, &out, progress)?;
@@ -843,12 +862,18 @@ impl Host<'_> {
             }
             std::thread::sleep(POLL);
         }
-        // libvirt refuses the pivot until the job reported ready; that event can trail the counters
+        // libvirt refuses the pivot ("not ready for pivot yet") until QEMU reported the job ready;
+        // that event can trail the counters
         let mut tries = 0;
         loop {
             match ffi::block_job_pivot(dom, disk) {
                 Ok(()) => return Ok(()),
-                Err(e) if e.code() == ErrorNumber::OperationInvalid && tries < 50 => {
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        ErrorNumber::OperationInvalid | ErrorNumber::BlockCopyActive
+                    ) && tries < PIVOT_TRIES =>
+                {
                     tries += 1;
                     std::thread::sleep(POLL);
                 }
