@@ -62,7 +62,10 @@ pub async fn cleanup(m: &VMMigration, ctx: &Context) -> Result<Progress> {
         .items;
 
     let succeeded = status.completion_time.is_some() && status.phase == Some(Phase::Ready);
-    let runner_ran = jobs.iter().any(|j| is_component(j, COMPONENT_RUNNER));
+    // A runner may have run even when no runner Job is left: stopping one (below) deletes it, and the
+    // next reconcile must still launch the cleanup run. The attempt counter remembers that one started.
+    let runner_ran =
+        status.attempt.is_some() || jobs.iter().any(|j| is_component(j, COMPONENT_RUNNER));
     if !succeeded && runner_ran {
         if let Some(wait) = stop_runners(m, ctx, &jobs_api, &jobs).await? {
             return Ok(Progress::Wait(wait));

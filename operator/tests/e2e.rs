@@ -92,14 +92,15 @@ async fn client(path: &Path) -> Client {
     Client::try_from(config).expect("client")
 }
 
-/// `kubectl apply -k kustomize/default` and wait for both Deployments, once per test binary.
+/// `kubectl apply -k e2e/kustomize` (kustomize/default plus the process node's two patches: loopback
+/// endpoints allowed, listeners on the pod IP) and wait for both Deployments, once per test binary.
 fn installed() {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     let result = DONE.get_or_init(|| {
-        let dir = repo().join("kustomize/default");
+        let dir = repo().join("e2e/kustomize");
         let (ok, out) = kubectl(&["apply", "-k", dir.to_str().unwrap()]);
         if !ok {
-            return Err(format!("kubectl apply -k kustomize/default failed:\n{out}"));
+            return Err(format!("kubectl apply -k e2e/kustomize failed:\n{out}"));
         }
         for deploy in ["virtrigaud-operator", "virtrigaud-webhook"] {
             let (ok, out) = kubectl(&[
