@@ -750,11 +750,9 @@ mod scenarios {
         assert_eq!(action, Action::requeue(crate::cleanup::POLL));
     }
 
-    #[tokio::test]
-    async fn deleting_after_the_runner_stopped_launches_a_cleanup_run() {
-        let mut calls =
-            vec![Call::get(JOB_LIST).ok(job_list(vec![job("mig-a1", "runner", 1, failed())]))];
-        calls.extend(resolve_calls());
+    /// The calls that launch the cleanup run, after the Job list.
+    fn cleanup_launch() -> Vec<Call> {
+        let mut calls = resolve_calls();
         calls.extend([
             Call::post("/api/v1/namespaces/default/serviceaccounts?").exists(),
             Call::post("/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles?").exists(),
@@ -774,6 +772,23 @@ mod scenarios {
             })),
             Call::event("CleanupStarted", "Normal"),
         ]);
+        calls
+    }
+
+    #[tokio::test]
+    async fn deleting_after_the_runner_stopped_launches_a_cleanup_run() {
+        let mut calls =
+            vec![Call::get(JOB_LIST).ok(job_list(vec![job("mig-a1", "runner", 1, failed())]))];
+        calls.extend(cleanup_launch());
+        let action = scenario(deleting(running_status(1, "Transferring")), calls).await;
+        assert_eq!(action, Action::requeue(crate::cleanup::POLL));
+    }
+
+    #[tokio::test]
+    async fn deleting_after_the_stopped_runner_job_is_gone_still_launches_a_cleanup_run() {
+        // Stopping the runner deletes its Job (foreground); by the next reconcile it may be gone.
+        let mut calls = vec![Call::get(JOB_LIST).ok(job_list(vec![]))];
+        calls.extend(cleanup_launch());
         let action = scenario(deleting(running_status(1, "Transferring")), calls).await;
         assert_eq!(action, Action::requeue(crate::cleanup::POLL));
     }
