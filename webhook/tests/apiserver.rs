@@ -1,0 +1,347 @@
+//! The rejection cases of common/cases.rs through a real kube-apiserver: the e2e world's control plane
+//! (`e2e/scripts/world-up.sh`) with the operator and webhook installed by `kubectl apply -k
+//! e2e/kustomize`. Each case's object goes through `kubectl apply -f -` (schema, CEL and the webhook's
+//! admission) and must be refused with kubectl's error naming the field; every example migration must
+//! pass `kubectl apply --dry-run=server`.
+//!
+//! SKIPS (passes, with a printed message) when `e2e/.world/kubeconfig` does not exist.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::cases::{Op, cases};
+use common::{ALICE, migration, prerequisites, review};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// This test's namespace, standing for `default` of the examples.
+const NS: &str = "vrg-webhook-apiserver";
+
+/// The namespaces of the router tests' world and the ones standing for them here.
+const NAMESPACES: &[(&str, &str)] = &[
+    ("default", NS),
+    ("kvm-vms", "vrg-webhook-apiserver-kvm"),
+    ("vmware-vms", "vrg-webhook-apiserver-vmware"),
+    ("proxmox-vms", "vrg-webhook-apiserver-proxmox"),
+    ("other-team", "vrg-webhook-apiserver-other"),
+];
+
+/// Cases that cannot mean the same thing through the e2e world's apiserver, and why.
+const NOT_HERE: &[(&str, &str)] = &[
+    (
+        "no namespace",
+        "kubectl fills in the namespace, so the webhook never sees a namespace-less object",
+    ),
+    (
+        "not a VMMigration",
+        "rewrites the AdmissionReview's kind; the apiserver routes only VMMigrations to the webhook",
+    ),
+    (
+        "endpoint name resolves to metadata",
+        "metadata-alias.test exists only in the router tests' resolver",
+    ),
+    (
+        "endpoint name resolves partly to link-local",
+        "sneaky.test exists only in the router tests' resolver",
+    ),
+    (
+        "endpoint name resolves to loopback",
+        "loopback-alias.test exists only in the router tests' resolver",
+    ),
+    (
+        "endpoint is loopback",
+        "the e2e install passes --allow-loopback-endpoints",
+    ),
+    (
+        "endpoint is localhost",
+        "the e2e install passes --allow-loopback-endpoints",
+    ),
+];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn kubeconfig() -> Option<PathBuf> {
+    let path = repo().join("e2e/.world/kubeconfig");
+    if path.exists() {
+        Some(path)
+    } else {
+        println!(
+            "SKIP: {} does not exist; start the e2e world (e2e/scripts/world-up.sh) to run this test",
+            path.display()
+        );
+        None
+    }
+}
+
+/// kubectl: $KUBECTL, else the one the world's control-plane.env names, else `kubectl`.
+fn kubectl_path() -> String {
+    if let Ok(k) = std::env::var("KUBECTL") {
+        return k;
+    }
+    std::fs::read_to_string(repo().join("e2e/.world/control-plane.env"))
+        .ok()
+        .and_then(|env| {
+            env.lines()
+                .find_map(|l| l.strip_prefix("export KUBECTL=").map(str::to_owned))
+        })
+        .unwrap_or_else(|| "kubectl".into())
+}
+
+/// Runs kubectl with the world's kubeconfig and `input` on stdin; returns (success, stdout + stderr).
+fn kubectl(args: &[&str], input: Option<&str>) -> (bool, String) {
+    let mut child = Command::new(kubectl_path())
+        .arg("--kubeconfig")
+        .arg(repo().join("e2e/.world/kubeconfig"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(input.unwrap_or_default().as_bytes())
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `kubectl apply -k e2e/kustomize` and wait for both Deployments (as operator/tests/e2e.rs does).
+fn install() {
+    let dir = repo().join("e2e/kustomize");
+    let (ok, out) = kubectl(&["apply", "-k", dir.to_str().unwrap()], None);
+    assert!(ok, "kubectl apply -k e2e/kustomize failed:\n{out}");
+    for deploy in ["virtrigaud-operator", "virtrigaud-webhook"] {
+        let (ok, out) = kubectl(
+            &[
+                "-n",
+                "virtrigaud-system",
+                "rollout",
+                "status",
+                &format!("deployment/{deploy}"),
+                "--timeout=180s",
+            ],
+            None,
+        );
+        assert!(ok, "{deploy} did not become ready:\n{out}");
+    }
+}
+
+/// Replaces every string naming a namespace of the router tests' world by the one standing for it.
+fn adapt(value: &mut Value) {
+    match value {
+        Value::String(s) => {
+            if let Some((_, ours)) = NAMESPACES.iter().find(|(theirs, _)| theirs == s) {
+                *s = (*ours).to_owned();
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(adapt),
+        Value::Object(map) => map.values_mut().for_each(adapt),
+        _ => {}
+    }
+}
+
+/// The documents of a YAML stream, as JSON.
+fn documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| serde_json::to_value(serde_yaml::Value::deserialize(d).unwrap()).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// A List of `items`, as kubectl reads it on stdin.
+fn list(items: Vec<Value>) -> String {
+    json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
+}
+
+/// The world the cases expect, in this test's namespaces: examples/prerequisites.yaml plus the router
+/// tests' `orphan` VM and a VM named `already-there` on vsphere-prod.
+fn world() {
+    for (_, ns) in NAMESPACES {
+        kubectl(
+            &[
+                "delete",
+                "namespace",
+                ns,
+                "--ignore-not-found",
+                "--wait=true",
+            ],
+            None,
+        );
+    }
+    let mut items: Vec<Value> = NAMESPACES
+        .iter()
+        .map(|(_, ns)| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+        .collect();
+    items.extend(
+        documents(&prerequisites())
+            .into_iter()
+            .filter(|d| d["kind"] != "Namespace"),
+    );
+    items.extend(documents(
+        r#"
+apiVersion: infra.virtrigaud.io/v1beta1
+kind: VirtualMachine
+metadata: {name: already-there, namespace: other-team}
+spec: {providerRef: {name: vsphere-prod, namespace: default}}
+---
+apiVersion: infra.virtrigaud.io/v1beta1
+kind: VirtualMachine
+metadata: {name: orphan, namespace: default}
+spec: {providerRef: {name: decommissioned}}
+"#,
+    ));
+    items.iter_mut().for_each(adapt);
+    let (ok, out) = kubectl(&["apply", "-f", "-"], Some(&list(items)));
+    assert!(ok, "the prerequisites apply:\n{out}");
+}
+
+/// Every VMMigration of examples/*.yaml, with its file name.
+fn example_migrations() -> Vec<(String, Value)> {
+    let mut files: Vec<_> = std::fs::read_dir(repo().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let mut out = vec![];
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        for doc in documents(&std::fs::read_to_string(&file).unwrap()) {
+            if doc["kind"] == "VMMigration" {
+                out.push((name.clone(), doc));
+            }
+        }
+    }
+    out
+}
+
+/// Whether kubectl's error names `field`: as `spec.storage.bucket: ...` (schema, webhook), or as a CEL
+/// rule on a parent reports it, `spec.storage: Invalid value: storage.bucket is required ...`.
+fn names(out: &str, field: &str) -> bool {
+    out.contains(&format!("{field}:"))
+        || field.match_indices('.').any(|(at, _)| {
+            let parent = &field[..at];
+            let last = parent.rsplit('.').next().unwrap_or(parent);
+            out.contains(&format!("{parent}: "))
+                && out.contains(&format!("{last}.{}", &field[at + 1..]))
+        })
+}
+
+#[test]
+fn names_accepts_a_parent_rule_naming_the_field() {
+    let cel = "spec.storage: Invalid value: storage.bucket is required when storage.type is s3";
+    assert!(names(cel, "spec.storage.bucket"));
+    assert!(!names(cel, "spec.storage.endpoint"));
+    assert!(names("spec.targetName: Invalid value", "spec.targetName"));
+    assert!(!names("spec.targetName: Invalid value", "spec.sourceName"));
+}
+
+#[test]
+fn rejection_cases_through_the_apiserver_name_the_field() {
+    if kubeconfig().is_none() {
+        return;
+    }
+    install();
+    world();
+
+    // The base migration passes, so each case fails for its own reason only.
+    let mut base = migration();
+    adapt(&mut base);
+    let (ok, out) = kubectl(
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&base.to_string()),
+    );
+    assert!(ok, "the base migration is admitted:\n{out}");
+
+    let mut failures = vec![];
+    let mut skipped = vec![];
+    let mut rejected = 0;
+    for (i, case) in cases().iter().enumerate() {
+        let why = NOT_HERE
+            .iter()
+            .find(|(name, _)| *name == case.name)
+            .map(|(_, why)| *why)
+            .or(matches!(case.op, Op::Update)
+                .then_some("UPDATE of an existing migration would start a real run"))
+            .or((case.user != ALICE)
+                .then_some("depends on RBAC of an impersonated user (SubjectAccessReview)"))
+            .or(case
+                .mentions
+                .iter()
+                .any(|m| m.contains("may not"))
+                .then_some("depends on RBAC of an impersonated user (SubjectAccessReview)"));
+        if let Some(why) = why {
+            skipped.push(format!("{}: {why}", case.name));
+            continue;
+        }
+        // A name of its own, so that a case wrongly admitted does not turn the next ones into updates.
+        let mut object = base.clone();
+        object["metadata"]["name"] = json!(format!("rejected-{i}"));
+        let mut request = review("CREATE", case.user, Some(&object), None);
+        (case.edit)(&mut request);
+        let mut object = request["request"]["object"].take();
+        adapt(&mut object);
+        let (ok, out) = kubectl(&["apply", "-f", "-"], Some(&object.to_string()));
+        let problem = if ok {
+            Some("was admitted".to_owned())
+        } else if out.contains("hunter2") {
+            Some("the error shows a password from the URL".to_owned())
+        } else if !names(&out, case.field) {
+            Some(format!("the error does not name {}", case.field))
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => failures.push(format!("{}: {problem}; kubectl: {out}", case.name)),
+            None => rejected += 1,
+        }
+    }
+
+    let mut admitted = 0;
+    for (file, mut object) in example_migrations() {
+        adapt(&mut object);
+        object["metadata"]["namespace"] = json!(NS);
+        let (ok, out) = kubectl(
+            &["apply", "--dry-run=server", "-f", "-"],
+            Some(&object.to_string()),
+        );
+        if ok {
+            admitted += 1;
+        } else {
+            failures.push(format!("{file}: example refused: {out}"));
+        }
+    }
+
+    for (_, ns) in NAMESPACES {
+        kubectl(&["delete", "namespace", ns, "--wait=false"], None);
+    }
+    println!(
+        "skipped {} cases:\n  {}",
+        skipped.len(),
+        skipped.join("\n  ")
+    );
+    println!("apiserver: {rejected} rejected naming the field, {admitted} admitted");
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        rejected >= 40,
+        "at least 40 cases through the apiserver, ran {rejected}"
+    );
+    assert_eq!(admitted, 7, "every example migration");
+}
