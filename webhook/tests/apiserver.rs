@@ -1,8 +1,9 @@
 //! The rejection cases of common/cases.rs through a real kube-apiserver: the e2e world's control plane
 //! (`e2e/scripts/world-up.sh`) with the operator and webhook installed by `kubectl apply -k
-//! e2e/kustomize`. Each case's object goes through `kubectl apply -f -` (schema, CEL and the webhook's
-//! admission) and must be refused with kubectl's error naming the field; every example migration must
-//! pass `kubectl apply --dry-run=server`.
+//! e2e/kustomize`. Each case's object goes through `kubectl apply --as=<the case's user> -f -` (schema,
+//! CEL and the webhook's admission, SubjectAccessReviews against real RBAC) and must be refused with
+//! kubectl's error naming the field (and, for the webhook's denials, the reason); every example
+//! migration must pass `kubectl apply --dry-run=server`.
 //!
 //! SKIPS (passes, with a printed message) when `e2e/.world/kubeconfig` does not exist.
 
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::cases::{Op, cases};
-use common::{ALICE, migration, prerequisites, review};
+use common::{ALICE, MALLORY, migration, prerequisites, review};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -27,6 +28,7 @@ const NAMESPACES: &[(&str, &str)] = &[
     ("vmware-vms", "vrg-webhook-apiserver-vmware"),
     ("proxmox-vms", "vrg-webhook-apiserver-proxmox"),
     ("other-team", "vrg-webhook-apiserver-other"),
+    ("vault", "vrg-webhook-apiserver-vault"),
 ];
 
 /// Cases that cannot mean the same thing through the e2e world's apiserver, and why.
@@ -152,6 +154,15 @@ fn adapt(value: &mut Value) {
     }
 }
 
+/// `text` with `<namespace>/` of the router tests' world replaced by the one standing for it.
+fn adapt_text(text: &str) -> String {
+    NAMESPACES
+        .iter()
+        .fold(text.to_owned(), |t, (theirs, ours)| {
+            t.replace(&format!("{theirs}/"), &format!("{ours}/"))
+        })
+}
+
 /// The documents of a YAML stream, as JSON.
 fn documents(text: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(text)
@@ -200,11 +211,77 @@ apiVersion: infra.virtrigaud.io/v1beta1
 kind: VirtualMachine
 metadata: {name: orphan, namespace: default}
 spec: {providerRef: {name: decommissioned}}
+---
+apiVersion: infra.virtrigaud.io/v1beta1
+kind: Provider
+metadata: {name: vsphere-locked, namespace: default}
+spec:
+  type: vsphere
+  endpoint: https://vcenter-locked.example.com
+  credentialSecretRef: {name: locked-credentials, namespace: vault}
 "#,
     ));
+    items.extend(rbac());
     items.iter_mut().for_each(adapt);
     let (ok, out) = kubectl(&["apply", "-f", "-"], Some(&list(items)));
     assert!(ok, "the prerequisites apply:\n{out}");
+}
+
+/// The router tests' RBAC (common::world), for the impersonated users: alice may get Secrets and
+/// VirtualMachines in the examples' namespaces and delete VirtualMachines in `default`; mallory may get
+/// VirtualMachines in `default` only. Both may create VMMigrations in `default`.
+fn rbac() -> Vec<Value> {
+    let rule = |verbs: &[&str], group: &str, resource: &str| json!({"verbs": verbs, "apiGroups": [group], "resources": [resource]});
+    let migrations = rule(
+        &["get", "create", "patch"],
+        "infra.virtrigaud.io",
+        "vmmigrations",
+    );
+    let grants = [
+        (
+            ALICE,
+            "default",
+            vec![
+                rule(&["get"], "", "secrets"),
+                rule(&["get", "delete"], "infra.virtrigaud.io", "virtualmachines"),
+                migrations.clone(),
+            ],
+        ),
+        (
+            MALLORY,
+            "default",
+            vec![
+                rule(&["get"], "infra.virtrigaud.io", "virtualmachines"),
+                migrations,
+            ],
+        ),
+    ]
+    .into_iter()
+    .chain(["kvm-vms", "vmware-vms", "proxmox-vms"].map(|ns| {
+        (
+            ALICE,
+            ns,
+            vec![
+                rule(&["get"], "", "secrets"),
+                rule(&["get"], "infra.virtrigaud.io", "virtualmachines"),
+            ],
+        )
+    }));
+    let mut items = vec![];
+    for (user, ns, rules) in grants {
+        let name = format!("webhook-apiserver-{user}");
+        items.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": name, "namespace": ns}, "rules": rules
+        }));
+        items.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
+        }));
+    }
+    items
 }
 
 /// Every VMMigration of examples/*.yaml, with its file name.
@@ -260,7 +337,7 @@ fn rejection_cases_through_the_apiserver_name_the_field() {
     let mut base = migration();
     adapt(&mut base);
     let (ok, out) = kubectl(
-        &["apply", "--dry-run=server", "-f", "-"],
+        &["apply", "--as", ALICE, "--dry-run=server", "-f", "-"],
         Some(&base.to_string()),
     );
     assert!(ok, "the base migration is admitted:\n{out}");
@@ -268,20 +345,14 @@ fn rejection_cases_through_the_apiserver_name_the_field() {
     let mut failures = vec![];
     let mut skipped = vec![];
     let mut rejected = 0;
+    let mut by_webhook = 0;
     for (i, case) in cases().iter().enumerate() {
         let why = NOT_HERE
             .iter()
             .find(|(name, _)| *name == case.name)
             .map(|(_, why)| *why)
             .or(matches!(case.op, Op::Update)
-                .then_some("UPDATE of an existing migration would start a real run"))
-            .or((case.user != ALICE)
-                .then_some("depends on RBAC of an impersonated user (SubjectAccessReview)"))
-            .or(case
-                .mentions
-                .iter()
-                .any(|m| m.contains("may not"))
-                .then_some("depends on RBAC of an impersonated user (SubjectAccessReview)"));
+                .then_some("UPDATE of an existing migration would start a real run"));
         if let Some(why) = why {
             skipped.push(format!("{}: {why}", case.name));
             continue;
@@ -293,19 +364,30 @@ fn rejection_cases_through_the_apiserver_name_the_field() {
         (case.edit)(&mut request);
         let mut object = request["request"]["object"].take();
         adapt(&mut object);
-        let (ok, out) = kubectl(&["apply", "-f", "-"], Some(&object.to_string()));
+        let user = format!("--as={}", case.user);
+        let (ok, out) = kubectl(&["apply", &user, "-f", "-"], Some(&object.to_string()));
         let problem = if ok {
             Some("was admitted".to_owned())
         } else if out.contains("hunter2") {
             Some("the error shows a password from the URL".to_owned())
         } else if !names(&out, case.field) {
             Some(format!("the error does not name {}", case.field))
+        } else if out.contains("denied the request") {
+            // The webhook's own denial: also the reason, as the router test demands it.
+            case.mentions
+                .iter()
+                .map(|m| adapt_text(m))
+                .find(|m| !out.contains(m.as_str()))
+                .map(|m| format!("the denial does not mention {m:?}"))
         } else {
             None
         };
         match problem {
             Some(problem) => failures.push(format!("{}: {problem}; kubectl: {out}", case.name)),
-            None => rejected += 1,
+            None => {
+                rejected += 1;
+                by_webhook += usize::from(out.contains("denied the request"));
+            }
         }
     }
 
@@ -332,7 +414,11 @@ fn rejection_cases_through_the_apiserver_name_the_field() {
         skipped.len(),
         skipped.join("\n  ")
     );
-    println!("apiserver: {rejected} rejected naming the field, {admitted} admitted");
+    println!(
+        "apiserver: {rejected} rejected naming the field ({by_webhook} by the webhook, {} by the \
+         apiserver's schema/CEL), {admitted} admitted",
+        rejected - by_webhook
+    );
     assert!(
         failures.is_empty(),
         "{} failures:\n{}",
