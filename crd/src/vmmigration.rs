@@ -181,10 +181,10 @@ impl StorageType {
 /// Intermediate storage. `s3` needs `bucket`; `http` needs an http(s) URL in `endpoint`;
 /// `nfs` needs the server in `endpoint` and an absolute export `path`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
-#[x_kube(validation = Rule::new("self.type != 's3' || (has(self.bucket) && self.bucket != '')").message("storage.bucket is required when storage.type is s3"))]
-#[x_kube(validation = Rule::new("self.type != 'http' || (has(self.endpoint) && (self.endpoint.startsWith('http://') || self.endpoint.startsWith('https://')))").message("storage.endpoint must be an http:// or https:// URL when storage.type is http"))]
-#[x_kube(validation = Rule::new("self.type != 'nfs' || (has(self.path) && self.path.startsWith('/'))").message("storage.path must be an absolute path when storage.type is nfs"))]
-#[x_kube(validation = Rule::new("self.type != 'nfs' || (has(self.endpoint) && self.endpoint != '')").message("storage.endpoint (the NFS server) is required when storage.type is nfs"))]
+#[x_kube(validation = Rule::new("self.type != 's3' || (has(self.bucket) && self.bucket != '')").message("storage.bucket is required when storage.type is s3").field_path(".bucket"))]
+#[x_kube(validation = Rule::new("self.type != 'http' || (has(self.endpoint) && (self.endpoint.startsWith('http://') || self.endpoint.startsWith('https://')))").message("storage.endpoint must be an http:// or https:// URL when storage.type is http").field_path(".endpoint"))]
+#[x_kube(validation = Rule::new("self.type != 'nfs' || (has(self.path) && self.path.startsWith('/'))").message("storage.path must be an absolute path when storage.type is nfs").field_path(".path"))]
+#[x_kube(validation = Rule::new("self.type != 'nfs' || (has(self.endpoint) && self.endpoint != '')").message("storage.endpoint (the NFS server) is required when storage.type is nfs").field_path(".endpoint"))]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
     /// `s3`, `http` or `nfs`.
@@ -248,7 +248,7 @@ impl Default for CleanupPolicy {
 /// How failed attempts are retried: the wait before attempt N+1 is backoffDuration x 2^(N-1), capped
 /// at maxBackoffDuration (5m, 10m, 20m, 30m, ...).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
-#[x_kube(validation = Rule::new("duration(self.backoffDuration) <= duration(self.maxBackoffDuration)").message("retryPolicy.backoffDuration must not exceed retryPolicy.maxBackoffDuration"))]
+#[x_kube(validation = Rule::new("duration(self.backoffDuration) <= duration(self.maxBackoffDuration)").message("retryPolicy.backoffDuration must not exceed retryPolicy.maxBackoffDuration").field_path(".backoffDuration"))]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {
     /// Total number of attempts, the first included (1-10).
