@@ -4,13 +4,16 @@
 //! [`HashingReader`] and [`HashingWriter`] implement both the blocking (`std::io`) and the async
 //! (`tokio::io`) traits, depending on what they wrap.
 
-use std::io;
-use std::path::Path;
+use std::io::{self, Seek};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::progress::Progress;
 use crate::{Error, Result};
@@ -200,62 +203,323 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for HashingWriter<W> {
     }
 }
 
-/// A local file written through a hash, with a write buffer: where downloads land.
-pub type FileWriter = HashingWriter<BufWriter<tokio::fs::File>>;
-
-/// Opens `path` for appending after hashing what it already holds, so an interrupted download
-/// continues where it stopped with the hash still covering the whole file. A missing file starts
-/// empty. The resumed prefix counts as progress.
-pub async fn resume_file(path: &Path, progress: Progress) -> Result<FileWriter> {
-    let context = || format!("resuming {}", path.display());
-    let mut file = tokio::fs::OpenOptions::new()
+/// Opens `path` for writing after hashing what it already holds (a missing file starts empty),
+/// positioned at its end: an interrupted download continues where it stopped, with the hash still
+/// covering the whole file. The existing prefix counts as progress. Blocking.
+pub fn open_resumable(path: &Path, progress: Progress) -> io::Result<(std::fs::File, Tally)> {
+    let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
-        .open(path)
-        .await
-        .map_err(|e| Error::io(context(), e))?;
-    let reading = file
-        .try_clone()
-        .await
-        .map_err(|e| Error::io(context(), e))?
-        .into_std()
-        .await;
-    let tally = Tally::new(progress);
-    let tally = tokio::task::spawn_blocking(move || -> io::Result<Tally> {
-        let mut reader =
-            HashingReader::with_tally(io::BufReader::with_capacity(CHUNK, reading), tally);
-        io::copy(&mut reader, &mut io::sink())?;
-        Ok(reader.into_parts().1)
-    })
-    .await
-    .map_err(|e| Error::io(context(), io::Error::other(e)))?
-    .map_err(|e| Error::io(context(), e))?;
-    file.seek(io::SeekFrom::Start(tally.bytes()))
-        .await
-        .map_err(|e| Error::io(context(), e))?;
-    Ok(HashingWriter::with_tally(
-        BufWriter::with_capacity(CHUNK, file),
-        tally,
-    ))
+        .open(path)?;
+    let mut reader = HashingReader::new(io::BufReader::with_capacity(CHUNK, &mut file), progress);
+    io::copy(&mut reader, &mut io::sink())?;
+    let (_, tally) = reader.into_parts();
+    file.seek(io::SeekFrom::Start(tally.bytes()))?;
+    Ok((file, tally))
 }
 
-impl FileWriter {
-    /// Discards everything written so far (the source restarted from byte 0).
-    pub async fn truncate(&mut self) -> io::Result<()> {
-        self.inner.flush().await?;
-        self.inner.get_mut().set_len(0).await?;
-        self.inner.seek(io::SeekFrom::Start(0)).await?;
-        self.tally.restart();
+/// A fixed number of equally sized buffers, taken and given back (by dropping them, or the last
+/// [`Bytes`] made from one). The big transfers allocate their memory once per operation: it stays
+/// at `count * size` instead of whatever the allocator keeps of thousands of freed 8 MiB blocks.
+#[derive(Clone, Debug)]
+pub struct BufferPool {
+    inner: Arc<PoolInner>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
+    size: usize,
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+    available: tokio::sync::Semaphore,
+}
+
+impl BufferPool {
+    /// `count` buffers of `size` bytes, allocated when first taken.
+    pub fn new(count: usize, size: usize) -> Self {
+        BufferPool {
+            inner: Arc::new(PoolInner {
+                size,
+                free: std::sync::Mutex::new(Vec::new()),
+                available: tokio::sync::Semaphore::new(count.max(1)),
+            }),
+        }
+    }
+
+    /// Size of each buffer.
+    pub fn size(&self) -> usize {
+        self.inner.size
+    }
+
+    /// An empty buffer with room for [`BufferPool::size`] bytes; waits until one is free.
+    pub async fn take(&self) -> PooledBuf {
+        self.inner
+            .available
+            .acquire()
+            .await
+            .expect("the pool's semaphore is never closed")
+            .forget();
+        self.pop()
+    }
+
+    /// [`BufferPool::take`] for blocking threads.
+    pub fn take_blocking(&self) -> PooledBuf {
+        futures::executor::block_on(self.take())
+    }
+
+    fn pop(&self) -> PooledBuf {
+        let reused = self
+            .inner
+            .free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        PooledBuf {
+            buf: reused.unwrap_or_else(|| Vec::with_capacity(self.inner.size)),
+            pool: self.inner.clone(),
+        }
+    }
+}
+
+/// A buffer of a [`BufferPool`]; goes back to the pool when dropped.
+#[derive(Debug)]
+pub struct PooledBuf {
+    buf: Vec<u8>,
+    pool: Arc<PoolInner>,
+}
+
+impl PooledBuf {
+    /// The content as [`Bytes`] (no copy); the buffer returns to the pool when the last clone of
+    /// it is dropped.
+    pub fn freeze(self) -> Bytes {
+        Bytes::from_owner(self)
+    }
+}
+
+impl std::ops::Deref for PooledBuf {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for PooledBuf {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+}
+
+impl AsRef<[u8]> for PooledBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        if buf.capacity() >= self.pool.size {
+            self.pool
+                .free
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(buf);
+        }
+        self.pool.available.add_permits(1);
+    }
+}
+
+/// A file read in order on a blocking thread, through the hash, handed out as chunks the size of
+/// the pool's buffers (the last one shorter). Reading waits for a free buffer, so memory stays at
+/// the pool's size however slowly the chunks are consumed.
+pub struct ChunkReader {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    thread: tokio::task::JoinHandle<io::Result<Tally>>,
+}
+
+impl ChunkReader {
+    /// Starts reading `path` into buffers of `pool`, reporting into `progress`.
+    pub fn open(path: &Path, pool: BufferPool, progress: Progress) -> Self {
+        // never the limit: the pool is
+        let (tx, rx) = mpsc::channel(pool.inner.available.available_permits().max(1));
+        let path = path.to_path_buf();
+        let chunk = pool.size();
+        let thread = tokio::task::spawn_blocking(move || {
+            let fail = |e: io::Error| {
+                let _ = tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
+                e
+            };
+            let file = std::fs::File::open(&path).map_err(fail)?;
+            let mut reader = HashingReader::new(file, progress);
+            loop {
+                let mut buf = pool.take_blocking();
+                buf.resize(chunk, 0);
+                let mut filled = 0;
+                while filled < chunk {
+                    match io::Read::read(&mut reader, &mut buf[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(fail(e)),
+                    }
+                }
+                if filled == 0 {
+                    return Ok(reader.into_parts().1);
+                }
+                buf.truncate(filled);
+                if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                    // the consumer stopped early (its request failed): it reports that
+                    return Ok(reader.into_parts().1);
+                }
+            }
+        });
+        ChunkReader { rx, thread }
+    }
+
+    /// The next chunk, `None` at the end of the file.
+    pub async fn next(&mut self) -> Option<io::Result<Bytes>> {
+        self.rx.recv().await
+    }
+
+    /// The chunks as a stream (for a request body), and the thread that yields the tally at the end.
+    pub fn into_parts(
+        self,
+    ) -> (
+        impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static,
+        tokio::task::JoinHandle<io::Result<Tally>>,
+    ) {
+        let chunks = futures::stream::unfold(self.rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        (chunks, self.thread)
+    }
+
+    /// Stops reading; the byte count and SHA-256 of what was read.
+    pub async fn finish(self) -> io::Result<(u64, String)> {
+        drop(self.rx);
+        Ok(self.thread.await.map_err(io::Error::other)??.finish())
+    }
+}
+
+enum SinkOp {
+    Data(Bytes),
+    Truncate,
+}
+
+/// A local file written in order on a blocking thread, through the hash: where downloads land.
+/// Continues a partial file ([`open_resumable`]); [`FileSink::finish`] flushes and fsyncs it.
+pub struct FileSink {
+    tx: Option<mpsc::Sender<SinkOp>>,
+    thread: Option<tokio::task::JoinHandle<io::Result<Tally>>>,
+    bytes: u64,
+    path: PathBuf,
+}
+
+impl FileSink {
+    /// Opens `path` (hashing what it already holds); at most `ahead` writes wait in the queue.
+    pub async fn resume(path: &Path, ahead: usize, progress: Progress) -> Result<Self> {
+        let (tx, mut rx) = mpsc::channel::<SinkOp>(ahead.max(1));
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let owned = path.to_path_buf();
+        let thread = tokio::task::spawn_blocking(move || {
+            let (file, mut tally) = match open_resumable(&owned, progress) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                    return Err(e);
+                }
+            };
+            let _ = ready_tx.send(Ok(tally.bytes()));
+            let mut out = io::BufWriter::with_capacity(CHUNK, file);
+            while let Some(op) = rx.blocking_recv() {
+                match op {
+                    SinkOp::Data(data) => {
+                        io::Write::write_all(&mut out, &data)?;
+                        tally.update(&data);
+                    }
+                    SinkOp::Truncate => {
+                        io::Write::flush(&mut out)?;
+                        out.get_mut().set_len(0)?;
+                        out.get_mut().rewind()?;
+                        tally.restart();
+                    }
+                }
+            }
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            Ok(tally)
+        });
+        let bytes = ready_rx
+            .await
+            .map_err(|_| {
+                Error::io(
+                    format!("opening {}", path.display()),
+                    io::Error::other("writer thread ended"),
+                )
+            })?
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        Ok(FileSink {
+            tx: Some(tx),
+            thread: Some(thread),
+            bytes,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Bytes in the file so far (the resumed prefix plus what was written).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Appends `data`.
+    pub async fn write(&mut self, data: Bytes) -> Result<()> {
+        let n = data.len() as u64;
+        self.send(SinkOp::Data(data)).await?;
+        self.bytes += n;
         Ok(())
     }
 
-    /// Flushes and fsyncs the file; gives back the tally.
-    pub async fn sync(mut self) -> io::Result<Tally> {
-        self.inner.flush().await?;
-        self.inner.get_mut().sync_all().await?;
-        Ok(self.tally)
+    /// Discards everything written so far (the source restarted from byte 0).
+    pub async fn truncate(&mut self) -> Result<()> {
+        self.send(SinkOp::Truncate).await?;
+        self.bytes = 0;
+        Ok(())
+    }
+
+    async fn send(&mut self, op: SinkOp) -> Result<()> {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(op).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // the thread stopped: its error says why
+        self.tx = None;
+        let why = match self.thread.take() {
+            Some(thread) => match thread.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(_)) => io::Error::other("the writer stopped"),
+                Err(e) => io::Error::other(e),
+            },
+            None => io::Error::other("the writer stopped"),
+        };
+        Err(Error::io(format!("writing {}", self.path.display()), why))
+    }
+
+    /// Flushes and fsyncs the file; the tally of its whole content.
+    pub async fn finish(mut self) -> Result<Tally> {
+        self.tx = None;
+        let context = format!("writing {}", self.path.display());
+        match self.thread.take() {
+            Some(thread) => thread
+                .await
+                .map_err(|e| Error::io(context.clone(), io::Error::other(e)))?
+                .map_err(|e| Error::io(context, e)),
+            None => Err(Error::io(context, io::Error::other("the writer stopped"))),
+        }
     }
 }
 
@@ -316,15 +580,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn resumed_file_hashes_the_whole_content() {
+    async fn sink_resumes_and_hashes_the_whole_content() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("partial");
         std::fs::write(&path, b"ab").unwrap();
         let progress = Progress::default();
-        let mut w = resume_file(&path, progress.clone()).await.unwrap();
-        assert_eq!(w.bytes(), 2);
-        w.write_all(b"c").await.unwrap();
-        let tally = w.sync().await.unwrap();
+        let mut sink = FileSink::resume(&path, 2, progress.clone()).await.unwrap();
+        assert_eq!(sink.bytes(), 2);
+        sink.write(Bytes::from_static(b"c")).await.unwrap();
+        let tally = sink.finish().await.unwrap();
         assert_eq!(tally.finish(), (3, ABC.to_string()));
         assert_eq!(std::fs::read(&path).unwrap(), b"abc");
         assert_eq!(progress.done(), 3);
@@ -332,5 +596,51 @@ mod tests {
             hash_file(&path, Progress::default()).await.unwrap(),
             (3, ABC.to_string())
         );
+
+        let mut sink = FileSink::resume(&path, 2, Progress::default())
+            .await
+            .unwrap();
+        sink.truncate().await.unwrap();
+        sink.write(Bytes::from_static(b"abc")).await.unwrap();
+        assert_eq!(sink.finish().await.unwrap().finish(), (3, ABC.to_string()));
+        assert_eq!(std::fs::read(&path).unwrap(), b"abc");
+    }
+
+    #[tokio::test]
+    async fn pooled_buffers_come_back() {
+        let pool = BufferPool::new(2, 16);
+        let a = pool.take().await;
+        let mut b = pool.take().await;
+        b.extend_from_slice(b"data");
+        let frozen = b.freeze();
+        let copy = frozen.clone();
+        drop(frozen);
+        // a third buffer only once one is back
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), pool.take()).await;
+        assert!(waiting.is_err());
+        drop(copy);
+        let c = pool.take().await;
+        assert!(c.is_empty() && c.capacity() >= 16);
+        drop((a, c));
+        assert_eq!(pool.inner.free.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn chunk_reader_cuts_fixed_chunks_and_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"abc").unwrap();
+        let progress = Progress::default();
+        let pool = BufferPool::new(1, 2);
+        let mut reader = ChunkReader::open(&path, pool.clone(), progress.clone());
+        assert_eq!(reader.next().await.unwrap().unwrap(), &b"ab"[..]);
+        assert_eq!(reader.next().await.unwrap().unwrap(), &b"c"[..]);
+        assert!(reader.next().await.is_none());
+        assert_eq!(reader.finish().await.unwrap(), (3, ABC.to_string()));
+        assert_eq!(progress.done(), 3);
+
+        let mut missing = ChunkReader::open(&dir.path().join("nope"), pool, Progress::default());
+        assert!(missing.next().await.unwrap().is_err());
+        assert!(missing.finish().await.is_err());
     }
 }

@@ -230,11 +230,24 @@ async fn server_killed_mid_upload_is_retryable_and_resumes() {
     assert!(matches!(err, Error::Transient { .. }), "{err}");
 
     server.restart();
+    // what the resume starts from, shown if the assertion below fails
+    let journal = std::fs::read_to_string(journal_path(&src)).unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(server.data_dir())
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            format!("{:?} {}", e.file_name(), e.metadata().unwrap().len())
+        })
+        .collect();
+    files.sort();
     let (staged, report) = stage
         .upload_with_report(key, &src, &Progress::default())
         .await
         .unwrap();
-    assert!(report.resumed && report.reused >= 2, "{report:?}");
+    assert!(
+        report.resumed && report.reused >= 2,
+        "{report:?}\njournal:\n{journal}\nfiles: {files:#?}"
+    );
     assert_eq!(staged.sha256, sha256_of(&src));
 }
 

@@ -10,11 +10,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use crd::StorageSpec;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, RANGE};
 use reqwest::{Method, Response, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use url::Url;
 
 use super::{
@@ -24,11 +23,13 @@ use super::{
 use crate::credentials::Credentials;
 use crate::error::with_retries;
 use crate::progress::Progress;
-use crate::stream::{CHUNK, FileWriter, HashingReader, resume_file};
+use crate::stream::{BufferPool, CHUNK, ChunkReader, FileSink, Tally};
 use crate::{Error, Result};
 
 /// Chunks read ahead of the network on upload.
 const READ_AHEAD: usize = 4;
+/// Received 1 MiB buffers queued for the file writer on download.
+const SINK_QUEUE: usize = 4;
 
 /// How requests authenticate.
 #[derive(Clone)]
@@ -216,40 +217,10 @@ impl HttpStage {
         let url = self.url(key)?;
         let what = format!("PUT {key}");
         progress.set_done(0);
-        let file = tokio::fs::File::open(src)
-            .await
-            .map_err(|e| Error::io(format!("opening {}", src.display()), e))?;
-        // A reader task hashes ahead of the network by at most READ_AHEAD chunks.
-        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(READ_AHEAD);
-        let progress = progress.clone();
-        let reader = tokio::spawn(async move {
-            let mut reader = HashingReader::new(file, progress);
-            loop {
-                let mut buf = BytesMut::with_capacity(CHUNK);
-                while buf.len() < CHUNK {
-                    match reader.read_buf(&mut buf).await {
-                        Ok(0) => break,
-                        Ok(_) => {}
-                        Err(e) => {
-                            let _ = tx
-                                .send(Err(std::io::Error::new(e.kind(), e.to_string())))
-                                .await;
-                            return Err(e);
-                        }
-                    }
-                }
-                if buf.is_empty() {
-                    return Ok(reader.finish());
-                }
-                if tx.send(Ok(buf.freeze())).await.is_err() {
-                    // the request ended early (an error status); its error is reported
-                    return Ok(reader.finish());
-                }
-            }
-        });
-        let body = reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        }));
+        // a reader thread hashes ahead of the network by at most READ_AHEAD chunks
+        let pool = BufferPool::new(READ_AHEAD + 1, CHUNK);
+        let (chunks, reader) = ChunkReader::open(src, pool, progress.clone()).into_parts();
+        let body = reqwest::Body::wrap_stream(chunks);
         let sent = self
             .send(
                 &what,
@@ -266,7 +237,8 @@ impl HttpStage {
                     std::io::Error::other(e),
                 )
             })?
-            .map_err(|e| Error::io(format!("reading {}", src.display()), e));
+            .map_err(|e| Error::io(format!("reading {}", src.display()), e))
+            .map(Tally::finish);
         let response = sent?;
         let status = response.status();
         if status == StatusCode::CONFLICT {
@@ -318,12 +290,11 @@ impl HttpStage {
     }
 
     /// GETs the object into `writer`, continuing after the bytes it already holds.
-    async fn get_into(&self, object: &StagedObject, writer: &mut FileWriter) -> Result<()> {
+    async fn get_into(&self, object: &StagedObject, writer: &mut FileSink) -> Result<()> {
         let url = self.url(&object.key)?;
         let what = format!("GET {}", object.key);
-        let io = |e| Error::io(format!("writing the download of {}", object.key), e);
         if writer.bytes() > object.size {
-            writer.truncate().await.map_err(io)?;
+            writer.truncate().await?;
         }
         let offset = writer.bytes();
         if offset == object.size && offset > 0 {
@@ -342,7 +313,7 @@ impl HttpStage {
                     .and_then(|v| v.to_str().ok())
                     .and_then(range_start);
                 if start != Some(offset) {
-                    writer.truncate().await.map_err(io)?;
+                    writer.truncate().await?;
                     return Err(Error::transient(
                         self.system(),
                         format!("{what}: asked for bytes {offset}-, got range {start:?}"),
@@ -352,11 +323,11 @@ impl HttpStage {
             StatusCode::OK => {
                 if offset > 0 {
                     // the server ignores Range: start over
-                    writer.truncate().await.map_err(io)?;
+                    writer.truncate().await?;
                 }
             }
             StatusCode::RANGE_NOT_SATISFIABLE => {
-                writer.truncate().await.map_err(io)?;
+                writer.truncate().await?;
                 return Err(Error::transient(
                     self.system(),
                     format!("{what}: range {offset}- not satisfiable; restarting"),
@@ -364,14 +335,27 @@ impl HttpStage {
             }
             s => return Err(self.status_error(&what, s)),
         }
+        // hyper's chunks are small: gather them into pooled 1 MiB buffers for the file writer
+        let pool = BufferPool::new(SINK_QUEUE + 2, CHUNK);
+        let mut pending = pool.take().await;
         while let Some(chunk) = response
             .chunk()
             .await
             .map_err(|e| self.network_error(&what, e))?
         {
-            writer.write_all(&chunk).await.map_err(io)?;
+            if pending.len() + chunk.len() > CHUNK && !pending.is_empty() {
+                let full = std::mem::replace(&mut pending, pool.take().await);
+                writer.write(full.freeze()).await?;
+            }
+            if chunk.len() >= CHUNK {
+                writer.write(chunk).await?;
+            } else {
+                pending.extend_from_slice(&chunk);
+            }
         }
-        writer.flush().await.map_err(io)?;
+        if !pending.is_empty() {
+            writer.write(pending.freeze()).await?;
+        }
         Ok(())
     }
 
@@ -526,14 +510,17 @@ impl Stage for HttpStage {
         progress: &Progress,
     ) -> Result<()> {
         let partial = partial_path(dest);
-        let writer = tokio::sync::Mutex::new(resume_file(&partial, progress.clone()).await?);
+        let writer = tokio::sync::Mutex::new(
+            FileSink::resume(&partial, SINK_QUEUE, progress.clone()).await?,
+        );
         with_retries(
             &format!("{}: GET {}", self.system(), object.key),
             self.attempts,
             || async { self.get_into(object, &mut *writer.lock().await).await },
         )
         .await?;
-        super::finish_download(writer.into_inner(), object, &partial, dest).await
+        let tally = writer.into_inner().finish().await?;
+        super::finish_download(tally, object, &partial, dest).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

@@ -27,7 +27,7 @@ pub use s3::S3Stage;
 
 use crate::credentials::Credentials;
 use crate::progress::Progress;
-use crate::stream::FileWriter;
+use crate::stream::Tally;
 use crate::{Error, Result};
 
 /// Credential scope of the storage Secret's values (`storage.accessKey`, `storage.token`...).
@@ -165,18 +165,15 @@ pub(crate) fn partial_path(dest: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Ends a download: flushes and syncs the partial file, compares size and SHA-256 with `object`, and
-/// renames it to `dest`, or removes it and fails with [`Error::ChecksumMismatch`].
+/// Ends a download whose file content hashed to `tally` (already flushed and fsynced): compares
+/// size and SHA-256 with `object` and renames the partial file to `dest`, or removes it and fails
+/// with [`Error::ChecksumMismatch`].
 pub(crate) async fn finish_download(
-    writer: FileWriter,
+    tally: Tally,
     object: &StagedObject,
     partial: &Path,
     dest: &Path,
 ) -> Result<()> {
-    let tally = writer
-        .sync()
-        .await
-        .map_err(|e| Error::io(format!("writing {}", partial.display()), e))?;
     let (size, sha256) = tally.finish();
     if size != object.size || sha256 != object.sha256 {
         let _ = tokio::fs::remove_file(partial).await;

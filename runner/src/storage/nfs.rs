@@ -14,7 +14,7 @@ use super::{
     validate_key,
 };
 use crate::progress::Progress;
-use crate::stream::{CHUNK, HashingReader, HashingWriter};
+use crate::stream::{CHUNK, HashingReader, HashingWriter, open_resumable};
 use crate::{Error, Result};
 
 /// An NFS export mounted at a local directory.
@@ -174,12 +174,11 @@ impl Stage for NfsStage {
     ) -> Result<()> {
         let src = self.path(&object.key)?;
         let partial = partial_path(dest);
-        let writer = crate::stream::resume_file(&partial, progress.clone()).await?;
-        let (file, tally) = writer.into_parts();
-        let file = file.into_inner().into_std().await;
         let this = self.clone();
         let expected = object.size;
-        let (file, tally) = blocking(move || {
+        let progress = progress.clone();
+        let writing = partial.clone();
+        let tally = blocking(move || {
             let mut input = std::fs::File::open(&src).map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => Error::NotFound {
                     what: format!("staged object {}", src.display()),
@@ -187,13 +186,13 @@ impl Stage for NfsStage {
                 },
                 _ => this.io_error(format!("opening {}", src.display()), e),
             })?;
-            let mut tally = tally;
-            let mut file = file;
+            let io_error = |e| Error::io(format!("writing {}", writing.display()), e);
+            let (mut file, mut tally) = open_resumable(&writing, progress).map_err(io_error)?;
             if tally.bytes() > expected {
                 // longer than the object: not a prefix of it, start over
                 file.set_len(0)
                     .and_then(|()| file.rewind())
-                    .map_err(|e| Error::io("truncating a partial download", e))?;
+                    .map_err(io_error)?;
                 tally.restart();
             }
             input
@@ -202,12 +201,12 @@ impl Stage for NfsStage {
             let mut writer = HashingWriter::with_tally(file, tally);
             copy(&mut input, &mut writer)
                 .map_err(|e| this.io_error(format!("copying {}", src.display()), e))?;
-            Ok(writer.into_parts())
+            let (file, tally) = writer.into_parts();
+            file.sync_all().map_err(io_error)?;
+            Ok(tally)
         })
         .await?;
-        let file = tokio::io::BufWriter::new(tokio::fs::File::from_std(file));
-        let writer = HashingWriter::with_tally(file, tally);
-        super::finish_download(writer, object, &partial, dest).await
+        super::finish_download(tally, object, &partial, dest).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

@@ -7,17 +7,23 @@
 //! `spec.storage.region`.
 //!
 //! Uploads are multipart above [`MIN_PART`]: the part size grows with the object so any size fits
-//! in [`MAX_PARTS`] parts; the file is read once, in order, through the SHA-256; up to
-//! [`CONCURRENCY`] parts are in flight. Parts up to [`MAX_BUFFERED_PART`] are held in memory between
-//! the read and the upload (at most `CONCURRENCY` of them); bigger parts (objects above ~140 GiB) are
-//! hashed in the reading pass and sent from the file, so memory stays flat at any size.
+//! in [`MAX_PARTS`] parts; the file is read once, in order, through the SHA-256 (on a reading
+//! thread, [`ChunkReader`]); up to [`CONCURRENCY`] parts are in flight. Parts up to
+//! [`MAX_BUFFERED_PART`] (objects up to ~70 GiB) are held in memory between the read and the upload,
+//! in a pool of `CONCURRENCY + 2` buffers ([`BufferPool`]); bigger parts are hashed in the reading
+//! pass and sent from the file, so memory stays flat at any size. Part payloads are not signed
+//! (`UNSIGNED-PAYLOAD`): the SHA-256 that matters is the object's, computed once.
 //!
 //! An interrupted upload resumes: the upload id and each finished part's ETag are journaled in
 //! `<src>.s3upload` next to the source file (servers without ListMultipartUploads, like s3s, need
 //! it; on AWS the upload is also found by listing). ListParts tells which parts the server holds;
 //! those are re-read and hashed locally (and their MD5 compared with the ETag) instead of being sent
-//! again. Downloads fetch [`CONCURRENCY`] ranges at once and write them in order through the hash
-//! (a bounded reorder window: at most `CONCURRENCY` ranges of [`RANGE_SIZE`] in memory).
+//! again. A terminal failure aborts the upload instead, leaving no parts behind.
+//!
+//! Downloads fetch [`CONCURRENCY`] ranges of [`RANGE_SIZE`] at once, each into one pooled buffer,
+//! and hand them in order to a writing thread that hashes ([`FileSink`]): a bounded reorder window
+//! of `CONCURRENCY + 2` buffers. (The alternative, positional writes with a second reader hashing
+//! behind the written frontier, would read every byte twice.)
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -40,7 +46,7 @@ use crd::StorageSpec;
 use futures::StreamExt;
 use md5::Digest as _;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use url::Url;
@@ -52,7 +58,7 @@ use super::{
 use crate::credentials::Credentials;
 use crate::error::with_retries;
 use crate::progress::Progress;
-use crate::stream::{CHUNK, HashingReader, resume_file};
+use crate::stream::{BufferPool, CHUNK, ChunkReader, FileSink, HashingReader};
 use crate::{Error, Result};
 
 const MIB: u64 = 1 << 20;
@@ -63,8 +69,8 @@ pub const MIN_PART: u64 = 8 * MIB;
 pub const MAX_PARTS: u64 = 9000;
 /// Parts in flight at once, and ranges fetched at once.
 pub const CONCURRENCY: usize = 4;
-/// Largest part kept in memory between reading and sending.
-pub const MAX_BUFFERED_PART: u64 = 16 * MIB;
+/// Largest part kept in memory between reading and sending (larger ones are sent from the file).
+pub const MAX_BUFFERED_PART: u64 = 8 * MIB;
 /// Size of one ranged GET.
 pub const RANGE_SIZE: u64 = 8 * MIB;
 /// Default region when the spec names none (also what S3-compatible servers usually expect).
@@ -609,11 +615,24 @@ impl S3Stage {
         journal: Arc<Journal>,
     ) -> Result<(String, UploadReport)> {
         progress.set_done(0);
-        let file = tokio::fs::File::open(src)
-            .await
-            .map_err(|e| Error::io(format!("opening {}", src.display()), e))?;
-        let mut reader = HashingReader::new(file, progress.clone());
+        let buffered = plan.part_size <= MAX_BUFFERED_PART;
+        // in memory: one chunk per part; from the file: 1 MiB chunks, hashed and dropped (part
+        // sizes are whole MiB, so chunks never straddle parts)
+        let pool = if buffered {
+            // the parts in flight, one waiting, one being read
+            BufferPool::new(CONCURRENCY + 2, plan.part_size as usize)
+        } else {
+            BufferPool::new(4, CHUNK)
+        };
+        let mut reader = ChunkReader::open(src, pool, progress.clone());
         let read_error = |e| Error::io(format!("reading {}", src.display()), e);
+        let short = || {
+            Error::Invalid(format!(
+                "{} changed size while it was uploaded (expected {} bytes)",
+                src.display(),
+                plan.size
+            ))
+        };
         let slots = Arc::new(Semaphore::new(CONCURRENCY));
         let mut tasks: JoinSet<Result<(i32, String, u64)>> = JoinSet::new();
         let mut completed: Vec<(i32, String)> = Vec::new();
@@ -621,12 +640,6 @@ impl S3Stage {
             parts: plan.parts() as u32,
             part_size: plan.part_size,
             ..UploadReport::default()
-        };
-        let buffered = plan.part_size <= MAX_BUFFERED_PART;
-        let mut scratch = if buffered {
-            Vec::new()
-        } else {
-            vec![0u8; CHUNK]
         };
         for number in 1..=plan.parts() as i32 {
             let len = plan.part_len(number);
@@ -644,24 +657,25 @@ impl S3Stage {
             let held_part = held.get(&number);
             let mut md5 = held_part.map(|_| md5::Md5::new());
             let body = if buffered {
-                let mut data = vec![0u8; len as usize];
-                reader.read_exact(&mut data).await.map_err(read_error)?;
+                let data = reader.next().await.ok_or_else(short)?.map_err(read_error)?;
+                if data.len() as u64 != len {
+                    return Err(short());
+                }
                 if let Some(m) = md5.as_mut() {
                     m.update(&data);
                 }
-                PartBody::Memory(Bytes::from(data))
+                PartBody::Memory(data)
             } else {
                 let mut left = len;
                 while left > 0 {
-                    let n = left.min(scratch.len() as u64) as usize;
-                    reader
-                        .read_exact(&mut scratch[..n])
-                        .await
-                        .map_err(read_error)?;
-                    if let Some(m) = md5.as_mut() {
-                        m.update(&scratch[..n]);
+                    let data = reader.next().await.ok_or_else(short)?.map_err(read_error)?;
+                    if data.len() as u64 > left {
+                        return Err(short());
                     }
-                    left -= n as u64;
+                    if let Some(m) = md5.as_mut() {
+                        m.update(&data);
+                    }
+                    left -= data.len() as u64;
                 }
                 PartBody::File {
                     path: src.to_path_buf(),
@@ -697,7 +711,7 @@ impl S3Stage {
             report.bytes_sent += sent;
             completed.push((n, etag));
         }
-        let (read, sha256) = reader.finish();
+        let (read, sha256) = reader.finish().await.map_err(read_error)?;
         check_size(src, plan.size, read)?;
         completed.sort_by_key(|(n, _)| *n);
         self.complete(plan, completed).await?;
@@ -792,11 +806,17 @@ impl S3Stage {
         }
     }
 
-    /// GETs `len` bytes at `offset` of `full`, as the segments the SDK received.
-    async fn get_range(&self, full: &str, offset: u64, len: u64) -> Result<Vec<Bytes>> {
+    /// GETs `len` bytes at `offset` of `full` into one buffer.
+    async fn get_range(
+        &self,
+        full: &str,
+        offset: u64,
+        len: u64,
+        pool: &BufferPool,
+    ) -> Result<Bytes> {
         let what = format!("GET {full} bytes {offset}-{}", offset + len - 1);
         with_retries(&self.label("GET", full), self.attempts, || async {
-            let out = self
+            let mut out = self
                 .client
                 .get_object()
                 .bucket(&self.bucket)
@@ -805,18 +825,28 @@ impl S3Stage {
                 .send()
                 .await
                 .map_err(|e| self.error(&what, e))?;
-            let body = out.body.collect().await.map_err(|e| {
-                Error::transient(self.system(), format!("{what}: {}", error_chain(&e)))
-            })?;
-            let segments: Vec<Bytes> = body.into_segments().collect();
-            let got: u64 = segments.iter().map(|s| s.len() as u64).sum();
-            if got != len {
+            // one pooled buffer per range: servers send small frames, and keeping them as
+            // separate allocations costs far more memory than their size
+            let mut data = pool.take().await;
+            while let Some(chunk) = out.body.next().await {
+                let chunk = chunk.map_err(|e| {
+                    Error::transient(self.system(), format!("{what}: {}", error_chain(&e)))
+                })?;
+                if data.len() + chunk.len() > len as usize {
+                    return Err(Error::transient(
+                        self.system(),
+                        format!("{what}: more than {len} bytes"),
+                    ));
+                }
+                data.extend_from_slice(&chunk);
+            }
+            if data.len() as u64 != len {
                 return Err(Error::transient(
                     self.system(),
-                    format!("{what}: got {got} bytes"),
+                    format!("{what}: got {} bytes", data.len()),
                 ));
             }
-            Ok(segments)
+            Ok(data.freeze())
         })
         .await
     }
@@ -955,29 +985,45 @@ impl Stage for S3Stage {
     ) -> Result<()> {
         let full = self.full_key(&object.key)?;
         let partial = partial_path(dest);
-        let mut writer = resume_file(&partial, progress.clone()).await?;
-        let io = |e| Error::io(format!("writing {}", partial.display()), e);
-        if writer.bytes() > object.size {
-            writer.truncate().await.map_err(io)?;
+        let mut sink = FileSink::resume(&partial, 1, progress.clone()).await?;
+        if sink.bytes() > object.size {
+            sink.truncate().await?;
         }
-        let start = writer.bytes();
+        let start = sink.bytes();
         let ranges = (start..object.size)
             .step_by(RANGE_SIZE as usize)
             .map(|offset| (offset, RANGE_SIZE.min(object.size - offset)));
         // in order, at most CONCURRENCY ranges fetched or waiting at once
+        // the ranges fetched, one queued for the writer, one being written
+        let pool = BufferPool::new(CONCURRENCY + 2, RANGE_SIZE as usize);
         let mut fetched = futures::stream::iter(ranges)
             .map(|(offset, len)| {
-                let full = full.as_str();
-                async move { self.get_range(full, offset, len).await }
+                let (full, pool) = (full.as_str(), &pool);
+                async move { self.get_range(full, offset, len, pool).await }
             })
             .buffered(CONCURRENCY);
-        while let Some(segments) = fetched.next().await {
-            for segment in segments? {
-                writer.write_all(&segment).await.map_err(io)?;
+        let mut failed = None;
+        while let Some(range) = fetched.next().await {
+            match range {
+                Ok(data) => {
+                    if let Err(e) = sink.write(data).await {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
         }
         drop(fetched);
-        super::finish_download(writer, object, &partial, dest).await
+        // flushed either way: an interrupted download continues from this prefix next time
+        let tally = sink.finish().await;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        super::finish_download(tally?, object, &partial, dest).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
@@ -1008,12 +1054,12 @@ impl PartBody {
 
     async fn stream(&self) -> Result<ByteStream> {
         match self {
-            PartBody::Memory(b) => Ok(ByteStream::from(b.clone())),
+            PartBody::Memory(b) => Ok(ByteStream::from_body_1_x(Slices(b.clone()))),
             PartBody::File { path, offset, len } => ByteStream::read_from()
                 .path(path)
                 .offset(*offset)
                 .length(Length::Exact(*len))
-                .buffer_size(CHUNK)
+                .buffer_size(SLICE)
                 .build()
                 .await
                 .map_err(|e| {
@@ -1023,6 +1069,39 @@ impl PartBody {
                     )
                 }),
         }
+    }
+}
+
+/// Body chunk size handed to the HTTP client.
+const SLICE: usize = 256 * 1024;
+
+/// An in-memory part handed to the HTTP client in [`SLICE`]s (zero-copy views of the part). The
+/// SDK's hyper 0.14 client copies each body chunk into its connection's write buffer and keeps that
+/// buffer: one whole 8 MiB chunk would pin 8 MiB per pooled connection.
+struct Slices(Bytes);
+
+impl http_body::Body for Slices {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let rest = &mut self.get_mut().0;
+        if rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let slice = rest.split_to(rest.len().min(SLICE));
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(slice))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0.len() as u64)
     }
 }
 
