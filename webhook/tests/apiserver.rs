@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::cases::{Op, cases};
-use common::{ALICE, MALLORY, migration, prerequisites, review};
+use common::{ALICE, EXTRA_OBJECTS, MALLORY, migration, prerequisites, review};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -200,27 +200,7 @@ fn world() {
             .into_iter()
             .filter(|d| d["kind"] != "Namespace"),
     );
-    items.extend(documents(
-        r#"
-apiVersion: infra.virtrigaud.io/v1beta1
-kind: VirtualMachine
-metadata: {name: already-there, namespace: other-team}
-spec: {providerRef: {name: vsphere-prod, namespace: default}}
----
-apiVersion: infra.virtrigaud.io/v1beta1
-kind: VirtualMachine
-metadata: {name: orphan, namespace: default}
-spec: {providerRef: {name: decommissioned}}
----
-apiVersion: infra.virtrigaud.io/v1beta1
-kind: Provider
-metadata: {name: vsphere-locked, namespace: default}
-spec:
-  type: vsphere
-  endpoint: https://vcenter-locked.example.com
-  credentialSecretRef: {name: locked-credentials, namespace: vault}
-"#,
-    ));
+    items.extend(documents(EXTRA_OBJECTS));
     items.extend(rbac());
     items.iter_mut().for_each(adapt);
     let (ok, out) = kubectl(&["apply", "-f", "-"], Some(&list(items)));

@@ -189,29 +189,7 @@ pub fn world() -> MemoryCluster {
     let mut cluster = MemoryCluster::new();
     let loaded = cluster.load_yaml(&prerequisites()).unwrap();
     assert!(loaded >= 10, "providers and VMs of prerequisites.yaml");
-    cluster
-        .load_yaml(
-            r#"
-apiVersion: infra.virtrigaud.io/v1beta1
-kind: VirtualMachine
-metadata: {name: already-there, namespace: other-team}
-spec: {providerRef: {name: vsphere-prod, namespace: default}}
----
-apiVersion: infra.virtrigaud.io/v1beta1
-kind: VirtualMachine
-metadata: {name: orphan, namespace: default}
-spec: {providerRef: {name: decommissioned}}
----
-apiVersion: infra.virtrigaud.io/v1beta1
-kind: Provider
-metadata: {name: vsphere-locked, namespace: default}
-spec:
-  type: vsphere
-  endpoint: https://vcenter-locked.example.com
-  credentialSecretRef: {name: locked-credentials, namespace: vault}
-"#,
-        )
-        .unwrap();
+    cluster.load_yaml(EXTRA_OBJECTS).unwrap();
     cluster.grant("system:masters", "*", "*", None, None);
     for ns in ["default", "kvm-vms", "vmware-vms", "proxmox-vms"] {
         cluster.grant(ALICE, "get", "secrets", Some(ns), None);
@@ -305,3 +283,25 @@ pub fn message(response: &Value) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// Objects the rejection cases need besides examples/prerequisites.yaml: a VM that already holds a
+/// target name, a VM whose Provider is gone, and a Provider whose Secret lives in a locked namespace.
+pub const EXTRA_OBJECTS: &str = r#"
+apiVersion: infra.virtrigaud.io/v1beta1
+kind: VirtualMachine
+metadata: {name: already-there, namespace: other-team}
+spec: {providerRef: {name: vsphere-prod, namespace: default}}
+---
+apiVersion: infra.virtrigaud.io/v1beta1
+kind: VirtualMachine
+metadata: {name: orphan, namespace: default}
+spec: {providerRef: {name: decommissioned}}
+---
+apiVersion: infra.virtrigaud.io/v1beta1
+kind: Provider
+metadata: {name: vsphere-locked, namespace: default}
+spec:
+  type: vsphere
+  endpoint: https://vcenter-locked.example.com
+  credentialSecretRef: {name: locked-credentials, namespace: vault}
+"#;
