@@ -118,7 +118,7 @@ say "Result"
 K -n "$NS" get vmm "$MIGRATION" -o wide
 K -n "$NS" get vmm "$MIGRATION" -o jsonpath='{range .status.conditions[*]}{.type}{"\t"}{.status}{"\t"}{.reason}{"\t"}{.message}{"\n"}{end}' | column -t -s $'\t'
 echo
-K -n "$NS" get vmm "$MIGRATION" -o jsonpath='{range .status.disks[*]}{.name}{"  "}{.sourceFormat}{" -> "}{.targetFormat}{"  sha256="}{.sha256}{"  target="}{.targetDiskId}{"\n"}{end}'
+K -n "$NS" get vmm "$MIGRATION" -o jsonpath='{range .status.disks[*]}{.name}{"  "}{.sourceFormat}{" -> "}{.targetFormat}{"  sha256="}{.sha256}{"  target="}{.targetDisk.libvirt.path}{"\n"}{end}'
 echo
 K -n "$NS" get events --field-selector involvedObject.name="$MIGRATION" --sort-by=.lastTimestamp 2>/dev/null | tail -n 15 || true
 echo
@@ -128,7 +128,7 @@ if [ "$phase" = Ready ]; then
   say "Proof: the target's disks hold the source's guest content (qemu-img compare)"
   i=0
   for disk in vda vdb; do
-    target=$(K -n "$NS" get vmm "$MIGRATION" -o jsonpath="{.status.disks[$i].targetDiskId}")
+    target=$(K -n "$NS" get vmm "$MIGRATION" -o jsonpath="{.status.disks[$i].targetDisk.libvirt.path}")
     qemu-img compare -U -q "$REF/$disk.raw" "$target" && echo "$disk: identical ($target)"
     i=$((i + 1))
   done

@@ -5,6 +5,7 @@
 
 pub mod common;
 pub mod duration;
+pub mod handles;
 pub mod plan;
 pub mod provider;
 pub mod virtualmachine;
@@ -12,6 +13,7 @@ pub mod vmmigration;
 
 pub use common::{Condition, ConditionStatus, ObjectRef, SecretRef, set_condition};
 pub use duration::{DurationError, format_duration, parse_duration};
+pub use handles::{SnapshotHandle, TargetDiskHandle, TargetVmHandle};
 pub use provider::{Provider, ProviderDefaults, ProviderSpec, ProviderStatus, ProviderType};
 pub use virtualmachine::{VirtualMachine, VirtualMachineSpec, VirtualMachineStatus};
 pub use vmmigration::{

@@ -6,6 +6,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{Condition, ObjectRef, SecretRef};
+use crate::handles::{SnapshotHandle, TargetDiskHandle, TargetVmHandle};
 
 /// What to migrate, where to, and through which storage. Immutable after creation.
 // Printer columns repeat `type_ = "string"` by design; clippy reads that as a duplicated attribute.
@@ -433,13 +434,17 @@ pub struct VMMigrationStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub disks: Vec<DiskStatus>,
-    /// Hypervisor id of the created target VM.
+    /// Hypervisor id of the target VM, once it is completely created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_vm_id: Option<String>,
-    /// Id of the source snapshot the staged disks were exported from, while it exists (resume reuses
-    /// it; cleanup removes it).
+    /// The target VM this migration creates, recorded before the hypervisor starts making it (a
+    /// later attempt removes a half-made one; cleanup removes it unless the migration is Ready).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot_id: Option<String>,
+    pub target_vm: Option<TargetVmHandle>,
+    /// The source snapshot the staged disks were exported from, while it exists (resume reuses it;
+    /// cleanup removes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotHandle>,
 }
 
 /// Progress and integrity record of one disk.
@@ -469,9 +474,10 @@ pub struct DiskStatus {
     /// Where the staged image is (s3://bucket/key, https://..., nfs://server/path/...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staged_url: Option<String>,
-    /// Id of the imported disk on the target (volume path, datastore path, Proxmox volid).
+    /// The disk imported into the target before its VM was created (libvirt volume, Proxmox import
+    /// file); a later attempt reuses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_disk_id: Option<String>,
+    pub target_disk: Option<TargetDiskHandle>,
 }
 
 impl VMMigrationSpec {

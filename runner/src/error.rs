@@ -27,6 +27,10 @@ pub enum Error {
     /// Not enough space on scratch, storage or target.
     #[error("not enough space: {0}")]
     NoSpace(String),
+    /// A recorded handle names something on a hypervisor that does not carry this migration's mark
+    /// (or no longer has the recorded name): it is left alone.
+    #[error("not created by this migration: {0}")]
+    NotOurs(String),
     /// An endpoint resolves to a link-local or cloud metadata address.
     #[error("endpoint refused: {0}")]
     ForbiddenEndpoint(String),
@@ -88,6 +92,7 @@ impl Error {
             | Error::Invalid(_)
             | Error::ChecksumMismatch { .. }
             | Error::NoSpace(_)
+            | Error::NotOurs(_)
             | Error::ForbiddenEndpoint(_)
             | Error::Tool { .. } => false,
         }
@@ -102,6 +107,7 @@ impl Error {
             Error::Invalid(_) => "Invalid",
             Error::ChecksumMismatch { .. } => "ChecksumMismatch",
             Error::NoSpace(_) => "NoSpace",
+            Error::NotOurs(_) => "NotOwned",
             Error::ForbiddenEndpoint(_) => "ForbiddenEndpoint",
             Error::Transient { .. } => "Unavailable",
             Error::Tool { .. } => "ToolFailed",
@@ -118,22 +124,52 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    let mut delay = Duration::from_secs(1);
-    let mut tried = 0;
+    let mut retry = Retry::new(what, attempts);
     loop {
-        tried += 1;
         match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.is_retryable() && tried < attempts => {
-                tracing::warn!(
-                    "{what}: {e}; retrying in {}s ({tried}/{attempts})",
-                    delay.as_secs()
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-            Err(e) => return Err(e),
+            Err(e) if retry.again(&e).await => {}
+            result => return result,
         }
+    }
+}
+
+/// The retry loop of [`with_retries`] as a value, for calls a closure cannot make (methods that
+/// borrow a session mutably): `loop { match call().await { Err(e) if retry.again(&e).await => {} r => return r } }`.
+pub struct Retry<'a> {
+    what: &'a str,
+    attempts: u32,
+    tried: u32,
+    delay: Duration,
+}
+
+impl<'a> Retry<'a> {
+    /// At most `attempts` tries of `what`.
+    pub fn new(what: &'a str, attempts: u32) -> Self {
+        Retry {
+            what,
+            attempts,
+            tried: 0,
+            delay: Duration::from_secs(1),
+        }
+    }
+
+    /// After a failed try: whether to try again (a retryable error, tries left), having waited
+    /// out the backoff.
+    pub async fn again(&mut self, e: &Error) -> bool {
+        self.tried += 1;
+        if !e.is_retryable() || self.tried >= self.attempts {
+            return false;
+        }
+        tracing::warn!(
+            "{}: {e}; retrying in {}s ({}/{})",
+            self.what,
+            self.delay.as_secs(),
+            self.tried,
+            self.attempts
+        );
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(30));
+        true
     }
 }
 

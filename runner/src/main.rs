@@ -8,7 +8,7 @@ use kube::Api;
 use runner::credentials::Credentials;
 use runner::phases::{self, Pipeline};
 use runner::plan::{self, Paths};
-use runner::provider::{self, Side};
+use runner::provider::{self, Source, Target};
 use runner::status::{KubeStatus, StatusWriter};
 use runner::storage::{self, StageOptions};
 use runner::{Error, Result};
@@ -121,15 +121,11 @@ async fn run(mode: Mode, paths: &Paths) -> Result<Option<String>> {
     }
 }
 
-type Connected = (
-    Box<dyn provider::Provider>,
-    Box<dyn provider::Provider>,
-    Box<dyn storage::Stage>,
-);
+type Connected = (Box<dyn Source>, Box<dyn Target>, Box<dyn storage::Stage>);
 
 async fn connect(plan: &RunnerPlan, credentials: &Credentials) -> Result<Connected> {
-    let source = provider::connect(Side::Source, &plan.source, credentials)?;
-    let target = provider::connect(Side::Target, &plan.target, credentials)?;
+    let source = provider::source(&plan.source, credentials)?;
+    let target = provider::target(&plan.target, credentials)?;
     let stage = storage::open(&plan.storage, credentials, &StageOptions::default()).await?;
     Ok((source, target, stage))
 }

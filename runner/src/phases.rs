@@ -1,29 +1,33 @@
 //! The migration pipeline: the guide's phases, one function each, called in order from
-//! [`Pipeline::run`]. Every disk goes through Exporting, Converting and Transferring in turn (so
-//! scratch space holds one disk at a time), then through Importing; Creating and ValidatingTarget
-//! work on the whole VM.
+//! [`Pipeline::walk`]. Every disk goes through Exporting, Converting and Transferring in turn inside
+//! one export session (so scratch space holds one disk at a time), then through Importing inside one
+//! import session; Creating ends that session, and ValidatingTarget checks the whole VM.
 //!
 //! Resume: the status read at start says which disks were staged (sha256 + stagedUrl) and imported
-//! (targetDiskId). A staged disk is reused when the stage still holds an object of the recorded size
-//! and SHA-256, and only when the disks exported now come from the same snapshot (else all disks
-//! are exported again, so a multi-disk VM never mixes two points in time).
+//! (targetDisk), which snapshot they came from (snapshot) and which target VM was made (targetVm,
+//! targetVmId once complete). A staged disk is reused when the stage still holds an object of the
+//! recorded size and SHA-256, and only when the disks exported now come from the same snapshot (else
+//! all disks are exported again, so a multi-disk VM never mixes two points in time). A target VM an
+//! earlier attempt left half-made is deleted (after its provider checked it carries this migration's
+//! mark) and made again.
 //!
 //! Integrity: every image from a hypervisor or from staging is checked with `qemu-img info` before
-//! use; Importing re-hashes the downloaded image and refuses a mismatch (terminal); ValidatingTarget
-//! compares capacities and, where the target reads disks back, the guest-visible SHA-256 with the
-//! one computed at export.
+//! use; Importing re-hashes the downloaded image and refuses a mismatch (terminal), or hands a target
+//! that downloads by itself the SHA-256 to verify; ValidatingTarget compares capacities and, where the
+//! target reads disks back, the guest-visible SHA-256 with the one computed at export.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crd::plan::RunnerPlan;
-use crd::{DiskFormat, Phase, VMMigrationStatus};
+use crd::{DiskFormat, Phase, SnapshotHandle, TargetDiskHandle, TargetVmHandle, VMMigrationStatus};
 
-use crate::error::with_retries;
+use crate::error::{Retry, with_retries};
 use crate::progress::{self, Overall, Progress, Step, human_bytes};
 use crate::provider::{
-    CreateVm, ImportDisk, ImportedDisk, LocalImage, Provider, Snapshot, SourceDisk, VmShape,
+    ExportSession, ImportInput, ImportSession, LocalImage, NewDisk, NewVm, Source, SourceDisk,
+    Target, VmShape,
 };
 use crate::status::StatusWriter;
 use crate::storage::{Stage, StagedObject, object_key};
@@ -38,8 +42,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// One migration attempt: the providers and stage to use and where to report.
 pub struct Pipeline {
     plan: RunnerPlan,
-    source: Box<dyn Provider>,
-    target: Box<dyn Provider>,
+    source: Box<dyn Source>,
+    target: Box<dyn Target>,
     stage: Box<dyn Stage>,
     status: StatusWriter,
     scratch: PathBuf,
@@ -58,29 +62,37 @@ struct Disk {
     key: String,
     /// The complete staged object (this attempt or a verified earlier one).
     staged: Option<StagedObject>,
-    /// The disk on the target (this attempt or an earlier one).
-    imported: Option<ImportedDisk>,
+    /// Imported into the target (this attempt, or an earlier one that left a handle).
+    imported: bool,
+    /// The disk's own handle on the target, where it has one.
+    handle: Option<TargetDiskHandle>,
     /// Guest-visible SHA-256, computed when the target can read disks back.
     guest_sha256: Option<String>,
 }
 
-/// What Validating found: the source VM, the format to write and the disks.
+/// What Validating found: the source VM, the format to write, the disks and the VM to create.
 struct Work {
     vm: VmShape,
     format: DiskFormat,
     disks: Vec<Disk>,
     /// This migration's directory in scratch.
     dir: PathBuf,
-    cpus: u32,
-    memory_bytes: u64,
+    new_vm: NewVm,
+}
+
+impl Work {
+    /// The disks' target handles, in bus order.
+    fn handles(&self) -> Vec<Option<TargetDiskHandle>> {
+        self.disks.iter().map(|d| d.handle.clone()).collect()
+    }
 }
 
 impl Pipeline {
     /// A pipeline for `plan`, reporting through `status`, with scratch space under `scratch`.
     pub fn new(
         plan: RunnerPlan,
-        source: Box<dyn Provider>,
-        target: Box<dyn Provider>,
+        source: Box<dyn Source>,
+        target: Box<dyn Target>,
         stage: Box<dyn Stage>,
         status: StatusWriter,
         scratch: impl Into<PathBuf>,
@@ -115,7 +127,7 @@ impl Pipeline {
                 tracing::warn!("could not record the failure in the status: {write}");
             }
             if !e.is_retryable() {
-                self.discard_partial(work.as_ref()).await;
+                self.discard_partial().await;
             }
         }
         let _ = tokio::fs::remove_dir_all(self.scratch_dir()).await;
@@ -126,31 +138,15 @@ impl Pipeline {
     async fn walk(&mut self, work: &mut Option<Work>) -> Result<String> {
         let w = work.insert(self.validating().await?);
         let snapshot = self.snapshotting(w).await?;
-        for i in 0..w.disks.len() {
-            self.stage_disk(w, i, snapshot.as_ref()).await?;
-        }
+        self.exporting(w, snapshot.as_ref()).await?;
         self.staged(w).await?;
         if let Some(s) = &snapshot {
-            self.release_snapshot(&w.vm, s).await;
+            self.release_snapshot(s).await;
         }
-        for i in 0..w.disks.len() {
-            self.importing(w, i).await?;
-        }
-        self.status
-            .complete(
-                Phase::Importing,
-                "Imported",
-                &format!(
-                    "{} imported into {}",
-                    count(w.disks.len(), "disk"),
-                    self.plan.target.name
-                ),
-            )
-            .await?;
-        let id = self.creating(w).await?;
-        self.validating_target(w, &id).await?;
-        self.finish(w, &id).await?;
-        Ok(id)
+        let vm = self.importing_and_creating(w).await?;
+        self.validating_target(w, &vm).await?;
+        self.finish(w, &vm).await?;
+        Ok(vm.id())
     }
 
     /// This migration's directory in scratch, removed when the attempt ends.
@@ -187,6 +183,51 @@ impl Pipeline {
             ),
         )
         .await?;
+        self.check_endpoints().await?;
+        let (source, plan, tries) = (&*self.source, &self.plan, self.tries);
+        with_retries("source check", tries, || source.check()).await?;
+        let vm = with_retries("source inspect", tries, || {
+            source.inspect(&plan.source_vm.name)
+        })
+        .await?;
+        if vm.disks.is_empty() {
+            return Err(Error::Invalid(format!(
+                "source VM {} has no disks to migrate",
+                plan.source_vm.name
+            )));
+        }
+        let target = &*self.target;
+        with_retries("target check", tries, || target.check()).await?;
+        let format = self.target_format()?;
+        self.check_target_name().await?;
+        self.stage.check().await?;
+
+        let mut disks = Vec::new();
+        for d in &vm.disks {
+            disks.push(self.resume_state(d, format).await?);
+        }
+        let dir = self.scratch_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating scratch {}", dir.display()), e))?;
+        disk::ensure_space(&dir, self.scratch_needed(&disks, format))?;
+        self.record_disks(&disks, format).await?;
+        let new_vm = self.new_vm(&vm, &disks, format)?;
+        self.overall = Overall::new(disks.iter().map(|d| d.source.virtual_size));
+        let message = self.validated_message(&vm, &disks, format);
+        self.status
+            .complete(Phase::Validating, "Validated", &message)
+            .await?;
+        Ok(Work {
+            vm,
+            format,
+            disks,
+            dir,
+            new_vm,
+        })
+    }
+
+    /// Refuses endpoints that resolve to link-local or metadata addresses.
+    async fn check_endpoints(&self) -> Result<()> {
         let plan = &self.plan;
         for endpoint in [
             Some(plan.source.endpoint.as_str()),
@@ -202,92 +243,152 @@ impl Pipeline {
         {
             endpoint::check(endpoint).await?;
         }
+        Ok(())
+    }
 
-        let (source, target, stage, tries) =
-            (&*self.source, &*self.target, &*self.stage, self.tries);
-        with_retries("source check", tries, || source.check()).await?;
-        let vm = with_retries("source inspect", tries, || {
-            source.inspect_vm(&plan.source_vm.name)
-        })
-        .await?;
-        if vm.disks.is_empty() {
-            return Err(Error::Invalid(format!(
-                "source VM {} has no disks to migrate",
-                plan.source_vm.name
-            )));
-        }
-        with_retries("target check", tries, || target.check()).await?;
-        let format = plan
+    /// The format to stage and import: the spec's, else the target's native one; refused when the
+    /// target cannot import it.
+    fn target_format(&self) -> Result<DiskFormat> {
+        let target = &*self.target;
+        let format = self
+            .plan
             .target_disk_format
             .unwrap_or_else(|| target.kind().native_format());
         if !target.import_formats().contains(&format) {
             let accepted: Vec<&str> = target.import_formats().iter().map(|f| f.as_str()).collect();
             return Err(Error::Invalid(format!(
                 "target {} ({}) does not import {format} disks (it accepts {})",
-                plan.target.name,
+                self.plan.target.name,
                 target.kind(),
                 accepted.join(", ")
             )));
         }
-        // A VM of the target name is refused unless an earlier attempt of this migration made it.
-        let ours = self.status.status().target_vm_id.is_some();
-        let exists =
-            with_retries("target name", tries, || target.vm_exists(&plan.target_name)).await?;
-        match (exists, ours) {
-            (true, false) => {
-                return Err(Error::Invalid(format!(
-                    "a VM named {} already exists on target {}",
-                    plan.target_name, plan.target.name
-                )));
-            }
+        Ok(format)
+    }
+
+    /// A VM of the target name is refused unless this migration made it. A VM an earlier attempt
+    /// left half-made is deleted first; a completed one that is gone is forgotten (made again).
+    async fn check_target_name(&mut self) -> Result<()> {
+        let recorded = self.status.status().target_vm.clone();
+        let complete = self.status.status().target_vm_id.is_some();
+        if recorded.is_some() && !complete {
+            self.discard_target("left half-made by an earlier attempt")
+                .await?;
+        }
+        let (target, name, tries) = (&*self.target, &self.plan.target_name, self.tries);
+        let exists = with_retries("target name", tries, || target.vm_exists(name)).await?;
+        match (exists, recorded.is_some() && complete) {
+            (true, false) => Err(Error::Invalid(format!(
+                "a VM named {name} already exists on target {}",
+                self.plan.target.name
+            ))),
             (false, true) => {
                 tracing::info!(
                     "the target VM an earlier attempt created is gone: it will be created again"
                 );
-                self.status.clear_target_vm().await?;
+                self.status.clear_target_vm().await
             }
-            _ => {}
+            _ => Ok(()),
         }
-        stage.check().await?;
-        let (cpus, memory_bytes) = match &plan.target_resources {
-            Some(r) => (
-                r.cpu.unwrap_or(vm.cpus),
-                match &r.memory {
-                    Some(q) => plan::quantity_bytes(q)?,
-                    None => vm.memory_bytes,
-                },
-            ),
-            None => (vm.cpus, vm.memory_bytes),
-        };
+    }
 
-        let mut disks = Vec::new();
-        for d in &vm.disks {
-            let slug = slug(&d.name);
-            let key = object_key(
-                &plan.migration.namespace,
-                &plan.migration.name,
-                &slug,
-                format,
-            );
-            let mut disk = Disk {
-                source: d.clone(),
-                slug,
-                key,
-                staged: None,
-                imported: None,
-                guest_sha256: None,
+    /// Deletes the recorded target VM (its provider checks the migration's mark) and the recorded
+    /// target disks, and forgets them; what is not this migration's is only forgotten. Disks are
+    /// imported again from staging.
+    async fn discard_target(&mut self, why: &str) -> Result<()> {
+        let recorded = self.status.status().clone();
+        let (target, owner, tries) = (&*self.target, self.plan.migration.uid.as_str(), self.tries);
+        if let Some(vm) = &recorded.target_vm {
+            match with_retries("delete target VM", tries, || target.delete_vm(vm, owner)).await {
+                Ok(()) => tracing::info!("deleted target {vm}, {why}"),
+                Err(Error::NotOurs(detail)) => tracing::warn!("target {vm} is kept: {detail}"),
+                Err(e) => return Err(e),
+            }
+            self.status.clear_target_vm().await?;
+        }
+        for entry in &recorded.disks {
+            let Some(handle) = &entry.target_disk else {
+                continue;
             };
-            self.resume_state(&mut disk, format).await?;
-            disks.push(disk);
+            with_retries("delete target disk", tries, || target.delete_disk(handle)).await?;
+            tracing::info!("deleted target disk {handle}, {why}");
+            let mut cleared = entry.clone();
+            cleared.target_disk = None;
+            self.status.set_disk(cleared).await?;
         }
+        Ok(())
+    }
 
-        let dir = self.scratch_dir();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating scratch {}", dir.display()), e))?;
-        let reads_back = target.reads_back();
-        let needed = disks
+    /// What an earlier attempt finished for source disk `d`, as recorded in the status and still
+    /// present in staging.
+    async fn resume_state(&self, d: &SourceDisk, format: DiskFormat) -> Result<Disk> {
+        let slug = slug(&d.name);
+        let plan = &self.plan;
+        let key = object_key(
+            &plan.migration.namespace,
+            &plan.migration.name,
+            &slug,
+            format,
+        );
+        let mut disk = Disk {
+            source: d.clone(),
+            slug,
+            key,
+            staged: None,
+            imported: false,
+            handle: None,
+            guest_sha256: None,
+        };
+        let Some(recorded) = self.status.disk(&d.name) else {
+            return Ok(disk);
+        };
+        if recorded.target_format != Some(format) {
+            return Ok(disk);
+        }
+        if let Some(handle) = &recorded.target_disk {
+            disk.imported = true;
+            disk.handle = Some(handle.clone());
+        }
+        if let (Some(sha), Some(size)) = (&recorded.sha256, recorded.bytes_total) {
+            disk.staged = self.verified_object(&disk, sha, size).await?;
+        }
+        Ok(disk)
+    }
+
+    /// The staged object of `disk` when it still has the recorded SHA-256 and size.
+    async fn verified_object(
+        &self,
+        disk: &Disk,
+        sha: &str,
+        size: i64,
+    ) -> Result<Option<StagedObject>> {
+        let name = &disk.source.name;
+        match self.stage.stat(&disk.key).await? {
+            Some(obj) if obj.sha256 == sha && obj.size as i64 == size => {
+                tracing::info!(
+                    "{name}: staged object {} verified, skipping export",
+                    obj.url
+                );
+                Ok(Some(obj))
+            }
+            Some(obj) => {
+                tracing::info!(
+                    "{name}: staged object {} differs from the record, exporting again",
+                    obj.url
+                );
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Scratch bytes the largest pending disk needs: the export, a converted copy, and a raw copy
+    /// for hashing when the target reads back.
+    fn scratch_needed(&self, disks: &[Disk], format: DiskFormat) -> u64 {
+        let reads_back = self.target.reads_back();
+        disks
             .iter()
-            .filter(|d| d.imported.is_none())
+            .filter(|d| !d.imported)
             .map(|d| {
                 let copies = 1
                     + u64::from(d.source.format != format)
@@ -295,11 +396,12 @@ impl Pipeline {
                 d.source.virtual_size.saturating_mul(copies)
             })
             .max()
-            .unwrap_or(0);
-        disk::ensure_space(&dir, needed)?;
+            .unwrap_or(0)
+    }
 
-        // Every disk gets its entry in the status from the start.
-        for d in &disks {
+    /// Gives every disk its entry in the status from the start.
+    async fn record_disks(&mut self, disks: &[Disk], format: DiskFormat) -> Result<()> {
+        for d in disks {
             let mut entry = self
                 .status
                 .disk(&d.source.name)
@@ -311,85 +413,59 @@ impl Pipeline {
             entry.target_format = Some(format);
             self.status.set_disk(entry).await?;
         }
+        Ok(())
+    }
 
-        self.overall = Overall::new(disks.iter().map(|d| d.source.virtual_size));
+    /// The target VM as the pipeline defines it: the source's shape, the spec's overrides.
+    fn new_vm(&self, vm: &VmShape, disks: &[Disk], format: DiskFormat) -> Result<NewVm> {
+        let plan = &self.plan;
+        let resources = plan.target_resources.as_ref();
+        let memory_bytes = match resources.and_then(|r| r.memory.as_ref()) {
+            Some(q) => plan::quantity_bytes(q)?,
+            None => vm.memory_bytes,
+        };
+        Ok(NewVm {
+            name: plan.target_name.clone(),
+            cpus: resources.and_then(|r| r.cpu).unwrap_or(vm.cpus),
+            memory_bytes,
+            firmware: vm.firmware,
+            os: vm.os,
+            disks: disks
+                .iter()
+                .map(|d| NewDisk {
+                    name: d.slug.clone(),
+                    virtual_size: d.source.virtual_size,
+                    format,
+                })
+                .collect(),
+            networks: plan.target_network_hints.clone(),
+            storage_hint: plan.target_storage_hint.clone(),
+            start: vm.running,
+            owner: plan.migration.uid.clone(),
+        })
+    }
+
+    fn validated_message(&self, vm: &VmShape, disks: &[Disk], format: DiskFormat) -> String {
         let staged = disks.iter().filter(|d| d.staged.is_some()).count();
-        let imported = disks.iter().filter(|d| d.imported.is_some()).count();
+        let imported = disks.iter().filter(|d| d.imported).count();
         let resumed = if staged + imported > 0 {
             format!("; resuming: {staged} staged, {imported} imported")
         } else {
             String::new()
         };
-        let message = format!(
+        format!(
             "source VM {} ({}, {}), target {} ({format}), {} reachable{resumed}",
-            plan.source_vm.name,
+            self.plan.source_vm.name,
             count(vm.disks.len(), "disk"),
             human_bytes(vm.disks.iter().map(|d| d.virtual_size).sum()),
-            plan.target.name,
-            stage.describe(),
-        );
-        self.status
-            .complete(Phase::Validating, "Validated", &message)
-            .await?;
-        Ok(Work {
-            vm,
-            format,
-            disks,
-            dir,
-            cpus,
-            memory_bytes,
-        })
-    }
-
-    /// Fills in what an earlier attempt finished for `disk`, as recorded in the status and still
-    /// present in staging.
-    async fn resume_state(&self, disk: &mut Disk, format: DiskFormat) -> Result<()> {
-        let Some(recorded) = self.status.disk(&disk.source.name) else {
-            return Ok(());
-        };
-        if recorded.target_format != Some(format) {
-            return Ok(());
-        }
-        if let Some(id) = &recorded.target_disk_id {
-            disk.imported = Some(ImportedDisk {
-                id: id.clone(),
-                format,
-                virtual_size: disk.source.virtual_size,
-            });
-        }
-        let (Some(sha), Some(size)) = (&recorded.sha256, recorded.bytes_total) else {
-            return Ok(());
-        };
-        let stage = &*self.stage;
-        let key = disk.key.clone();
-        let found = stage.stat(&key).await?;
-        match found {
-            Some(obj) if obj.sha256 == *sha && obj.size as i64 == size => {
-                tracing::info!(
-                    "{}: staged object {} verified, skipping export",
-                    disk.source.name,
-                    obj.url
-                );
-                disk.staged = Some(obj);
-            }
-            Some(obj) => tracing::info!(
-                "{}: staged object {} differs from the record, exporting again",
-                disk.source.name,
-                obj.url
-            ),
-            None => {}
-        }
-        Ok(())
+            self.plan.target.name,
+            self.stage.describe(),
+        )
     }
 
     /// Snapshotting: freezes the source disks, unless every disk is already staged or imported.
-    async fn snapshotting(&mut self, w: &mut Work) -> Result<Option<Snapshot>> {
-        let pending = w
-            .disks
-            .iter()
-            .filter(|d| d.staged.is_none() && d.imported.is_none())
-            .count();
-        if pending == 0 {
+    async fn snapshotting(&mut self, w: &mut Work) -> Result<Option<SnapshotHandle>> {
+        if pending(w) == 0 {
             self.status
                 .complete(
                     Phase::Snapshotting,
@@ -408,28 +484,13 @@ impl Pipeline {
         let label = snapshot_label(&self.plan);
         let (source, vm) = (&*self.source, &w.vm);
         let snapshot = with_retries("snapshot", self.tries, || source.snapshot(vm, &label)).await?;
-        let id = snapshot.as_ref().map(|s| s.id.clone());
-        let reused = w
-            .disks
-            .iter()
-            .any(|d| d.staged.is_some() || d.imported.is_some());
-        if reused && self.status.status().snapshot_id != id {
-            tracing::info!(
-                "the disks staged earlier come from another snapshot: exporting every disk again"
-            );
-            for d in &mut w.disks {
-                d.staged = None;
-                if let Some(old) = d.imported.take() {
-                    let target = &*self.target;
-                    if let Err(e) = target.delete_disk(&old).await {
-                        tracing::warn!("could not delete stale target disk {}: {e}", old.id);
-                    }
-                }
-            }
+        let reused = w.disks.iter().any(|d| d.staged.is_some() || d.imported);
+        if reused && self.status.status().snapshot != snapshot {
+            self.forget_other_point_in_time(w).await;
         }
-        self.status.set_snapshot(id.clone()).await?;
-        let (reason, message) = match &id {
-            Some(id) => ("Snapshotted", format!("snapshot {id} taken")),
+        self.status.set_snapshot(snapshot.clone()).await?;
+        let (reason, message) = match &snapshot {
+            Some(s) => ("Snapshotted", format!("snapshot {} taken", s.name())),
             None => (
                 "NotNeeded",
                 "the source VM is stopped: its disks are exported as they are".to_string(),
@@ -442,25 +503,83 @@ impl Pipeline {
         Ok(snapshot)
     }
 
+    /// The disks staged or imported earlier come from another snapshot: drop them, so that every
+    /// disk is exported again from the same point in time.
+    async fn forget_other_point_in_time(&mut self, w: &mut Work) {
+        tracing::info!(
+            "the disks staged earlier come from another snapshot: exporting every disk again"
+        );
+        for d in &mut w.disks {
+            d.staged = None;
+            d.imported = false;
+            if let Some(old) = d.handle.take()
+                && let Err(e) = self.target.delete_disk(&old).await
+            {
+                tracing::warn!("could not delete stale target disk {old}: {e}");
+            }
+        }
+    }
+
+    /// Exporting, Converting and Transferring of every pending disk, in one export session.
+    async fn exporting(&mut self, w: &mut Work, snapshot: Option<&SnapshotHandle>) -> Result<()> {
+        if pending(w) == 0 {
+            for i in 0..w.disks.len() {
+                self.skip_staging(i);
+            }
+            return Ok(());
+        }
+        let (source, vm, tries) = (&*self.source, &w.vm, self.tries);
+        let mut session =
+            with_retries("export session", tries, || source.export(vm, snapshot)).await?;
+        for i in 0..w.disks.len() {
+            if let Err(e) = self.stage_disk(w, &mut *session, i).await {
+                session.abort().await;
+                return Err(e);
+            }
+        }
+        session.finish().await
+    }
+
+    fn skip_staging(&mut self, i: usize) {
+        for step in [Step::Export, Step::Convert, Step::Upload] {
+            self.overall.set(i, step, 1.0);
+        }
+    }
+
     /// Exporting, Converting and Transferring for disk `i`: export into scratch, check the image,
     /// convert when the target wants another format, upload, record the staged object.
     async fn stage_disk(
         &mut self,
         w: &mut Work,
+        session: &mut dyn ExportSession,
         i: usize,
-        snapshot: Option<&Snapshot>,
     ) -> Result<()> {
-        let n = w.disks.len();
         let d = w.disks[i].clone();
-        if d.staged.is_some() || d.imported.is_some() {
-            for step in [Step::Export, Step::Convert, Step::Upload] {
-                self.overall.set(i, step, 1.0);
-            }
+        if d.staged.is_some() || d.imported {
+            self.skip_staging(i);
             return Ok(());
         }
-        let label = disk_label(i, n);
-        let size = d.source.virtual_size;
+        let label = disk_label(i, w.disks.len());
+        let exported = self.export_one(w, session, i, &label).await?;
+        if self.target.reads_back() {
+            w.disks[i].guest_sha256 = Some(disk::guest_sha256(&exported, &w.dir).await?);
+        }
+        let image = self.convert_one(w, i, &label, exported).await?;
+        let object = self.upload_one(&d, i, &label, &image).await?;
+        w.disks[i].staged = Some(object);
+        Ok(())
+    }
 
+    /// Exporting of disk `i` into scratch, checked with qemu-img.
+    async fn export_one(
+        &mut self,
+        w: &Work,
+        session: &mut dyn ExportSession,
+        i: usize,
+        label: &str,
+    ) -> Result<LocalImage> {
+        let d = &w.disks[i];
+        let size = d.source.virtual_size;
         self.enter(
             Phase::Exporting,
             format!(
@@ -471,16 +590,14 @@ impl Pipeline {
         )
         .await?;
         let counter = Progress::new(size);
-        let (source, vm, dir, tries) = (&*self.source, &w.vm, w.dir.as_path(), self.tries);
+        let (dir, tries) = (w.dir.as_path(), self.tries);
         let exported = watch(
             &mut self.status,
             &mut self.overall,
             (i, Step::Export),
-            ("Exporting", &label),
+            ("Exporting", label),
             &counter,
-            with_retries("export", tries, || {
-                source.export_disk(vm, &d.source, snapshot, dir, &counter)
-            }),
+            export_retried(session, tries, &d.source, dir, &counter),
         )
         .await?;
         let info = disk::inspect(&exported.path, exported.format).await?;
@@ -490,38 +607,54 @@ impl Pipeline {
                 d.source.name, info.virtual_size, size
             )));
         }
-        if self.target.reads_back() {
-            w.disks[i].guest_sha256 = Some(disk::guest_sha256(&exported, dir).await?);
-        }
+        Ok(exported)
+    }
 
-        let image = if exported.format != w.format {
-            self.enter(
-                Phase::Converting,
-                format!(
-                    "Converting {label} ({}) from {} to {}",
-                    d.source.name, exported.format, w.format
-                ),
-            )
-            .await?;
-            let counter = Progress::new(size);
-            let dest = disk::converted_path(dir, &d.slug, w.format);
-            let converted = watch(
-                &mut self.status,
-                &mut self.overall,
-                (i, Step::Convert),
-                ("Converting", &label),
-                &counter,
-                disk::convert(&exported, w.format, &dest, &counter),
-            )
-            .await?;
-            remove(&exported.path).await;
-            disk::inspect(&converted.path, w.format).await?;
-            converted
-        } else {
+    /// Converting of disk `i` when the staged format differs from the exported one.
+    async fn convert_one(
+        &mut self,
+        w: &Work,
+        i: usize,
+        label: &str,
+        exported: LocalImage,
+    ) -> Result<LocalImage> {
+        if exported.format == w.format {
             self.overall.set(i, Step::Convert, 1.0);
-            exported
-        };
+            return Ok(exported);
+        }
+        let d = &w.disks[i];
+        self.enter(
+            Phase::Converting,
+            format!(
+                "Converting {label} ({}) from {} to {}",
+                d.source.name, exported.format, w.format
+            ),
+        )
+        .await?;
+        let counter = Progress::new(d.source.virtual_size);
+        let dest = disk::converted_path(&w.dir, &d.slug, w.format);
+        let converted = watch(
+            &mut self.status,
+            &mut self.overall,
+            (i, Step::Convert),
+            ("Converting", label),
+            &counter,
+            disk::convert(&exported, w.format, &dest, &counter),
+        )
+        .await?;
+        remove(&exported.path).await;
+        disk::inspect(&converted.path, w.format).await?;
+        Ok(converted)
+    }
 
+    /// Transferring of disk `d` (index `i`) to staging; records the staged object in the status.
+    async fn upload_one(
+        &mut self,
+        d: &Disk,
+        i: usize,
+        label: &str,
+        image: &LocalImage,
+    ) -> Result<StagedObject> {
         self.enter(
             Phase::Transferring,
             format!(
@@ -538,7 +671,7 @@ impl Pipeline {
             &mut self.status,
             &mut self.overall,
             (i, Step::Upload),
-            ("Uploading", &label),
+            ("Uploading", label),
             &counter,
             stage.upload(key, path, &counter),
         )
@@ -562,7 +695,7 @@ impl Pipeline {
         entry.bytes_total = Some(bytes as i64);
         entry.sha256 = Some(object.sha256.clone());
         entry.staged_url = Some(object.url.clone());
-        entry.target_disk_id = None;
+        entry.target_disk = None;
         self.status.set_disk(entry).await?;
         tracing::info!(
             "{} staged at {} ({}, sha256 {})",
@@ -571,8 +704,7 @@ impl Pipeline {
             human_bytes(bytes),
             object.sha256
         );
-        w.disks[i].staged = Some(object);
-        Ok(())
+        Ok(object)
     }
 
     /// Closes Exporting, Converting and Transferring once every disk is staged.
@@ -586,23 +718,20 @@ impl Pipeline {
             .iter()
             .filter(|d| d.source.format != w.format)
             .count();
-        if converted == 0 {
-            self.status
-                .complete(
-                    Phase::Converting,
-                    "Skipped",
-                    &format!("formats match ({}): no conversion needed", w.format),
-                )
-                .await?;
+        let (reason, message) = if converted == 0 {
+            (
+                "Skipped",
+                format!("formats match ({}): no conversion needed", w.format),
+            )
         } else {
-            self.status
-                .complete(
-                    Phase::Converting,
-                    "Converted",
-                    &format!("{} converted to {}", count(converted, "disk"), w.format),
-                )
-                .await?;
-        }
+            (
+                "Converted",
+                format!("{} converted to {}", count(converted, "disk"), w.format),
+            )
+        };
+        self.status
+            .complete(Phase::Converting, reason, &message)
+            .await?;
         self.status
             .complete(
                 Phase::Transferring,
@@ -614,40 +743,183 @@ impl Pipeline {
 
     /// Deletes the source snapshot once every disk is staged, when the policy says so. A failure
     /// only warns: the snapshot stays recorded in the status for the cleanup runner.
-    async fn release_snapshot(&mut self, vm: &VmShape, snapshot: &Snapshot) {
+    async fn release_snapshot(&mut self, snapshot: &SnapshotHandle) {
         if !self.plan.cleanup_policy.delete_snapshot {
             return;
         }
         let source = &*self.source;
         match with_retries("delete snapshot", self.tries, || {
-            source.delete_snapshot(vm, snapshot)
+            source.delete_snapshot(snapshot)
         })
         .await
         {
             Ok(()) => {
-                tracing::info!("source snapshot {} deleted", snapshot.id);
+                tracing::info!("source snapshot {snapshot} deleted");
                 if let Err(e) = self.status.set_snapshot(None).await {
                     tracing::warn!("could not record the snapshot deletion: {e}");
                 }
             }
-            Err(e) => tracing::warn!("could not delete source snapshot {}: {e}", snapshot.id),
+            Err(e) => tracing::warn!("could not delete source snapshot {snapshot}: {e}"),
         }
     }
 
-    /// Importing for disk `i`: download from staging re-hashing, refuse a mismatch, check the image,
-    /// import it into the target and record the target disk.
-    async fn importing(&mut self, w: &mut Work, i: usize) -> Result<()> {
-        let n = w.disks.len();
-        let d = w.disks[i].clone();
-        if d.imported.is_some() {
+    /// Importing of every disk in one import session, then Creating, which ends it. A VM an
+    /// earlier attempt completed is reused as it is.
+    async fn importing_and_creating(&mut self, w: &mut Work) -> Result<TargetVmHandle> {
+        let recorded = self.status.status().target_vm.clone();
+        if let (Some(vm), Some(_)) = (recorded, &self.status.status().target_vm_id) {
+            self.already_created(w, &vm).await?;
+            return Ok(vm);
+        }
+        let (target, tries) = (&*self.target, self.tries);
+        let handles = w.handles();
+        let mut session = with_retries("import session", tries, || {
+            target.import(&w.new_vm, &handles)
+        })
+        .await?;
+        self.record_session_vm(&*session).await?;
+        if let Err(e) = self.import_disks(w, &mut *session).await {
+            self.abort_import(session).await;
+            return Err(e);
+        }
+        self.creating(session).await
+    }
+
+    /// Importing and Creating complete from an earlier attempt's VM.
+    async fn already_created(&mut self, w: &mut Work, vm: &TargetVmHandle) -> Result<()> {
+        for i in 0..w.disks.len() {
+            self.overall.set(i, Step::Download, 1.0);
+            self.overall.set(i, Step::Import, 1.0);
+            w.disks[i].imported = true;
+        }
+        self.status
+            .complete(
+                Phase::Importing,
+                "Skipped",
+                "the VM was created by an earlier attempt",
+            )
+            .await?;
+        self.status
+            .complete(
+                Phase::Creating,
+                "AlreadyCreated",
+                &format!("{vm} was created by an earlier attempt"),
+            )
+            .await
+    }
+
+    /// Records the VM a session made up front (before any disk moves).
+    async fn record_session_vm(&mut self, session: &dyn ImportSession) -> Result<()> {
+        match session.vm() {
+            Some(vm) if self.status.status().target_vm.as_ref() != Some(&vm) => {
+                tracing::info!("target {vm} is being created");
+                self.status.set_target_vm(vm).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends an import session that will not create its VM; forgets the VM it made up front once
+    /// the session removed it.
+    async fn abort_import(&mut self, session: Box<dyn ImportSession>) {
+        let made = session.vm();
+        match session.abort().await {
+            Ok(()) if made.is_some() => {
+                if let Err(e) = self.status.clear_target_vm().await {
+                    tracing::warn!("could not record the removal of the partial target VM: {e}");
+                }
+            }
+            Ok(()) => {}
+            Err(e) => tracing::warn!("ending the import session: {e}"),
+        }
+    }
+
+    /// Importing of every disk not imported yet, then the phase's completion.
+    async fn import_disks(&mut self, w: &mut Work, session: &mut dyn ImportSession) -> Result<()> {
+        for i in 0..w.disks.len() {
+            self.import_disk(w, session, i).await?;
+            self.record_session_vm(session).await?;
+        }
+        let message = format!(
+            "{} imported into {}",
+            count(w.disks.len(), "disk"),
+            self.plan.target.name
+        );
+        self.status
+            .complete(Phase::Importing, "Imported", &message)
+            .await
+    }
+
+    /// Importing for disk `i`: the verified staged image (downloaded, re-hashed and checked here, or
+    /// fetched and verified by the target itself) goes into the session; its handle is recorded.
+    async fn import_disk(
+        &mut self,
+        w: &mut Work,
+        session: &mut dyn ImportSession,
+        i: usize,
+    ) -> Result<()> {
+        if w.disks[i].imported {
             self.overall.set(i, Step::Download, 1.0);
             self.overall.set(i, Step::Import, 1.0);
             return Ok(());
         }
-        let label = disk_label(i, n);
+        let d = w.disks[i].clone();
         let object = d.staged.clone().ok_or_else(|| {
             Error::Invalid(format!("{} was neither staged nor imported", d.source.name))
         })?;
+        let label = disk_label(i, w.disks.len());
+        let presigned = match self.target.pulls() {
+            true => self.stage.presign(&object).await?,
+            false => None,
+        };
+        let local = match &presigned {
+            Some(_) => {
+                self.overall.set(i, Step::Download, 1.0);
+                None
+            }
+            None => Some(self.download_one(w, i, &label, &object).await?),
+        };
+        let input = match (&presigned, &local) {
+            (Some(url), _) => ImportInput::Url(url),
+            (None, Some(image)) => ImportInput::File(image),
+            (None, None) => unreachable!("an image is downloaded when no URL is used"),
+        };
+        self.enter(
+            Phase::Importing,
+            format!(
+                "Importing {label} ({}) into {}",
+                d.source.name, self.plan.target.name
+            ),
+        )
+        .await?;
+        let counter = Progress::new(object.size);
+        let handle = watch(
+            &mut self.status,
+            &mut self.overall,
+            (i, Step::Import),
+            ("Importing", &label),
+            &counter,
+            import_retried(session, self.tries, i, input, &counter),
+        )
+        .await?;
+        if let Some(image) = &local {
+            remove(&image.path).await;
+        }
+        self.record_import(&d, handle.clone()).await?;
+        w.disks[i].imported = true;
+        w.disks[i].handle = handle;
+        Ok(())
+    }
+
+    /// Downloads the staged image of disk `i` into scratch, re-hashing it, and checks it.
+    async fn download_one(
+        &mut self,
+        w: &mut Work,
+        i: usize,
+        label: &str,
+        object: &StagedObject,
+    ) -> Result<LocalImage> {
+        let d = w.disks[i].clone();
         self.enter(
             Phase::Importing,
             format!(
@@ -658,14 +930,13 @@ impl Pipeline {
         .await?;
         let dest = disk::converted_path(&w.dir, &d.slug, w.format);
         let counter = Progress::new(object.size);
-        let (stage, tries) = (&*self.stage, self.tries);
         watch(
             &mut self.status,
             &mut self.overall,
             (i, Step::Download),
-            ("Downloading", &label),
+            ("Downloading", label),
             &counter,
-            stage.download(&object, &dest, &counter),
+            self.stage.download(object, &dest, &counter),
         )
         .await?;
         // The pipeline's own end-to-end check, whatever the backend verified.
@@ -692,76 +963,27 @@ impl Pipeline {
         if self.target.reads_back() && d.guest_sha256.is_none() {
             w.disks[i].guest_sha256 = Some(disk::guest_sha256(&image, &w.dir).await?);
         }
+        Ok(image)
+    }
 
-        self.enter(
-            Phase::Importing,
-            format!(
-                "Importing {label} ({}) into {}",
-                d.source.name, self.plan.target.name
-            ),
-        )
-        .await?;
-        let counter = Progress::new(bytes);
-        let target = &*self.target;
-        let request = ImportDisk {
-            vm_name: &self.plan.target_name,
-            index: i,
-            disk_name: &d.slug,
-            image: &image,
-            virtual_size: d.source.virtual_size,
-            storage_hint: self.plan.target_storage_hint.as_deref(),
-        };
-        let imported = watch(
-            &mut self.status,
-            &mut self.overall,
-            (i, Step::Import),
-            ("Importing", &label),
-            &counter,
-            with_retries("import", tries, || target.import_disk(&request, &counter)),
-        )
-        .await?;
-        remove(&dest).await;
+    /// Records an imported disk's handle (a resume checkpoint).
+    async fn record_import(&mut self, d: &Disk, handle: Option<TargetDiskHandle>) -> Result<()> {
         let mut entry = self
             .status
             .disk(&d.source.name)
             .cloned()
             .unwrap_or_default();
-        entry.target_disk_id = Some(imported.id.clone());
-        self.status.set_disk(entry).await?;
-        tracing::info!("{} imported as {}", d.source.name, imported.id);
-        w.disks[i].imported = Some(imported);
-        Ok(())
+        match &handle {
+            Some(h) => tracing::info!("{} imported as {h}", d.source.name),
+            None => tracing::info!("{} imported", d.source.name),
+        }
+        entry.target_disk = handle;
+        self.status.set_disk(entry).await
     }
 
-    /// The target VM as the pipeline defines it.
-    fn vm_spec<'a>(&'a self, w: &'a Work, disks: &'a [ImportedDisk]) -> CreateVm<'a> {
-        CreateVm {
-            name: &self.plan.target_name,
-            cpus: w.cpus,
-            memory_bytes: w.memory_bytes,
-            firmware: w.vm.firmware,
-            disks,
-            networks: &self.plan.target_network_hints,
-            start: w.vm.running,
-        }
-    }
-
-    /// Creating: defines the target VM from the imported disks (once: an earlier attempt's VM is
-    /// reused).
-    async fn creating(&mut self, w: &Work) -> Result<String> {
-        if let Some(id) = self.status.status().target_vm_id.clone() {
-            self.status
-                .complete(
-                    Phase::Creating,
-                    "AlreadyCreated",
-                    &format!(
-                        "VM {} ({id}) was created by an earlier attempt",
-                        self.plan.target_name
-                    ),
-                )
-                .await?;
-            return Ok(id);
-        }
+    /// Creating: ends the import session, which makes the VM (and starts it when asked); records
+    /// the VM as created.
+    async fn creating(&mut self, session: Box<dyn ImportSession>) -> Result<TargetVmHandle> {
         self.enter(
             Phase::Creating,
             format!(
@@ -770,43 +992,56 @@ impl Pipeline {
             ),
         )
         .await?;
-        let disks = imported_disks(w)?;
         // Not retried in-process: creating is not idempotent.
-        let created = self.target.create_vm(&self.vm_spec(w, &disks)).await?;
-        self.status.set_target_vm(&created.id).await?;
+        let vm = session.finish().await?;
+        self.status.set_created(vm.clone()).await?;
         self.milestone(Overall::IMPORTED + 2);
         self.status
-            .complete(
-                Phase::Creating,
-                "Created",
-                &format!("VM {} created ({})", self.plan.target_name, created.id),
-            )
+            .complete(Phase::Creating, "Created", &format!("{vm} created"))
             .await?;
-        Ok(created.id)
+        Ok(vm)
     }
 
     /// ValidatingTarget: the target checks the VM and its disk capacities; where it reads disks
     /// back, each guest-visible SHA-256 must equal the source's.
-    async fn validating_target(&mut self, w: &Work, id: &str) -> Result<()> {
-        self.enter(
-            Phase::ValidatingTarget,
-            format!("Validating VM {} ({id})", self.plan.target_name),
-        )
+    async fn validating_target(&mut self, w: &Work, vm: &TargetVmHandle) -> Result<()> {
+        self.enter(Phase::ValidatingTarget, format!("Validating {vm}"))
+            .await?;
+        let (target, handles) = (&*self.target, w.handles());
+        let hashes = with_retries("validate", self.tries, || {
+            target.validate(&w.new_vm, vm, &handles)
+        })
         .await?;
-        let disks = imported_disks(w)?;
-        let spec = self.vm_spec(w, &disks);
-        let target = &*self.target;
-        let hashes = with_retries("validate", self.tries, || target.validate_vm(&spec)).await?;
         if hashes.len() != w.disks.len() {
             return Err(Error::Invalid(format!(
-                "target VM {} reports {}, expected {}",
-                self.plan.target_name,
+                "target {vm} reports {}, expected {}",
                 count(hashes.len(), "disk"),
                 w.disks.len()
             )));
         }
+        let verified = self.compare_hashes(w, &hashes)?;
+        let content = if verified > 0 {
+            format!(
+                ", guest content of {} matches the source (sha256)",
+                count(verified, "disk")
+            )
+        } else {
+            String::new()
+        };
+        let message = format!(
+            "{vm}: {} with the source's capacities{content}",
+            count(w.disks.len(), "disk")
+        );
+        self.milestone(99);
+        self.status
+            .complete(Phase::ValidatingTarget, "Validated", &message)
+            .await
+    }
+
+    /// Compares the target's guest-visible hashes with the source's; returns how many matched.
+    fn compare_hashes(&self, w: &Work, hashes: &[Option<String>]) -> Result<usize> {
         let mut verified = 0;
-        for (d, actual) in w.disks.iter().zip(&hashes) {
+        for (d, actual) in w.disks.iter().zip(hashes) {
             match (actual, &d.guest_sha256) {
                 (Some(actual), Some(expected)) if actual != expected => {
                     return Err(Error::ChecksumMismatch {
@@ -822,66 +1057,19 @@ impl Pipeline {
                 _ => {}
             }
         }
-        let content = if verified > 0 {
-            format!(
-                ", guest content of {} matches the source (sha256)",
-                count(verified, "disk")
-            )
-        } else {
-            String::new()
-        };
-        let message = format!(
-            "VM {} ({id}): {} with the source's capacities{content}",
-            self.plan.target_name,
-            count(w.disks.len(), "disk")
-        );
-        self.milestone(99);
-        self.status
-            .complete(Phase::ValidatingTarget, "Validated", &message)
-            .await
+        Ok(verified)
     }
 
     /// Cleanup policy after a verified target, then Ready.
-    async fn finish(&mut self, w: &Work, id: &str) -> Result<()> {
-        let policy = self.plan.cleanup_policy.clone();
+    async fn finish(&mut self, w: &Work, vm: &TargetVmHandle) -> Result<()> {
         let mut notes = Vec::new();
-        if policy.delete_intermediate {
-            let stage = &*self.stage;
-            let mut deleted = 0;
-            for d in &w.disks {
-                match stage.delete(&d.key).await {
-                    Ok(()) => {
-                        deleted += 1;
-                        if let Some(mut entry) = self.status.disk(&d.source.name).cloned() {
-                            entry.staged_url = None;
-                            self.status.set_disk(entry).await?;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!("could not delete staged {}: {e}", d.key);
-                        notes.push(format!("staged {} not deleted: {e}", d.key));
-                    }
-                }
-            }
-            tracing::info!("{} deleted from staging", count(deleted, "staged image"));
+        if self.plan.cleanup_policy.delete_intermediate {
+            self.delete_staged(w, &mut notes).await?;
         }
-        if policy.delete_source {
-            let (source, name) = (&*self.source, &self.plan.source_vm.name);
-            match with_retries("delete source", self.tries, || source.delete_vm(name)).await {
-                Ok(()) => {
-                    tracing::info!("source VM {name} deleted (cleanupPolicy.deleteSource)");
-                    notes.push(format!("source VM {name} deleted"));
-                }
-                Err(e) => {
-                    tracing::warn!("could not delete source VM {name}: {e}");
-                    notes.push(format!("source VM {name} not deleted: {e}"));
-                }
-            }
+        if self.plan.cleanup_policy.delete_source {
+            notes.push(self.delete_source(&w.vm).await);
         }
-        let mut message = format!(
-            "VM {} ({id}) is ready on {}",
-            self.plan.target_name, self.plan.target.name
-        );
+        let mut message = format!("{vm} is ready on {}", self.plan.target.name);
         for note in notes {
             message.push_str("; ");
             message.push_str(&note);
@@ -889,50 +1077,56 @@ impl Pipeline {
         self.status.ready(&message).await
     }
 
-    /// After a terminal failure: removes the target disks and VM this migration created and, by
+    /// deleteIntermediate: removes every staged object; failures become notes.
+    async fn delete_staged(&mut self, w: &Work, notes: &mut Vec<String>) -> Result<()> {
+        let mut deleted = 0;
+        for d in &w.disks {
+            match self.stage.delete(&d.key).await {
+                Ok(()) => {
+                    deleted += 1;
+                    if let Some(mut entry) = self.status.disk(&d.source.name).cloned() {
+                        entry.staged_url = None;
+                        self.status.set_disk(entry).await?;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("could not delete staged {}: {e}", d.key);
+                    notes.push(format!("staged {} not deleted: {e}", d.key));
+                }
+            }
+        }
+        tracing::info!("{} deleted from staging", count(deleted, "staged image"));
+        Ok(())
+    }
+
+    /// deleteSource, once the target is verified; returns the note for the Ready message.
+    async fn delete_source(&self, vm: &VmShape) -> String {
+        let (source, name) = (&*self.source, &vm.name);
+        match with_retries("delete source", self.tries, || source.delete(vm)).await {
+            Ok(()) => {
+                tracing::info!("source VM {name} deleted (cleanupPolicy.deleteSource)");
+                format!("source VM {name} deleted")
+            }
+            Err(e) => {
+                tracing::warn!("could not delete source VM {name}: {e}");
+                format!("source VM {name} not deleted: {e}")
+            }
+        }
+    }
+
+    /// After a terminal failure: removes the target VM and disks this migration created and, by
     /// policy, the source snapshot. Staged objects stay for inspection until the cleanup runner.
-    async fn discard_partial(&mut self, w: Option<&Work>) {
-        let recorded = self.status.status().clone();
-        if let Some(id) = &recorded.target_vm_id {
-            match self.target.delete_vm(&self.plan.target_name).await {
-                Ok(()) => tracing::info!("partial target VM {id} deleted"),
-                Err(e) => tracing::warn!("could not delete partial target VM {id}: {e}"),
-            }
+    async fn discard_partial(&mut self) {
+        if let Err(e) = self.discard_target("after a terminal failure").await {
+            tracing::warn!("could not remove what this attempt made on the target: {e}");
         }
-        for entry in &recorded.disks {
-            let (Some(id), Some(format)) = (&entry.target_disk_id, entry.target_format) else {
-                continue;
-            };
-            let disk = ImportedDisk {
-                id: id.clone(),
-                format,
-                virtual_size: entry.source_size_bytes.unwrap_or(0) as u64,
-            };
-            match self.target.delete_disk(&disk).await {
-                Ok(()) => tracing::info!("partial target disk {id} deleted"),
-                Err(e) => tracing::warn!("could not delete partial target disk {id}: {e}"),
-            }
-            let mut cleared = entry.clone();
-            cleared.target_disk_id = None;
-            let _ = self.status.set_disk(cleared).await;
-        }
-        if recorded.target_vm_id.is_some() {
-            let _ = self.status.clear_target_vm().await;
-        }
-        if let (true, Some(id), Some(w)) = (
-            self.plan.cleanup_policy.delete_snapshot,
-            recorded.snapshot_id,
-            w,
-        ) {
-            match self
-                .source
-                .delete_snapshot(&w.vm, &Snapshot { id: id.clone() })
-                .await
-            {
+        let snapshot = self.status.status().snapshot.clone();
+        if let (true, Some(snapshot)) = (self.plan.cleanup_policy.delete_snapshot, snapshot) {
+            match self.source.delete_snapshot(&snapshot).await {
                 Ok(()) => {
                     let _ = self.status.set_snapshot(None).await;
                 }
-                Err(e) => tracing::warn!("could not delete source snapshot {id}: {e}"),
+                Err(e) => tracing::warn!("could not delete source snapshot {snapshot}: {e}"),
             }
         }
     }
@@ -940,18 +1134,19 @@ impl Pipeline {
 
 /// Removes what a migration left behind (the `cleanup` mode, run when a VMMigration is deleted or
 /// abandoned): its staged objects, the source snapshot recorded in the status, and, when it never
-/// reached Ready, the target VM it created or the disks it imported. Continues past failures and
-/// returns the first (retryable if any was).
+/// reached Ready, the target VM it created and the disks it imported. Continues past failures and
+/// returns the first (retryable if any was); what is not this migration's is left with a warning.
 pub async fn cleanup(
     plan: &RunnerPlan,
     status: &VMMigrationStatus,
-    source: &dyn Provider,
-    target: &dyn Provider,
+    source: &dyn Source,
+    target: &dyn Target,
     stage: &dyn Stage,
 ) -> Result<()> {
     let mut errors: Vec<Error> = Vec::new();
     let mut note = |what: String, r: Result<()>| match r {
         Ok(()) => tracing::info!("cleanup: {what} removed"),
+        Err(Error::NotOurs(detail)) => tracing::warn!("cleanup: {what} kept: {detail}"),
         Err(e) => {
             tracing::warn!("cleanup: {what} not removed: {e}");
             errors.push(e);
@@ -971,39 +1166,71 @@ pub async fn cleanup(
         );
         note(format!("staged {key}"), stage.delete(&key).await);
     }
-    if let Some(id) = &status.snapshot_id {
-        let r = match source.inspect_vm(&plan.source_vm.name).await {
-            Ok(vm) => {
-                source
-                    .delete_snapshot(&vm, &Snapshot { id: id.clone() })
-                    .await
-            }
-            Err(Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        };
-        note(format!("source snapshot {id}"), r);
+    if let Some(snapshot) = &status.snapshot {
+        note(
+            format!("source snapshot {snapshot}"),
+            source.delete_snapshot(snapshot).await,
+        );
     }
     if status.phase != Some(Phase::Ready) {
-        if status.target_vm_id.is_some() {
+        if let Some(vm) = &status.target_vm {
             note(
-                format!("target VM {}", plan.target_name),
-                target.delete_vm(&plan.target_name).await,
+                format!("target {vm}"),
+                target.delete_vm(vm, &plan.migration.uid).await,
             );
         }
-        for d in &status.disks {
-            if let (Some(id), Some(format)) = (&d.target_disk_id, d.target_format) {
-                let disk = ImportedDisk {
-                    id: id.clone(),
-                    format,
-                    virtual_size: d.source_size_bytes.unwrap_or(0) as u64,
-                };
-                note(format!("target disk {id}"), target.delete_disk(&disk).await);
-            }
+        for handle in status.disks.iter().filter_map(|d| d.target_disk.as_ref()) {
+            note(
+                format!("target disk {handle}"),
+                target.delete_disk(handle).await,
+            );
         }
     }
     match errors.iter().position(Error::is_retryable) {
         Some(i) => Err(errors.swap_remove(i)),
         None => errors.into_iter().next().map_or(Ok(()), Err),
+    }
+}
+
+/// Disks that still need exporting.
+fn pending(w: &Work) -> usize {
+    w.disks
+        .iter()
+        .filter(|d| d.staged.is_none() && !d.imported)
+        .count()
+}
+
+/// Exports one disk through `session`, retrying transient failures in-process.
+async fn export_retried(
+    session: &mut dyn ExportSession,
+    tries: u32,
+    disk: &SourceDisk,
+    dir: &Path,
+    progress: &Progress,
+) -> Result<LocalImage> {
+    let mut retry = Retry::new("export", tries);
+    loop {
+        match session.export_disk(disk, dir, progress).await {
+            Err(e) if retry.again(&e).await => progress.set_done(0),
+            result => return result,
+        }
+    }
+}
+
+/// Imports disk `index` through `session`, retrying transient failures in-process.
+async fn import_retried(
+    session: &mut dyn ImportSession,
+    tries: u32,
+    index: usize,
+    input: ImportInput<'_>,
+    progress: &Progress,
+) -> Result<Option<TargetDiskHandle>> {
+    let mut retry = Retry::new("import", tries);
+    loop {
+        match session.import_disk(index, input, progress).await {
+            Err(e) if retry.again(&e).await => progress.set_done(0),
+            result => return result,
+        }
     }
 }
 
@@ -1040,18 +1267,6 @@ async fn watch<T>(
             }
         }
     }
-}
-
-/// The imported disks in bus order.
-fn imported_disks(w: &Work) -> Result<Vec<ImportedDisk>> {
-    w.disks
-        .iter()
-        .map(|d| {
-            d.imported
-                .clone()
-                .ok_or_else(|| Error::Invalid(format!("disk {} was not imported", d.source.name)))
-        })
-        .collect()
 }
 
 /// The snapshot label of a migration: the same for all its attempts, within every hypervisor's

@@ -1,7 +1,7 @@
 //! The one place the runner writes `VMMigration.status`.
 //!
 //! [`StatusWriter`] keeps the runner-owned part of the status (phase, progress, message, the pipeline
-//! phases' conditions, disks, snapshotId, targetVmId) and sends all of it on every write through a
+//! phases' conditions, disks, the snapshot and target VM handles) and sends all of it on every write through a
 //! [`StatusSink`]: server-side apply as field manager [`FIELD_MANAGER`] in the cluster
 //! ([`KubeStatus`]), an in-memory list in tests ([`Recorder`]). Phase changes and checkpoints are
 //! written at once; progress at most once every [`PROGRESS_INTERVAL`]. Every phase change is also one
@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use crd::{Condition, ConditionStatus, DiskStatus, Phase, VMMigration, VMMigrationStatus};
+use crd::{
+    Condition, ConditionStatus, DiskStatus, Phase, SnapshotHandle, TargetVmHandle, VMMigration,
+    VMMigrationStatus,
+};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use tokio::time::Instant;
@@ -112,7 +115,7 @@ pub struct StatusWriter {
 
 impl StatusWriter {
     /// A writer starting from the status read when the runner started: the runner-owned fields
-    /// (pipeline conditions, disks, snapshotId, targetVmId) carry over so resume state is never
+    /// (pipeline conditions, disks, snapshot, targetVm, targetVmId) carry over so resume state is never
     /// dropped by the first apply; operator-owned fields are left out.
     pub fn new(sink: Box<dyn StatusSink>, previous: &VMMigrationStatus) -> Self {
         let owned: Vec<&str> = Phase::PIPELINE.iter().map(|p| p.condition_type()).collect();
@@ -126,7 +129,8 @@ impl StatusWriter {
                 .cloned()
                 .collect(),
             disks: previous.disks.clone(),
-            snapshot_id: previous.snapshot_id.clone(),
+            snapshot: previous.snapshot.clone(),
+            target_vm: previous.target_vm.clone(),
             target_vm_id: previous.target_vm_id.clone(),
             ..VMMigrationStatus::default()
         };
@@ -239,19 +243,28 @@ impl StatusWriter {
     }
 
     /// Records the source snapshot the disks are exported from (`None` once deleted).
-    pub async fn set_snapshot(&mut self, id: Option<String>) -> Result<()> {
-        self.state.snapshot_id = id;
+    pub async fn set_snapshot(&mut self, snapshot: Option<SnapshotHandle>) -> Result<()> {
+        self.state.snapshot = snapshot;
         self.write().await
     }
 
-    /// Records the created target VM.
-    pub async fn set_target_vm(&mut self, id: &str) -> Result<()> {
-        self.state.target_vm_id = Some(id.to_string());
+    /// Records the target VM a session is making (not yet complete).
+    pub async fn set_target_vm(&mut self, vm: TargetVmHandle) -> Result<()> {
+        self.state.target_vm = Some(vm);
+        self.state.target_vm_id = None;
         self.write().await
     }
 
-    /// Forgets the target VM (deleted after a terminal failure).
+    /// Records the target VM as completely created: `targetVmId` shows its id.
+    pub async fn set_created(&mut self, vm: TargetVmHandle) -> Result<()> {
+        self.state.target_vm_id = Some(vm.id());
+        self.state.target_vm = Some(vm);
+        self.write().await
+    }
+
+    /// Forgets the target VM (deleted, gone, or not this migration's).
     pub async fn clear_target_vm(&mut self) -> Result<()> {
+        self.state.target_vm = None;
         self.state.target_vm_id = None;
         self.write().await
     }
@@ -385,7 +398,14 @@ mod tests {
                 sha256: Some("ab".into()),
                 ..DiskStatus::default()
             }],
-            snapshot_id: Some("snap".into()),
+            snapshot: Some(SnapshotHandle::Libvirt {
+                domain_uuid: "u".into(),
+                name: "snap".into(),
+            }),
+            target_vm: Some(TargetVmHandle::Libvirt {
+                uuid: "t".into(),
+                name: "web".into(),
+            }),
             ..VMMigrationStatus::default()
         };
         let rec = Recorder::default();
@@ -397,7 +417,9 @@ mod tests {
         let types: Vec<_> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, ["Exported", "Validated"]);
         assert_eq!(s.disks, previous.disks);
-        assert_eq!(s.snapshot_id.as_deref(), Some("snap"));
+        assert_eq!(s.snapshot, previous.snapshot);
+        assert_eq!(s.target_vm, previous.target_vm);
+        assert_eq!(s.target_vm_id, None, "not created yet");
     }
 
     #[tokio::test]

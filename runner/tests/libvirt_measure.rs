@@ -10,9 +10,13 @@ use std::io::Write as _;
 use std::time::Instant;
 
 use crd::DiskFormat;
+use crd::TargetDiskHandle;
 use libvirt_world::{World, convert, same_content, unique};
 use runner::progress::{Progress, human_bytes};
-use runner::provider::{ImportDisk, LocalImage, Provider};
+use runner::provider::{
+    Firmware, ImportInput, LocalImage, NewDisk, NewVm, OsFamily, Source, SourceDisk, Target,
+    VmShape,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "measurement, takes a while"]
@@ -74,45 +78,60 @@ async fn volume_stream_throughput() {
         ),
     ] {
         let started = Instant::now();
-        let imported = p
-            .import_disk(
-                &ImportDisk {
-                    vm_name: &name,
-                    index: 0,
-                    disk_name: disk,
-                    image: &image,
-                    virtual_size: size,
-                    storage_hint: None,
-                },
-                &Progress::default(),
-            )
-            .await
-            .unwrap();
-        let import = started.elapsed();
-        assert!(same_content(std::path::Path::new(&imported.id), &raw));
-
-        // export the volume just imported, as a source disk
-        let vm = runner::provider::VmShape {
-            id: String::new(),
+        let vm = NewVm {
+            name: name.clone(),
             cpus: 1,
             memory_bytes: 1 << 30,
-            firmware: runner::provider::Firmware::Bios,
+            firmware: Firmware::Bios,
+            os: OsFamily::Other,
+            disks: vec![NewDisk {
+                name: disk.into(),
+                virtual_size: size,
+                format: image.format,
+            }],
+            networks: Vec::new(),
+            storage_hint: None,
+            start: false,
+            owner: "measure".into(),
+        };
+        let mut session = Target::import(&p, &vm, &[None]).await.unwrap();
+        let handle = session
+            .import_disk(0, ImportInput::File(&image), &Progress::default())
+            .await
+            .unwrap();
+        session.abort().await.unwrap();
+        let Some(TargetDiskHandle::Libvirt { path: volume }) = handle else {
+            panic!("a libvirt import yields a volume: {handle:?}");
+        };
+        let import = started.elapsed();
+        assert!(same_content(std::path::Path::new(&volume), &raw));
+
+        // export the volume just imported, as a source disk
+        let shape = VmShape {
+            id: String::new(),
+            name: name.clone(),
+            cpus: 1,
+            memory_bytes: 1 << 30,
+            firmware: Firmware::Bios,
+            os: OsFamily::Other,
             running: false,
             disks: Vec::new(),
             nics: 0,
         };
-        let source = runner::provider::SourceDisk {
+        let source = SourceDisk {
             name: disk.into(),
             format: image.format,
             virtual_size: size,
-            locator: imported.id.clone(),
+            locator: volume.clone(),
         };
         let out = tempfile::tempdir().unwrap();
         let started = Instant::now();
-        let exported = p
-            .export_disk(&vm, &source, None, out.path(), &Progress::default())
+        let mut export = Source::export(&p, &shape, None).await.unwrap();
+        let exported = export
+            .export_disk(&source, out.path(), &Progress::default())
             .await
             .unwrap();
+        export.finish().await.unwrap();
         let export = started.elapsed();
         assert!(same_content(&exported.path, &raw));
         let file = std::fs::metadata(&image.path).unwrap().len();

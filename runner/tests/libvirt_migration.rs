@@ -16,7 +16,7 @@ use crd::{
 use libvirt_world::{World, same_content, unique};
 use runner::credentials::Credentials;
 use runner::phases::Pipeline;
-use runner::provider::{self, Side};
+use runner::provider;
 use runner::status::{Recorder, StatusWriter};
 use runner::storage::{self, StageOptions};
 
@@ -131,8 +131,8 @@ async fn migrate(via: Backend, format: Option<DiskFormat>) {
         storage: run.spec.clone(),
         cleanup_policy: CleanupPolicy::default(),
     };
-    let source = provider::connect(Side::Source, &plan.source, &run.creds).unwrap();
-    let target = provider::connect(Side::Target, &plan.target, &run.creds).unwrap();
+    let source = provider::source(&plan.source, &run.creds).unwrap();
+    let target = provider::target(&plan.target, &run.creds).unwrap();
     let stage = storage::open(&plan.storage, &run.creds, &run.options)
         .await
         .unwrap();

@@ -7,13 +7,16 @@ mod libvirt_world;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
-use crd::DiskFormat;
-use libvirt_world::{World, convert, guest_bytes, same_content, unique};
+use crd::{DiskFormat, TargetVmHandle};
+use libvirt_world::{
+    OWNER, World, convert, create, export_one, guest_bytes, handles, import_one, new_vm,
+    same_content, unique,
+};
 use runner::Error;
 use runner::credentials::Credentials;
 use runner::progress::Progress;
 use runner::provider::libvirt::LibvirtProvider;
-use runner::provider::{CreateVm, Firmware, ImportDisk, LocalImage, Provider};
+use runner::provider::{Firmware, ImportInput, LocalImage, NewVm, Source, Target};
 use sha2::{Digest as _, Sha256};
 
 const MIB: u64 = 1 << 20;
@@ -43,9 +46,9 @@ async fn running_domain_snapshot_export_and_commit_back() {
     let refs = tempfile::tempdir().unwrap();
     let _guard = world.make_source_vm(&name, true, refs.path());
     let p = world.provider("source");
-    p.check().await.unwrap();
+    Source::check(&p).await.unwrap();
 
-    let vm = p.inspect_vm(&name).await.unwrap();
+    let vm = p.inspect(&name).await.unwrap();
     assert!(vm.running);
     assert_eq!(
         (vm.cpus, vm.memory_bytes, vm.firmware, vm.nics),
@@ -89,8 +92,7 @@ async fn running_domain_snapshot_export_and_commit_back() {
     let out = tempfile::tempdir().unwrap();
     for (disk, reference) in vm.disks.iter().zip(["vda.raw", "vdb.raw"]) {
         let progress = Progress::default();
-        let image = p
-            .export_disk(&vm, disk, Some(&snap), out.path(), &progress)
+        let image = export_one(&p, &vm, Some(&snap), disk, out.path(), &progress)
             .await
             .unwrap();
         assert_eq!(image.format, disk.format);
@@ -114,7 +116,7 @@ async fn running_domain_snapshot_export_and_commit_back() {
     let again = p.snapshot(&vm, &label).await.unwrap().unwrap();
     assert_eq!(again, snap);
 
-    p.delete_snapshot(&vm, &snap).await.unwrap();
+    p.delete_snapshot(&snap).await.unwrap();
     assert_eq!(
         dump(&world, &name, false),
         live_before,
@@ -154,7 +156,7 @@ async fn running_domain_snapshot_export_and_commit_back() {
     assert!(world.virsh_ok(&["domstate", &name]).contains("running"));
 
     // deleting again is a no-op
-    p.delete_snapshot(&vm, &snap).await.unwrap();
+    p.delete_snapshot(&snap).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -165,7 +167,7 @@ async fn stopped_domain_exports_without_snapshot() {
     let _guard = world.make_source_vm(&name, false, refs.path());
     let p = world.provider("source");
 
-    let vm = p.inspect_vm(&name).await.unwrap();
+    let vm = p.inspect(&name).await.unwrap();
     assert!(!vm.running);
     assert_eq!(p.snapshot(&vm, "vrg-x").await.unwrap(), None);
     assert_eq!(
@@ -174,8 +176,7 @@ async fn stopped_domain_exports_without_snapshot() {
     );
     let out = tempfile::tempdir().unwrap();
     for (disk, reference) in vm.disks.iter().zip(["vda.raw", "vdb.raw"]) {
-        let image = p
-            .export_disk(&vm, disk, None, out.path(), &Progress::default())
+        let image = export_one(&p, &vm, None, disk, out.path(), &Progress::default())
             .await
             .unwrap();
         assert_eq!(
@@ -210,36 +211,39 @@ async fn import_define_validate_and_delete() {
     };
 
     let p = world.provider("target");
+    let mut spec = new_vm(
+        &name,
+        2,
+        96 * MIB,
+        &[
+            ("vda", DiskFormat::Qcow2, 64 * MIB),
+            ("vdb", DiskFormat::Raw, 64 * MIB),
+        ],
+    );
+    spec.storage_hint = Some("default".into());
+    let mut session = p.import(&spec, &[None, None]).await.unwrap();
     let mut imported = Vec::new();
     for (i, (disk, image)) in [("vda", &vda), ("vdb", &vdb)].into_iter().enumerate() {
         let progress = Progress::default();
-        let d = p
-            .import_disk(
-                &ImportDisk {
-                    vm_name: &name,
-                    index: i,
-                    disk_name: disk,
-                    image,
-                    virtual_size: 64 * MIB,
-                    storage_hint: Some("default"),
-                },
-                &progress,
-            )
+        let handle = session
+            .import_disk(i, ImportInput::File(image), &progress)
             .await
             .unwrap();
-        assert_eq!((d.format, d.virtual_size), (image.format, 64 * MIB));
+        let Some(crd::TargetDiskHandle::Libvirt { path }) = handle else {
+            panic!("{handle:?}");
+        };
         assert!(same_content(
-            Path::new(&d.id),
+            Path::new(&path),
             &refs.path().join(format!("{disk}.raw"))
         ));
         assert_eq!(
             progress.done(),
             std::fs::metadata(&image.path).unwrap().len()
         );
-        imported.push(d);
+        imported.push(path);
     }
     // the raw volume stayed sparse
-    let raw_vol = std::fs::metadata(&imported[1].id).unwrap();
+    let raw_vol = std::fs::metadata(&imported[1]).unwrap();
     assert!(
         raw_vol.blocks() * 512 < 20 * MIB,
         "{} bytes allocated",
@@ -247,18 +251,7 @@ async fn import_define_validate_and_delete() {
     );
 
     // a second import of the same disk is a name clash
-    let clash = p
-        .import_disk(
-            &ImportDisk {
-                vm_name: &name,
-                index: 1,
-                disk_name: "vdb",
-                image: &vdb,
-                virtual_size: 64 * MIB,
-                storage_hint: None,
-            },
-            &Progress::default(),
-        )
+    let clash = import_one(&p, &spec, 1, &vdb, &Progress::default())
         .await
         .unwrap_err();
     assert!(
@@ -266,32 +259,32 @@ async fn import_define_validate_and_delete() {
         "{clash}"
     );
 
-    let spec = CreateVm {
-        name: &name,
-        cpus: 2,
-        memory_bytes: 96 * MIB,
-        firmware: Firmware::Bios,
-        disks: &imported,
-        networks: &[],
-        start: false,
-    };
     assert!(!p.vm_exists(&name).await.unwrap());
-    let created = p.create_vm(&spec).await.unwrap();
-    assert_eq!(created.id.len(), 36, "a UUID: {}", created.id);
+    let created = session.finish().await.unwrap();
+    let TargetVmHandle::Libvirt {
+        uuid,
+        name: created_name,
+    } = &created
+    else {
+        panic!("{created:?}");
+    };
+    assert_eq!(uuid.len(), 36, "a UUID: {uuid}");
+    assert_eq!(created_name, &name);
     assert!(p.vm_exists(&name).await.unwrap());
-    let shape = p.inspect_vm(&name).await.unwrap();
+    let shape = p.inspect(&name).await.unwrap();
     assert_eq!(
         (shape.cpus, shape.memory_bytes, shape.running),
         (2, 96 * MIB, false)
     );
-    assert_eq!(shape.id, created.id);
+    assert_eq!(&shape.id, uuid);
+    let disks = handles(&imported);
 
     // stopped: the raw disk is hashed on read-back, the qcow2 one cannot be
-    let hashes = p.validate_vm(&spec).await.unwrap();
+    let hashes = p.validate(&spec, &created, &disks).await.unwrap();
     assert_eq!(hashes, [None, Some(sha256_file(&vdb.path))]);
 
     // the same name again is a clash
-    let clash = p.create_vm(&spec).await.unwrap_err();
+    let clash = create(&p, &spec, &imported).await.unwrap_err();
     assert!(
         matches!(clash, Error::Invalid(ref m) if m.contains("already exists")),
         "{clash}"
@@ -299,32 +292,46 @@ async fn import_define_validate_and_delete() {
 
     // defined again and started (the disks stay): the guest runs and validation checks it
     world.virsh_ok(&["undefine", &name]);
-    let running = CreateVm {
+    let running = NewVm {
         start: true,
-        ..spec
+        ..spec.clone()
     };
-    p.create_vm(&running).await.unwrap();
+    let created = create(&p, &running, &imported).await.unwrap();
     assert!(world.virsh_ok(&["domstate", &name]).contains("running"));
-    assert_eq!(p.validate_vm(&running).await.unwrap(), [None, None]);
+    assert_eq!(
+        p.validate(&running, &created, &disks).await.unwrap(),
+        [None, None]
+    );
     // a disk of the wrong size fails validation
-    let mut wrong = imported.clone();
-    wrong[1].virtual_size += 1;
-    let err = p
-        .validate_vm(&CreateVm {
-            disks: &wrong,
-            ..running
-        })
-        .await
-        .unwrap_err();
+    let mut wrong = running.clone();
+    wrong.disks[1].virtual_size += 1;
+    let err = p.validate(&wrong, &created, &disks).await.unwrap_err();
     assert!(err.to_string().contains("capacity"), "{err}");
 
-    p.delete_vm(&name).await.unwrap();
+    // only the migration whose mark the domain carries may delete it, by its recorded name
+    let err = p
+        .delete_vm(&created, "uid-of-another-migration")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotOurs(_)), "{err:?}");
+    let TargetVmHandle::Libvirt { uuid, .. } = &created else {
+        unreachable!()
+    };
+    let renamed = TargetVmHandle::Libvirt {
+        uuid: uuid.clone(),
+        name: format!("{name}-other"),
+    };
+    let err = p.delete_vm(&renamed, OWNER).await.unwrap_err();
+    assert!(matches!(err, Error::NotOurs(_)), "another name: {err:?}");
+    assert!(p.vm_exists(&name).await.unwrap(), "kept");
+
+    p.delete_vm(&created, OWNER).await.unwrap();
     assert!(!p.vm_exists(&name).await.unwrap());
     assert!(
         world.volumes(&name).is_empty(),
         "volumes deleted with the domain"
     );
-    p.delete_vm(&name).await.unwrap();
+    p.delete_vm(&created, OWNER).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -368,40 +375,29 @@ async fn create_starts_a_running_source_copy_with_a_nic() {
         .unwrap();
     assert!(out.success());
     let p = world.provider("target");
-    let disk = p
-        .import_disk(
-            &ImportDisk {
-                vm_name: &name,
-                index: 0,
-                disk_name: "vda",
-                image: &image,
-                virtual_size: 16 * MIB,
-                storage_hint: None,
-            },
-            &Progress::default(),
-        )
-        .await
-        .unwrap();
-    let networks = [crd::NetworkHint {
+    let mut spec = new_vm(&name, 1, 64 * MIB, &[("vda", DiskFormat::Qcow2, 16 * MIB)]);
+    spec.networks = vec![crd::NetworkHint {
         name: "eth0".into(),
         network: None,
         bridge: Some(bridge.clone()),
     }];
-    let spec = CreateVm {
-        name: &name,
-        cpus: 1,
-        memory_bytes: 64 * MIB,
-        firmware: Firmware::Bios,
-        disks: std::slice::from_ref(&disk),
-        networks: &networks,
-        start: true,
-    };
-    p.create_vm(&spec).await.unwrap();
+    spec.start = true;
+    let disk = import_one(&p, &spec, 0, &image, &Progress::default())
+        .await
+        .unwrap();
+    let created = create(&p, &spec, std::slice::from_ref(&disk))
+        .await
+        .unwrap();
     assert!(world.virsh_ok(&["domstate", &name]).contains("running"));
     let iface = world.virsh_ok(&["domiflist", &name]);
     assert!(iface.contains(&bridge), "{iface}");
-    assert_eq!(p.validate_vm(&spec).await.unwrap(), [None]);
-    p.delete_vm(&name).await.unwrap();
+    assert_eq!(
+        p.validate(&spec, &created, &handles(&[disk]))
+            .await
+            .unwrap(),
+        [None]
+    );
+    p.delete_vm(&created, OWNER).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -409,7 +405,7 @@ async fn terminal_errors_are_clear() {
     let world = World::load();
     let p = world.provider("source");
 
-    let err = p.inspect_vm("no-such-domain-vrg").await.unwrap_err();
+    let err = p.inspect("no-such-domain-vrg").await.unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
     assert!(err.to_string().contains("no-such-domain-vrg"), "{err}");
     assert!(!err.is_retryable());
@@ -420,16 +416,10 @@ async fn terminal_errors_are_clear() {
         format: DiskFormat::Raw,
     };
     std::fs::write(&image.path, vec![1u8; MIB as usize]).unwrap();
-    let import = |pool: &'static str| ImportDisk {
-        vm_name: "vrg-err",
-        index: 0,
-        disk_name: "vda",
-        image: &image,
-        virtual_size: MIB,
-        storage_hint: Some(pool),
-    };
-    let err = p
-        .import_disk(&import("no-such-pool"), &Progress::default())
+    let mut spec = new_vm("vrg-err", 1, 64 * MIB, &[("vda", DiskFormat::Raw, MIB)]);
+    spec.storage_hint = Some("no-such-pool".into());
+    let target = world.provider("target");
+    let err = import_one(&target, &spec, 0, &image, &Progress::default())
         .await
         .unwrap_err();
     assert!(
@@ -442,7 +432,7 @@ async fn terminal_errors_are_clear() {
         .with("source", "username", world.var("VRG_LIBVIRT_USER"))
         .with("source", "password", "wrong-password");
     let wrong = LibvirtProvider::new(&world.plan_for(world.uri()), &bad, "source").unwrap();
-    let err = wrong.check().await.unwrap_err();
+    let err = Source::check(&wrong).await.unwrap_err();
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
     assert!(!err.to_string().contains("wrong-password"), "{err}");
     assert!(!err.is_retryable());
@@ -491,18 +481,14 @@ async fn a_full_pool_is_no_space() {
     };
     std::fs::write(&image.path, vec![7u8; 16 * MIB as usize]).unwrap();
     let p = world.provider("target");
-    let err = p
-        .import_disk(
-            &ImportDisk {
-                vm_name: "vrg-full",
-                index: 0,
-                disk_name: "vda",
-                image: &image,
-                virtual_size: 16 * MIB,
-                storage_hint: Some(&pool),
-            },
-            &Progress::default(),
-        )
+    let mut spec = new_vm(
+        "vrg-full",
+        1,
+        64 * MIB,
+        &[("vda", DiskFormat::Raw, 16 * MIB)],
+    );
+    spec.storage_hint = Some(pool.clone());
+    let err = import_one(&p, &spec, 0, &image, &Progress::default())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
@@ -528,7 +514,7 @@ async fn ssh_endpoint_with_key_and_known_hosts() {
         .with("source", "ssh-privatekey", key.clone())
         .with("source", "known_hosts", known.clone());
     let p = LibvirtProvider::new(&world.plan_for(&endpoint), &creds, "source").unwrap();
-    p.check().await.unwrap();
+    Source::check(&p).await.unwrap();
     assert!(!p.vm_exists("no-such-domain-vrg").await.unwrap());
 
     // another host key for the same host in known_hosts: refused, as an authentication failure
@@ -547,7 +533,7 @@ async fn ssh_endpoint_with_key_and_known_hosts() {
         .with("source", "ssh-privatekey", key)
         .with("source", "known_hosts", other);
     let p = LibvirtProvider::new(&world.plan_for(&endpoint), &creds, "source").unwrap();
-    let err = p.check().await.unwrap_err();
+    let err = Source::check(&p).await.unwrap_err();
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
 }
 
@@ -566,33 +552,15 @@ async fn uefi_target_is_defined_or_refused_terminally() {
         .set_len(8 * MIB)
         .unwrap();
     let p = world.provider("target");
-    let disk = p
-        .import_disk(
-            &ImportDisk {
-                vm_name: &name,
-                index: 0,
-                disk_name: "vda",
-                image: &image,
-                virtual_size: 8 * MIB,
-                storage_hint: None,
-            },
-            &Progress::default(),
-        )
+    let mut spec = new_vm(&name, 1, 64 * MIB, &[("vda", DiskFormat::Raw, 8 * MIB)]);
+    spec.firmware = Firmware::Uefi;
+    let disk = import_one(&p, &spec, 0, &image, &Progress::default())
         .await
         .unwrap();
-    let spec = CreateVm {
-        name: &name,
-        cpus: 1,
-        memory_bytes: 64 * MIB,
-        firmware: Firmware::Uefi,
-        disks: std::slice::from_ref(&disk),
-        networks: &[],
-        start: false,
-    };
-    match p.create_vm(&spec).await {
+    match create(&p, &spec, std::slice::from_ref(&disk)).await {
         // the host has UEFI firmware (OVMF): the domain boots it
         Ok(_) => {
-            let vm = p.inspect_vm(&name).await.unwrap();
+            let vm = p.inspect(&name).await.unwrap();
             assert_eq!(vm.firmware, Firmware::Uefi);
         }
         // no UEFI firmware on the host: a clear, terminal error
@@ -600,7 +568,8 @@ async fn uefi_target_is_defined_or_refused_terminally() {
             assert!(matches!(e, Error::Invalid(_)), "{e:?}");
             assert!(e.to_string().contains("firmware"), "{e}");
             assert!(!p.vm_exists(&name).await.unwrap());
-            p.delete_disk(&disk).await.unwrap();
+            let handle = handles(&[disk]).remove(0).unwrap();
+            p.delete_disk(&handle).await.unwrap();
             assert!(world.volumes(&name).is_empty());
         }
     }
@@ -613,7 +582,7 @@ async fn interrupted_snapshot_work_is_picked_up_by_a_retry() {
     let refs = tempfile::tempdir().unwrap();
     let _guard = world.make_source_vm(&name, true, refs.path());
     let p = world.provider("source");
-    let vm = p.inspect_vm(&name).await.unwrap();
+    let vm = p.inspect(&name).await.unwrap();
     let live_before = dump(&world, &name, false);
     let label = format!("vrg-{name}");
     let pool = world.pool_dir();
@@ -640,7 +609,7 @@ async fn interrupted_snapshot_work_is_picked_up_by_a_retry() {
 
     // the same cut short inside delete_snapshot (cleanup mode): it finishes the job
     world.virsh_ok(&["blockcommit", &name, "vdb", "--active", "--pivot", "--wait"]);
-    p.delete_snapshot(&vm, &snap).await.unwrap();
+    p.delete_snapshot(&snap).await.unwrap();
     assert_eq!(dump(&world, &name, false), live_before);
     assert!(!overlay("vda.qcow2").exists() && !overlay("vdb.raw").exists());
 
@@ -649,7 +618,7 @@ async fn interrupted_snapshot_work_is_picked_up_by_a_retry() {
     std::fs::write(&stale, b"stale").unwrap();
     let snap = p.snapshot(&vm, &label).await.unwrap().unwrap();
     assert_ne!(std::fs::metadata(&stale).unwrap().len(), 5);
-    p.delete_snapshot(&vm, &snap).await.unwrap();
+    p.delete_snapshot(&snap).await.unwrap();
     assert_eq!(dump(&world, &name, false), live_before);
     assert_eq!(
         world.virsh_ok(&["snapshot-list", &name, "--name"]).trim(),

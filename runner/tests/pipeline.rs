@@ -7,6 +7,7 @@ use crd::{ConditionStatus, DiskFormat, Phase, ProviderType, VMMigrationStatus};
 use pipeline_support::*;
 use runner::Error;
 use runner::progress::human_bytes;
+use runner::provider::file::VmFile;
 
 #[tokio::test]
 async fn migrates_two_disks_end_to_end() {
@@ -53,7 +54,7 @@ async fn migrates_two_disks_end_to_end() {
         assert_eq!(d.name, name);
         assert_eq!(d.target_format, Some(DiskFormat::Qcow2));
         assert_eq!(d.sha256.as_ref().map(String::len), Some(64));
-        assert!(d.target_disk_id.is_some());
+        assert!(d.target_disk.is_some());
         assert_eq!(d.staged_url, None, "deleted from staging");
     }
     assert_eq!(last.disks[0].source_format, Some(DiskFormat::Qcow2));
@@ -64,7 +65,7 @@ async fn migrates_two_disks_end_to_end() {
     assert!(w.stage.objects().is_empty(), "{:?}", w.stage.objects());
     assert!(w.source.read_vm(SOURCE_VM).unwrap().snapshots.is_empty());
     assert_eq!(w.source.calls("delete_snapshot"), 1);
-    assert_eq!(last.snapshot_id, None);
+    assert_eq!(last.snapshot, None);
     assert!(files_under(&w.scratch).is_empty());
 
     // Progress only moves forward, and phases are written in pipeline order.
@@ -155,7 +156,7 @@ async fn resume_skips_staged_and_imported_disks() {
     let after1 = rec1.last();
     assert_eq!(after1.phase, Some(Phase::Creating), "retryable: not Failed");
     assert_eq!(condition(&after1, "Created").status, ConditionStatus::False);
-    assert!(after1.disks.iter().all(|d| d.target_disk_id.is_some()));
+    assert!(after1.disks.iter().all(|d| d.target_disk.is_some()));
 
     // Attempt 2 starts from that status: nothing is exported, uploaded or imported again.
     let (result, rec2) = w.run(&after1).await;
@@ -183,7 +184,7 @@ async fn resume_continues_after_a_partly_staged_vm() {
     let (result, rec1) = w.run(&VMMigrationStatus::default()).await;
     assert!(result.unwrap_err().is_retryable());
     let after1 = rec1.last();
-    assert!(after1.snapshot_id.is_some(), "kept for the next attempt");
+    assert!(after1.snapshot.is_some(), "kept for the next attempt");
     assert_eq!(w.source.read_vm(SOURCE_VM).unwrap().snapshots.len(), 1);
 
     // Attempt 2 reuses the same snapshot and the verified vda object: only vdb is exported again.
@@ -207,7 +208,7 @@ async fn resume_exports_everything_again_when_the_snapshot_is_gone() {
     let (result, rec1) = w.run(&VMMigrationStatus::default()).await;
     assert!(result.unwrap_err().is_retryable());
     let after1 = rec1.last();
-    assert_eq!(after1.snapshot_id, None);
+    assert_eq!(after1.snapshot, None);
     for f in w.stage.objects() {
         if f.to_string_lossy().contains("vdb.qcow2") {
             std::fs::remove_file(f).unwrap();
@@ -269,7 +270,7 @@ async fn checksum_mismatch_on_import_is_terminal_and_no_vm_is_created() {
     assert_eq!(imported.status, ConditionStatus::False);
     assert_eq!(imported.reason.as_deref(), Some("ChecksumMismatch"));
     assert!(imported.message.as_ref().unwrap().contains("vdb.qcow2"));
-    assert!(last.disks.iter().all(|d| d.target_disk_id.is_none()));
+    assert!(last.disks.iter().all(|d| d.target_disk.is_none()));
 }
 
 #[tokio::test]
@@ -352,7 +353,7 @@ async fn keeps_what_the_policy_keeps() {
             .starts_with("nfs://nfs.local/exports/")
     );
     assert_eq!(
-        last.snapshot_id.as_deref(),
+        last.snapshot.as_ref().map(|s| s.name()),
         Some("vrg-5f0c2a8e1b7d4c1e9a8b3d2e1f0a9b8c")
     );
     assert_eq!(w.source.read_vm(SOURCE_VM).unwrap().snapshots.len(), 1);
@@ -486,4 +487,66 @@ async fn cleanup_removes_what_an_abandoned_migration_left() {
     assert!(!w.target.vm_dir(TARGET_VM).exists());
     // The source VM itself is untouched.
     assert_eq!(w.source.read_vm(SOURCE_VM).unwrap().disks.len(), 2);
+}
+
+#[tokio::test]
+async fn a_target_vm_left_half_made_is_deleted_and_made_again() {
+    // Attempt 1 creates the VM, then validating it fails transiently.
+    let w = World::one_disk(ProviderType::Libvirt);
+    w.target.fail("validate_vm", 1, true);
+    let (result, rec1) = w.run(&VMMigrationStatus::default()).await;
+    assert!(result.unwrap_err().is_retryable());
+    // As if the runner had died while the VM was being made: recorded, never completed.
+    let mut status = rec1.last();
+    assert!(status.target_vm.is_some());
+    status.target_vm_id = None;
+
+    let (result, rec2) = w.run(&status).await;
+    result.expect("second attempt succeeds");
+    assert_eq!(
+        w.target.calls("delete_vm"),
+        1,
+        "the half-made VM is removed"
+    );
+    assert_eq!(w.target.calls("create_vm"), 2, "and made again");
+    let last = rec2.last();
+    assert_eq!(
+        last.target_vm_id.as_deref(),
+        last.target_vm.as_ref().map(|v| v.id()).as_deref()
+    );
+}
+
+#[tokio::test]
+async fn a_recorded_target_vm_without_the_mark_is_kept_and_the_name_refused() {
+    // The status names a target VM, but the VM of that name on the target is someone else's.
+    let w = World::one_disk(ProviderType::Libvirt);
+    let theirs = VmFile {
+        id: "theirs".into(),
+        cpus: 1,
+        memory_bytes: 1 << 30,
+        uefi: false,
+        running: false,
+        nics: 0,
+        disks: Vec::new(),
+        snapshots: Vec::new(),
+        networks: Vec::new(),
+        owner: Some("another-migration".into()),
+    };
+    w.target.define_vm(TARGET_VM, &theirs, &[]).unwrap();
+    let status = VMMigrationStatus {
+        target_vm: Some(crd::TargetVmHandle::Libvirt {
+            uuid: "theirs".into(),
+            name: TARGET_VM.into(),
+        }),
+        ..VMMigrationStatus::default()
+    };
+    let (result, rec) = w.run(&status).await;
+    let err = result.unwrap_err();
+    assert!(
+        matches!(&err, Error::Invalid(m) if m.contains("already exists")),
+        "{err}"
+    );
+    assert_eq!(w.target.read_vm(TARGET_VM).unwrap().id, "theirs", "kept");
+    assert_eq!(rec.last().target_vm, None, "no longer recorded as ours");
+    assert_eq!(w.source.calls("snapshot"), 0, "refused in Validating");
 }

@@ -1,22 +1,23 @@
-//! A file-backed hypervisor for tests: each VM is a directory under a root holding its disk images
-//! (qcow2, raw or vmdk files) and a `vm.json` descriptor. Snapshots are copies of the images under
-//! `snapshots/<label>/`. It is a real [`Provider`] (disk bytes really move and are checked with
-//! qemu-img), counts its calls so tests can assert what a resumed run skipped, and can be told to
-//! fail a method a number of times.
+//! A file-backed hypervisor for tests (feature `test-doubles`): each VM is a directory under a root
+//! holding its disk images (qcow2, raw or vmdk files) and a `vm.json` descriptor. Snapshots are
+//! copies of the images under `snapshots/<label>/`. It is a real [`Source`] and [`Target`] (disk
+//! bytes really move and are checked with qemu-img), counts its calls so tests can assert what a
+//! resumed run skipped, and can be told to fail a method a number of times.
 //!
-//! No [`crd::ProviderType`] names it: tests inject it into the pipeline directly.
+//! No [`crd::ProviderType`] names it: tests inject it into the pipeline directly. Its handles are
+//! libvirt-shaped (snapshot and VM by descriptor id, disks by file path), whatever `kind` it plays.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use crd::{DiskFormat, ProviderType};
+use crd::{DiskFormat, ProviderType, SnapshotHandle, TargetDiskHandle, TargetVmHandle};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CreateVm, CreatedVm, Firmware, ImportDisk, ImportedDisk, LocalImage, Provider, Snapshot,
-    SourceDisk, VmShape,
+    ExportSession, Firmware, ImportInput, ImportSession, LocalImage, NewVm, OsFamily, Source,
+    SourceDisk, Target, VmShape,
 };
 use crate::progress::Progress;
 use crate::stream::CHUNK;
@@ -46,6 +47,9 @@ pub struct VmFile {
     /// Bridges or networks the VM was created with.
     #[serde(default)]
     pub networks: Vec<String>,
+    /// UID of the migration that created the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// One disk of a file-backed VM.
@@ -197,23 +201,16 @@ async fn copy_counted(src: &Path, dest: &Path, progress: &Progress) -> Result<()
 }
 
 #[async_trait]
-impl Provider for FileProvider {
+impl Source for FileProvider {
     fn kind(&self) -> ProviderType {
         self.inner.kind
     }
 
     async fn check(&self) -> Result<()> {
-        self.enter("check")?;
-        if !self.inner.root.is_dir() {
-            return Err(Error::NotFound {
-                what: "file provider root".into(),
-                detail: self.inner.root.display().to_string(),
-            });
-        }
-        Ok(())
+        self.check_root("check")
     }
 
-    async fn inspect_vm(&self, name: &str) -> Result<VmShape> {
+    async fn inspect(&self, name: &str) -> Result<VmShape> {
         self.enter("inspect_vm")?;
         let vm = self.read_vm(name)?;
         let mut disks = Vec::new();
@@ -228,6 +225,7 @@ impl Provider for FileProvider {
         }
         Ok(VmShape {
             id: vm.id,
+            name: name.to_string(),
             cpus: vm.cpus,
             memory_bytes: vm.memory_bytes,
             firmware: if vm.uefi {
@@ -235,23 +233,19 @@ impl Provider for FileProvider {
             } else {
                 Firmware::Bios
             },
+            os: OsFamily::Other,
             running: vm.running,
             disks,
             nics: vm.nics,
         })
     }
 
-    async fn vm_exists(&self, name: &str) -> Result<bool> {
-        self.enter("vm_exists")?;
-        Ok(self.vm_dir(name).join(DESCRIPTOR).exists())
-    }
-
-    async fn snapshot(&self, vm: &VmShape, label: &str) -> Result<Option<Snapshot>> {
+    async fn snapshot(&self, vm: &VmShape, label: &str) -> Result<Option<SnapshotHandle>> {
         self.enter("snapshot")?;
         if !vm.running {
             return Ok(None);
         }
-        let name = self.vm_name_of(vm)?;
+        let name = self.vm_name_of(&vm.id)?;
         let mut file = self.read_vm(&name)?;
         if !file.snapshots.iter().any(|s| s == label) {
             let dir = self.vm_dir(&name).join("snapshots").join(label);
@@ -264,28 +258,76 @@ impl Provider for FileProvider {
             file.snapshots.push(label.to_string());
             write_descriptor(&self.vm_dir(&name), &file)?;
         }
-        Ok(Some(Snapshot {
-            id: label.to_string(),
+        Ok(Some(SnapshotHandle::Libvirt {
+            domain_uuid: vm.id.clone(),
+            name: label.to_string(),
         }))
     }
 
-    async fn export_disk(
+    async fn export(
         &self,
         vm: &VmShape,
+        snapshot: Option<&SnapshotHandle>,
+    ) -> Result<Box<dyn ExportSession>> {
+        self.enter("export")?;
+        Ok(Box::new(FileExport {
+            provider: self.clone(),
+            vm: self.vm_name_of(&vm.id)?,
+            snapshot: snapshot.map(|s| s.name().to_string()),
+        }))
+    }
+
+    async fn delete_snapshot(&self, snapshot: &SnapshotHandle) -> Result<()> {
+        self.enter("delete_snapshot")?;
+        let SnapshotHandle::Libvirt { domain_uuid, name } = snapshot else {
+            return Err(Error::Invalid(format!("not a file snapshot: {snapshot}")));
+        };
+        let vm = match self.vm_name_of(domain_uuid) {
+            Ok(vm) => vm,
+            Err(Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let dir = self.vm_dir(&vm).join("snapshots").join(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
+        }
+        let mut file = self.read_vm(&vm)?;
+        file.snapshots.retain(|s| s != name);
+        write_descriptor(&self.vm_dir(&vm), &file)
+    }
+
+    async fn delete(&self, vm: &VmShape) -> Result<()> {
+        self.enter("delete_vm")?;
+        self.remove_vm_dir(&vm.name)
+    }
+}
+
+/// Copies disk images (from the snapshot's copies when there is one).
+struct FileExport {
+    provider: FileProvider,
+    /// Directory name of the VM.
+    vm: String,
+    snapshot: Option<String>,
+}
+
+#[async_trait]
+impl ExportSession for FileExport {
+    async fn export_disk(
+        &mut self,
         disk: &SourceDisk,
-        snapshot: Option<&Snapshot>,
         dir: &Path,
         progress: &Progress,
     ) -> Result<LocalImage> {
-        self.enter("export_disk")?;
-        let name = self.vm_name_of(vm)?;
-        let src = match snapshot {
-            Some(s) => self
-                .vm_dir(&name)
+        let p = &self.provider;
+        p.enter("export_disk")?;
+        let src = match &self.snapshot {
+            Some(s) => p
+                .vm_dir(&self.vm)
                 .join("snapshots")
-                .join(&s.id)
+                .join(s)
                 .join(&disk.locator),
-            None => self.disk_path(&name, &disk.locator),
+            None => p.disk_path(&self.vm, &disk.locator),
         };
         let dest = dir.join(format!("{}.export.{}", disk.name, disk.format));
         copy_counted(&src, &dest, progress).await?;
@@ -295,56 +337,171 @@ impl Provider for FileProvider {
         })
     }
 
-    async fn delete_snapshot(&self, vm: &VmShape, snapshot: &Snapshot) -> Result<()> {
-        self.enter("delete_snapshot")?;
-        let name = self.vm_name_of(vm)?;
-        let dir = self.vm_dir(&name).join("snapshots").join(&snapshot.id);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
-        }
-        let mut file = self.read_vm(&name)?;
-        file.snapshots.retain(|s| *s != snapshot.id);
-        write_descriptor(&self.vm_dir(&name), &file)
+    async fn finish(self: Box<Self>) -> Result<()> {
+        self.provider.enter("export_finish")
+    }
+
+    async fn abort(self: Box<Self>) {
+        let _ = self.provider.enter("export_abort");
+    }
+}
+
+#[async_trait]
+impl Target for FileProvider {
+    fn kind(&self) -> ProviderType {
+        self.inner.kind
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.check_root("check")
     }
 
     fn import_formats(&self) -> &'static [DiskFormat] {
         self.inner.kind.accepted_formats()
     }
 
-    async fn import_disk(
-        &self,
-        disk: &ImportDisk<'_>,
-        progress: &Progress,
-    ) -> Result<ImportedDisk> {
-        self.enter("import_disk")?;
-        let dir = self.vm_dir(disk.vm_name);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let dest = dir.join(format!("{}.{}", disk.disk_name, disk.image.format));
-        copy_counted(&disk.image.path, &dest, progress).await?;
-        Ok(ImportedDisk {
-            id: dest.to_string_lossy().into_owned(),
-            format: disk.image.format,
-            virtual_size: disk.virtual_size,
-        })
+    fn reads_back(&self) -> bool {
+        true
     }
 
-    async fn create_vm(&self, vm: &CreateVm<'_>) -> Result<CreatedVm> {
-        self.enter("create_vm")?;
-        let dir = self.vm_dir(vm.name);
+    async fn vm_exists(&self, name: &str) -> Result<bool> {
+        self.enter("vm_exists")?;
+        Ok(self.vm_dir(name).join(DESCRIPTOR).exists())
+    }
+
+    async fn import(
+        &self,
+        vm: &NewVm,
+        imported: &[Option<TargetDiskHandle>],
+    ) -> Result<Box<dyn ImportSession>> {
+        self.enter("import")?;
+        let files = imported
+            .iter()
+            .map(|h| match h {
+                Some(TargetDiskHandle::Libvirt { path }) => Some(PathBuf::from(path)),
+                _ => None,
+            })
+            .collect();
+        Ok(Box::new(FileImport {
+            provider: self.clone(),
+            vm: vm.clone(),
+            files,
+        }))
+    }
+
+    async fn validate(
+        &self,
+        vm: &NewVm,
+        handle: &TargetVmHandle,
+        _disks: &[Option<TargetDiskHandle>],
+    ) -> Result<Vec<Option<String>>> {
+        self.enter("validate_vm")?;
+        let file = self.read_vm(handle.name())?;
+        if file.disks.len() != vm.disks.len() {
+            return Err(Error::Invalid(format!(
+                "VM {} has {} disks, expected {}",
+                vm.name,
+                file.disks.len(),
+                vm.disks.len()
+            )));
+        }
+        let tmp = self.inner.root.join(".validate");
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io("creating validate dir", e))?;
+        let mut hashes = Vec::new();
+        for (d, expected) in file.disks.iter().zip(&vm.disks) {
+            let path = self.disk_path(&vm.name, &d.file);
+            let info = disk::inspect(&path, d.format).await?;
+            if info.virtual_size != expected.virtual_size {
+                return Err(Error::Invalid(format!(
+                    "disk {} of VM {} has {} bytes, expected {}",
+                    d.name, vm.name, info.virtual_size, expected.virtual_size
+                )));
+            }
+            let image = LocalImage {
+                path,
+                format: d.format,
+            };
+            hashes.push(Some(disk::guest_sha256(&image, &tmp).await?));
+        }
+        Ok(hashes)
+    }
+
+    async fn delete_vm(&self, handle: &TargetVmHandle, owner: &str) -> Result<()> {
+        self.enter("delete_vm")?;
+        let name = handle.name();
+        match self.read_vm(name) {
+            Ok(file) if file.owner.as_deref() != Some(owner) => Err(Error::NotOurs(format!(
+                "VM {name} lacks the mark of migration {owner}: it is not deleted"
+            ))),
+            Ok(_) => self.remove_vm_dir(name),
+            Err(Error::NotFound { .. }) => self.remove_vm_dir(name),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete_disk(&self, handle: &TargetDiskHandle) -> Result<()> {
+        self.enter("delete_disk")?;
+        let TargetDiskHandle::Libvirt { path } = handle else {
+            return Err(Error::Invalid(format!("not a file disk: {handle}")));
+        };
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(format!("removing {path}"), e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Copies each verified image into the new VM's directory; `finish` writes its descriptor.
+struct FileImport {
+    provider: FileProvider,
+    vm: NewVm,
+    files: Vec<Option<PathBuf>>,
+}
+
+#[async_trait]
+impl ImportSession for FileImport {
+    async fn import_disk(
+        &mut self,
+        index: usize,
+        input: ImportInput<'_>,
+        progress: &Progress,
+    ) -> Result<Option<TargetDiskHandle>> {
+        self.provider.enter("import_disk")?;
+        let ImportInput::File(image) = input else {
+            return Err(Error::Invalid(
+                "the file provider imports files only".into(),
+            ));
+        };
+        let dir = self.provider.vm_dir(&self.vm.name);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let name = &self.vm.disks[index].name;
+        let dest = dir.join(format!("{name}.{}", image.format));
+        copy_counted(&image.path, &dest, progress).await?;
+        self.files[index] = Some(dest.clone());
+        Ok(Some(TargetDiskHandle::Libvirt {
+            path: dest.to_string_lossy().into_owned(),
+        }))
+    }
+
+    async fn finish(self: Box<Self>) -> Result<TargetVmHandle> {
+        self.provider.enter("create_vm")?;
+        let vm = &self.vm;
+        let dir = self.provider.vm_dir(&vm.name);
         if dir.join(DESCRIPTOR).exists() {
             return Err(Error::Invalid(format!("VM {} already exists", vm.name)));
         }
         let mut disks = Vec::new();
-        for (i, d) in vm.disks.iter().enumerate() {
-            let path = PathBuf::from(&d.id);
-            if path.parent() != Some(dir.as_path()) || !path.exists() {
-                return Err(Error::NotFound {
-                    what: "imported disk".into(),
-                    detail: d.id.clone(),
-                });
-            }
+        for (i, (d, file)) in vm.disks.iter().zip(&self.files).enumerate() {
+            let path = file
+                .as_ref()
+                .filter(|p| p.parent() == Some(dir.as_path()) && p.exists());
+            let path = path.ok_or_else(|| Error::NotFound {
+                what: "imported disk".into(),
+                detail: format!("{} of VM {}", d.name, vm.name),
+            })?;
             disks.push(DiskFile {
                 name: format!("disk{i}"),
                 format: d.format,
@@ -369,49 +526,33 @@ impl Provider for FileProvider {
                 .iter()
                 .filter_map(|n| n.bridge.clone().or_else(|| n.network.clone()))
                 .collect(),
+            owner: Some(vm.owner.clone()),
         };
         write_descriptor(&dir, &file)?;
-        Ok(CreatedVm { id })
+        Ok(TargetVmHandle::Libvirt {
+            uuid: id,
+            name: vm.name.clone(),
+        })
     }
 
-    fn reads_back(&self) -> bool {
-        true
+    async fn abort(self: Box<Self>) -> Result<()> {
+        self.provider.enter("import_abort")
     }
+}
 
-    async fn validate_vm(&self, vm: &CreateVm<'_>) -> Result<Vec<Option<String>>> {
-        self.enter("validate_vm")?;
-        let file = self.read_vm(vm.name)?;
-        if file.disks.len() != vm.disks.len() {
-            return Err(Error::Invalid(format!(
-                "VM {} has {} disks, expected {}",
-                vm.name,
-                file.disks.len(),
-                vm.disks.len()
-            )));
+impl FileProvider {
+    fn check_root(&self, method: &'static str) -> Result<()> {
+        self.enter(method)?;
+        if !self.inner.root.is_dir() {
+            return Err(Error::NotFound {
+                what: "file provider root".into(),
+                detail: self.inner.root.display().to_string(),
+            });
         }
-        let tmp = self.inner.root.join(".validate");
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io("creating validate dir", e))?;
-        let mut hashes = Vec::new();
-        for (d, expected) in file.disks.iter().zip(vm.disks) {
-            let path = self.disk_path(vm.name, &d.file);
-            let info = disk::inspect(&path, d.format).await?;
-            if info.virtual_size != expected.virtual_size {
-                return Err(Error::Invalid(format!(
-                    "disk {} of VM {} has {} bytes, expected {}",
-                    d.name, vm.name, info.virtual_size, expected.virtual_size
-                )));
-            }
-            let image = LocalImage {
-                path,
-                format: d.format,
-            };
-            hashes.push(Some(disk::guest_sha256(&image, &tmp).await?));
-        }
-        Ok(hashes)
+        Ok(())
     }
 
-    async fn delete_vm(&self, name: &str) -> Result<()> {
-        self.enter("delete_vm")?;
+    fn remove_vm_dir(&self, name: &str) -> Result<()> {
         let dir = self.vm_dir(name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir)
@@ -420,34 +561,22 @@ impl Provider for FileProvider {
         Ok(())
     }
 
-    async fn delete_disk(&self, disk: &ImportedDisk) -> Result<()> {
-        self.enter("delete_disk")?;
-        match std::fs::remove_file(&disk.id) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::io(format!("removing {}", disk.id), e))
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
-impl FileProvider {
-    /// The directory name of an inspected VM (its descriptor's id is `file-<name>` or anything the
-    /// test wrote; the directory is found by id).
-    fn vm_name_of(&self, vm: &VmShape) -> Result<String> {
+    /// The directory name of the VM with descriptor id `id` (`file-<name>` or anything the test
+    /// wrote).
+    fn vm_name_of(&self, id: &str) -> Result<String> {
         let entries = std::fs::read_dir(&self.inner.root)
             .map_err(|e| Error::io(format!("listing {}", self.inner.root.display()), e))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Ok(file) = self.read_vm(&name)
-                && file.id == vm.id
+                && file.id == id
             {
                 return Ok(name);
             }
         }
         Err(Error::NotFound {
             what: "VM".into(),
-            detail: format!("id {}", vm.id),
+            detail: format!("id {id}"),
         })
     }
 }

@@ -1,7 +1,18 @@
-//! Hypervisors, behind one trait. The pipeline calls these in phase order; each implementation
-//! (libvirt, vSphere, Proxmox, and a file-backed one for tests) lives in its own module, and
-//! [`connect`] picks one from the plan.
+//! Hypervisors in the two roles of a migration.
+//!
+//! A [`Source`] finds and describes a VM, freezes its disks with a snapshot and opens an
+//! [`ExportSession`], which writes each disk's guest content into scratch. A [`Target`] opens an
+//! [`ImportSession`], which takes each verified disk and ends by making the VM. Sessions own what a
+//! hypervisor needs across the disks of one VM (a vSphere NFC lease and its keep-alive, a VM that
+//! `ImportVApp` creates up front, Proxmox import files attached at creation) and end in `finish` or
+//! `abort`. What they leave on a hypervisor is named by a typed handle ([`crd::handles`]) that the
+//! pipeline records in the status at once, so a later attempt resumes with it and cleanup removes
+//! exactly it. The pipeline ([`crate::phases`]) knows no hypervisor.
+//!
+//! Implementations: [`libvirt`] (both roles); a file-backed double for tests behind the
+//! `test-doubles` feature.
 
+#[cfg(feature = "test-doubles")]
 pub mod file;
 pub mod libvirt;
 
@@ -9,10 +20,13 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use crd::plan::ProviderPlan;
-use crd::{DiskFormat, NetworkHint, ProviderType};
+use crd::{
+    DiskFormat, NetworkHint, ProviderType, SnapshotHandle, TargetDiskHandle, TargetVmHandle,
+};
 
 use crate::credentials::Credentials;
 use crate::progress::Progress;
+use crate::storage::PresignedObject;
 use crate::{Error, Result};
 
 /// Which end of the migration a provider is; names the credential scope (`source.*`, `target.*`).
@@ -32,24 +46,34 @@ impl Side {
     }
 }
 
-/// Builds the provider the plan names, with the credentials of `side`. Types this build has no
-/// implementation for are refused with a plain message.
-pub fn connect(
-    side: Side,
-    plan: &ProviderPlan,
-    credentials: &Credentials,
-) -> Result<Box<dyn Provider>> {
+/// The source end the plan names, with the `source.*` credentials. Nothing is contacted yet.
+pub fn source(plan: &ProviderPlan, credentials: &Credentials) -> Result<Box<dyn Source>> {
     match plan.type_ {
         ProviderType::Libvirt => Ok(Box::new(libvirt::LibvirtProvider::new(
             plan,
             credentials,
-            side.scope(),
+            Side::Source.scope(),
         )?)),
-        ProviderType::Vsphere | ProviderType::Proxmox => Err(Error::Invalid(format!(
-            "provider type {} is not supported by this runner build",
-            plan.type_
-        ))),
+        other => Err(unsupported(other)),
     }
+}
+
+/// The target end the plan names, with the `target.*` credentials. Nothing is contacted yet.
+pub fn target(plan: &ProviderPlan, credentials: &Credentials) -> Result<Box<dyn Target>> {
+    match plan.type_ {
+        ProviderType::Libvirt => Ok(Box::new(libvirt::LibvirtProvider::new(
+            plan,
+            credentials,
+            Side::Target.scope(),
+        )?)),
+        other => Err(unsupported(other)),
+    }
+}
+
+fn unsupported(kind: ProviderType) -> Error {
+    Error::Invalid(format!(
+        "provider type {kind} is not supported by this runner build"
+    ))
 }
 
 /// Firmware of a VM, where the source says.
@@ -60,16 +84,27 @@ pub enum Firmware {
     Uefi,
 }
 
+/// The guest operating system's family, where the source knows it (vSphere guest id, Proxmox
+/// `ostype`); targets pick their matching guest type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OsFamily {
+    Linux,
+    Windows,
+    #[default]
+    Other,
+}
+
 /// One disk of the source VM, in bus order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceDisk {
     /// Name on the source: `vda`, `scsi0`, `disk-2000`... Also names the staged object.
     pub name: String,
-    /// Format of the source image.
+    /// Format of the source image as it is read.
     pub format: DiskFormat,
     /// Guest-visible size in bytes.
     pub virtual_size: u64,
-    /// Provider-specific locator (volume path, datastore path, volid).
+    /// Where the provider finds the disk (volume path, datastore path, volid). Only the provider
+    /// that made it reads it.
     pub locator: String,
 }
 
@@ -78,21 +113,17 @@ pub struct SourceDisk {
 pub struct VmShape {
     /// Hypervisor id (UUID, moref, VMID).
     pub id: String,
+    /// Name on the hypervisor.
+    pub name: String,
     pub cpus: u32,
     pub memory_bytes: u64,
     pub firmware: Firmware,
+    pub os: OsFamily,
     /// Whether the VM was running when inspected (the target is started only if so).
     pub running: bool,
     pub disks: Vec<SourceDisk>,
     /// Number of network interfaces.
     pub nics: usize,
-}
-
-/// A snapshot taken for the migration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Snapshot {
-    /// Provider-specific snapshot id/name.
-    pub id: String,
 }
 
 /// A disk image in the runner's scratch space.
@@ -102,55 +133,49 @@ pub struct LocalImage {
     pub format: DiskFormat,
 }
 
-/// One disk to import into the target.
+/// One disk of the VM to create.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImportDisk<'a> {
-    /// Name of the VM the disk is for.
-    pub vm_name: &'a str,
-    /// Position of the disk (0 = boot disk).
-    pub index: usize,
-    /// Source disk name (for naming the target volume).
-    pub disk_name: &'a str,
-    /// The verified image to import.
-    pub image: &'a LocalImage,
+pub struct NewDisk {
+    /// The source disk's name made safe for file and volume names (`vda`, `scsi0`).
+    pub name: String,
     /// Guest-visible size in bytes.
     pub virtual_size: u64,
-    /// Pool, datastore or storage to put it in (target default when None).
-    pub storage_hint: Option<&'a str>,
-}
-
-/// A disk that now exists on the target.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImportedDisk {
-    /// Target-side id: volume path, `[datastore] path.vmdk`, `local-lvm:vm-101-disk-0`.
-    pub id: String,
+    /// Format of the image the target receives.
     pub format: DiskFormat,
-    pub virtual_size: u64,
 }
 
-/// The VM to create on the target.
+/// The VM the target is asked to create.
 #[derive(Clone, Debug, PartialEq)]
-pub struct CreateVm<'a> {
-    pub name: &'a str,
+pub struct NewVm {
+    pub name: String,
     pub cpus: u32,
     pub memory_bytes: u64,
     pub firmware: Firmware,
-    pub disks: &'a [ImportedDisk],
-    pub networks: &'a [NetworkHint],
+    pub os: OsFamily,
+    /// In bus order; the first is the boot disk.
+    pub disks: Vec<NewDisk>,
+    pub networks: Vec<NetworkHint>,
+    /// Pool, datastore or storage for the disks (the target's default when None).
+    pub storage_hint: Option<String>,
     /// Start the VM once created (only when the source was running).
     pub start: bool,
+    /// UID of the migration: providers mark what they create with it and delete only what carries
+    /// it.
+    pub owner: String,
 }
 
-/// A created target VM.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CreatedVm {
-    /// Hypervisor id of the new VM.
-    pub id: String,
+/// Where an import session takes a disk's bytes from.
+#[derive(Clone, Copy, Debug)]
+pub enum ImportInput<'a> {
+    /// A verified image in scratch.
+    File(&'a LocalImage),
+    /// A staged object the target downloads and verifies itself ([`Target::pulls`]).
+    Url(&'a PresignedObject),
 }
 
-/// A hypervisor as a migration source and target.
+/// A hypervisor as the source of a migration.
 #[async_trait]
-pub trait Provider: Send + Sync {
+pub trait Source: Send + Sync {
     /// Which hypervisor this is.
     fn kind(&self) -> ProviderType;
 
@@ -158,55 +183,128 @@ pub trait Provider: Send + Sync {
     async fn check(&self) -> Result<()>;
 
     /// Finds a VM by name and describes it. `NotFound` when absent.
-    async fn inspect_vm(&self, name: &str) -> Result<VmShape>;
-
-    /// Whether a VM of this name exists (target-name check).
-    async fn vm_exists(&self, name: &str) -> Result<bool>;
+    async fn inspect(&self, name: &str) -> Result<VmShape>;
 
     /// Makes the disks stop changing for export. `None` when no snapshot is needed (VM stopped).
     /// `label` is the same for every attempt of a migration: when a snapshot with this label already
     /// exists (an earlier attempt made it), return it unchanged, so resumed exports stay consistent
     /// with the disks staged before.
-    async fn snapshot(&self, vm: &VmShape, label: &str) -> Result<Option<Snapshot>>;
+    async fn snapshot(&self, vm: &VmShape, label: &str) -> Result<Option<SnapshotHandle>>;
 
-    /// Writes one disk's content into `dir`, streaming, and returns the image written.
-    async fn export_disk(
+    /// Opens a session that exports the disks of `vm` as they are in `snapshot` (as they are now
+    /// when `None`).
+    async fn export(
         &self,
         vm: &VmShape,
+        snapshot: Option<&SnapshotHandle>,
+    ) -> Result<Box<dyn ExportSession>>;
+
+    /// Removes a migration snapshot, leaving the VM exactly as before it. An absent snapshot (or VM)
+    /// is not an error.
+    async fn delete_snapshot(&self, snapshot: &SnapshotHandle) -> Result<()>;
+
+    /// Deletes the source VM and its disks (cleanupPolicy.deleteSource, after the target was
+    /// verified). Refuses when the VM found by name is no longer the inspected one (`vm.id`).
+    async fn delete(&self, vm: &VmShape) -> Result<()>;
+}
+
+/// The export of one VM's disks, disk by disk, ending in [`ExportSession::finish`] or
+/// [`ExportSession::abort`].
+#[async_trait]
+pub trait ExportSession: Send {
+    /// Writes one disk's guest content into `dir`, streaming, and returns the image written: a
+    /// self-contained image (no backing file) of the format the session chose.
+    async fn export_disk(
+        &mut self,
         disk: &SourceDisk,
-        snapshot: Option<&Snapshot>,
         dir: &Path,
         progress: &Progress,
     ) -> Result<LocalImage>;
 
-    /// Removes a migration snapshot, leaving the VM exactly as before it.
-    async fn delete_snapshot(&self, vm: &VmShape, snapshot: &Snapshot) -> Result<()>;
+    /// Ends a session whose disks were all exported.
+    async fn finish(self: Box<Self>) -> Result<()>;
 
-    /// The formats this provider imports; the first is its native one.
+    /// Ends a session early (an export or a later step failed); releases what it holds.
+    async fn abort(self: Box<Self>);
+}
+
+/// A hypervisor as the target of a migration.
+#[async_trait]
+pub trait Target: Send + Sync {
+    /// Which hypervisor this is.
+    fn kind(&self) -> ProviderType;
+
+    /// Connects and authenticates (Validating). Errors name the endpoint, never the credentials.
+    async fn check(&self) -> Result<()>;
+
+    /// The formats this target imports; the first is its native one.
     fn import_formats(&self) -> &'static [DiskFormat] {
         self.kind().accepted_formats()
     }
 
-    /// Imports one verified disk image.
-    async fn import_disk(&self, disk: &ImportDisk<'_>, progress: &Progress)
-    -> Result<ImportedDisk>;
+    /// Whether the target can fetch a staged object by URL itself, verifying its SHA-256, so the
+    /// bytes need not pass through the runner ([`ImportInput::Url`]).
+    fn pulls(&self) -> bool {
+        false
+    }
 
-    /// Creates (and, if asked, starts) the target VM from imported disks.
-    async fn create_vm(&self, vm: &CreateVm<'_>) -> Result<CreatedVm>;
-
-    /// Whether [`Provider::validate_vm`] reads disk content back. When true, the pipeline computes
-    /// the guest-visible SHA-256 of every disk it exports to compare.
+    /// Whether [`Target::validate`] reads disk content back. When true, the pipeline computes the
+    /// guest-visible SHA-256 of every disk it exports to compare.
     fn reads_back(&self) -> bool {
         false
     }
 
-    /// Checks the created VM: exists, disks attached with the expected capacity. Returns the hex
-    /// SHA-256 of each disk's guest-visible content when the provider can read it back.
-    async fn validate_vm(&self, vm: &CreateVm<'_>) -> Result<Vec<Option<String>>>;
+    /// Whether a VM of this name exists (target-name check).
+    async fn vm_exists(&self, name: &str) -> Result<bool>;
 
-    /// Deletes a VM and its disks (deleteSource after validation, or a partial target on cleanup).
-    async fn delete_vm(&self, name: &str) -> Result<()>;
+    /// Opens the import of `vm`. `imported[i]` is disk `i`'s handle when an earlier attempt already
+    /// imported it (the session uses it as it is).
+    async fn import(
+        &self,
+        vm: &NewVm,
+        imported: &[Option<TargetDiskHandle>],
+    ) -> Result<Box<dyn ImportSession>>;
 
-    /// Deletes an imported disk that no VM uses (cleanup of a failed attempt).
-    async fn delete_disk(&self, disk: &ImportedDisk) -> Result<()>;
+    /// Checks the created VM: exists, disks attached with the expected capacity, NICs. Returns the
+    /// hex SHA-256 of each disk's guest-visible content when the target can read it back.
+    async fn validate(
+        &self,
+        vm: &NewVm,
+        handle: &TargetVmHandle,
+        disks: &[Option<TargetDiskHandle>],
+    ) -> Result<Vec<Option<String>>>;
+
+    /// Deletes a VM this migration created, with its disks, after checking that the VM the handle
+    /// names is still that VM and carries the `owner` mark. An absent VM is not an error.
+    async fn delete_vm(&self, handle: &TargetVmHandle, owner: &str) -> Result<()>;
+
+    /// Deletes a disk imported for a VM that was never created. An absent disk is not an error.
+    async fn delete_disk(&self, handle: &TargetDiskHandle) -> Result<()>;
+}
+
+/// The import of one VM: disk by disk, then [`ImportSession::finish`] makes the VM (and starts it
+/// when asked); [`ImportSession::abort`] leaves no half-made VM.
+#[async_trait]
+pub trait ImportSession: Send {
+    /// The VM the session already created (vSphere's ImportVApp makes it up front). The pipeline
+    /// records it before any disk moves.
+    fn vm(&self) -> Option<TargetVmHandle> {
+        None
+    }
+
+    /// Imports disk `index` of the VM. Returns a handle when the disk exists on the target on its
+    /// own (a volume, an uploaded file), so a later attempt can reuse it.
+    async fn import_disk(
+        &mut self,
+        index: usize,
+        input: ImportInput<'_>,
+        progress: &Progress,
+    ) -> Result<Option<TargetDiskHandle>>;
+
+    /// Makes the VM from the imported disks and starts it when asked. Returns its handle.
+    async fn finish(self: Box<Self>) -> Result<TargetVmHandle>;
+
+    /// Ends the session without a VM: removes a VM the session created up front. Disks that have
+    /// handles stay (a later attempt reuses them; a terminal failure deletes them).
+    async fn abort(self: Box<Self>) -> Result<()>;
 }

@@ -81,6 +81,25 @@ pub struct StagedObject {
     pub sha256: String,
 }
 
+/// A staged object as a time-limited URL that a target downloads by itself (S3 presigned GET). The
+/// URL carries a signature: it is never logged, shown or stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PresignedObject {
+    pub url: String,
+    pub size: u64,
+    /// Hex SHA-256 of the object, for the target to verify.
+    pub sha256: String,
+}
+
+impl std::fmt::Debug for PresignedObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresignedObject")
+            .field("size", &self.size)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The object key of one disk of a migration.
 pub fn object_key(namespace: &str, migration: &str, disk: &str, format: crd::DiskFormat) -> String {
     format!("{namespace}/{migration}/{disk}.{format}")
@@ -110,6 +129,12 @@ pub trait Stage: Send + Sync {
 
     /// Deletes the object (and its sidecar data). Absent objects are not an error.
     async fn delete(&self, key: &str) -> Result<()>;
+
+    /// `object` as a URL a target can download without credentials, where the backend has such
+    /// URLs (S3 presigned GET). `None` otherwise.
+    async fn presign(&self, _object: &StagedObject) -> Result<Option<PresignedObject>> {
+        Ok(None)
+    }
 }
 
 /// Key of the checksum sidecar of `key`.

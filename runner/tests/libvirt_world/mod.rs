@@ -9,10 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crd::ProviderType;
 use crd::plan::ProviderPlan;
+use crd::{DiskFormat, ProviderType, SnapshotHandle, TargetDiskHandle, TargetVmHandle};
 use runner::credentials::Credentials;
+use runner::progress::Progress;
 use runner::provider::libvirt::LibvirtProvider;
+use runner::provider::{
+    Firmware, ImportInput, LocalImage, NewDisk, NewVm, OsFamily, Source, SourceDisk, Target,
+    VmShape,
+};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -250,4 +255,89 @@ pub fn convert(from: &Path, to: &Path, format: &str) {
         "qemu-img convert: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A target VM of `disks` (name, format, virtual size), stopped, on no network, in the default pool.
+pub fn new_vm(
+    name: &str,
+    cpus: u32,
+    memory_bytes: u64,
+    disks: &[(&str, DiskFormat, u64)],
+) -> NewVm {
+    NewVm {
+        name: name.to_string(),
+        cpus,
+        memory_bytes,
+        firmware: Firmware::Bios,
+        os: OsFamily::Other,
+        disks: disks
+            .iter()
+            .map(|(n, format, size)| NewDisk {
+                name: n.to_string(),
+                virtual_size: *size,
+                format: *format,
+            })
+            .collect(),
+        networks: Vec::new(),
+        storage_hint: None,
+        start: false,
+        owner: OWNER.to_string(),
+    }
+}
+
+/// The owner mark the tests' target VMs carry.
+pub const OWNER: &str = "uid-libvirt-tests";
+
+/// Imports disk `index` of `vm` from `image` in a session of its own; returns the volume path.
+pub async fn import_one(
+    p: &LibvirtProvider,
+    vm: &NewVm,
+    index: usize,
+    image: &LocalImage,
+    progress: &Progress,
+) -> runner::Result<String> {
+    let mut session = Target::import(p, vm, &vec![None; vm.disks.len()]).await?;
+    let handle = session
+        .import_disk(index, ImportInput::File(image), progress)
+        .await;
+    session.abort().await?;
+    match handle? {
+        Some(TargetDiskHandle::Libvirt { path }) => Ok(path),
+        other => panic!("a libvirt import yields a volume, not {other:?}"),
+    }
+}
+
+/// Defines `vm` on the volumes at `paths` (an import session that only finishes).
+pub async fn create(
+    p: &LibvirtProvider,
+    vm: &NewVm,
+    paths: &[String],
+) -> runner::Result<TargetVmHandle> {
+    Target::import(p, vm, &handles(paths)).await?.finish().await
+}
+
+/// Disk handles of volume paths.
+pub fn handles(paths: &[String]) -> Vec<Option<TargetDiskHandle>> {
+    paths
+        .iter()
+        .map(|p| Some(TargetDiskHandle::Libvirt { path: p.clone() }))
+        .collect()
+}
+
+/// Exports one disk of `vm` (as of `snapshot`) into `dir` in a session of its own.
+pub async fn export_one(
+    p: &LibvirtProvider,
+    vm: &VmShape,
+    snapshot: Option<&SnapshotHandle>,
+    disk: &SourceDisk,
+    dir: &Path,
+    progress: &Progress,
+) -> runner::Result<LocalImage> {
+    let mut session = Source::export(p, vm, snapshot).await?;
+    let image = session.export_disk(disk, dir, progress).await;
+    match &image {
+        Ok(_) => session.finish().await?,
+        Err(_) => session.abort().await,
+    }
+    image
 }

@@ -286,6 +286,7 @@ impl World {
             disks: files.clone(),
             snapshots: Vec::new(),
             networks: vec!["virbr0".into()],
+            owner: None,
         };
         let images: Vec<(&str, &Path)> = files
             .iter()

@@ -25,7 +25,12 @@ pub struct DomainInfo {
     pub nics: usize,
     /// A `org.qemu.guest_agent.0` channel is configured (snapshots can be quiesced).
     pub guest_agent: bool,
+    /// The migration UID in the domain's `<metadata>` ([`OWNER_NS`]), when a migration created it.
+    pub owner: Option<String>,
 }
+
+/// Namespace of the `<metadata>` element that marks a domain as created by a migration.
+pub const OWNER_NS: &str = "https://virtrigaud.io/xmlns/migration/v1";
 
 impl DomainInfo {
     /// The disk with target `dev`.
@@ -119,6 +124,15 @@ pub fn parse_domain(xml: &str) -> ParseResult<DomainInfo> {
             child(c, "target").and_then(|t| t.attribute("name")) == Some("org.qemu.guest_agent.0")
         })
     });
+    let owner = child(root, "metadata")
+        .and_then(|m| {
+            m.children().find(|c| {
+                c.tag_name().namespace() == Some(OWNER_NS)
+                    && c.has_tag_name((OWNER_NS, "migration"))
+            })
+        })
+        .and_then(|m| m.attribute("uid"))
+        .map(str::to_string);
     Ok(DomainInfo {
         uuid,
         vcpus,
@@ -127,6 +141,7 @@ pub fn parse_domain(xml: &str) -> ParseResult<DomainInfo> {
         disks,
         nics,
         guest_agent,
+        owner,
     })
 }
 
@@ -330,6 +345,8 @@ pub struct NewDomain<'a> {
     /// Hide `arch-capabilities` from a KVM guest's host-model CPU: nested KVM hosts may refuse its
     /// MSR ("failed to set MSR 0x10a").
     pub without_arch_capabilities: bool,
+    /// UID of the migration creating the domain, written into its `<metadata>`.
+    pub owner: &'a str,
 }
 
 /// The virtio target name of the `index`th disk: `vda` ... `vdz`, `vdaa` ...
@@ -358,11 +375,13 @@ pub fn domain_xml(d: &NewDomain) -> String {
         .map(|u| format!("  <uuid>{}</uuid>\n", escape(u)))
         .unwrap_or_default();
     let mut xml = format!(
-        "<domain type='{}'>\n  <name>{}</name>\n{uuid}  <memory unit='KiB'>{memory_kib}</memory>\n  \
+        "<domain type='{}'>\n  <name>{}</name>\n{uuid}  <metadata><vrg:migration xmlns:vrg='{OWNER_NS}' \
+         uid='{}'/></metadata>\n  <memory unit='KiB'>{memory_kib}</memory>\n  \
          <vcpu>{}</vcpu>\n  <os{firmware}>\n    <type arch='x86_64' machine='q35'>hvm</type>\n  </os>\n  \
          <features><acpi/><apic/></features>\n",
         escape(d.domain_type),
         escape(d.name),
+        escape(d.owner),
         d.vcpus.max(1)
     );
     if d.domain_type == "kvm" {
@@ -656,9 +675,15 @@ mod tests {
             networks: &nets,
             default_bridge: Some("br-default"),
             without_arch_capabilities: false,
+            owner: "uid-<1>",
         });
         let d = parse_domain(&xml).unwrap();
         assert_eq!(d.uuid, "c71a2b07-bc75-44d0-921e-e1e27a7fa05b");
+        assert_eq!(
+            d.owner.as_deref(),
+            Some("uid-<1>"),
+            "the owner mark reads back"
+        );
         assert_eq!(d.vcpus, 2);
         assert_eq!(d.memory_bytes, (1 << 30) + 1024, "rounded up to KiB");
         assert_eq!(d.firmware, Firmware::Uefi);
