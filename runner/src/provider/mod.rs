@@ -4,6 +4,7 @@
 
 pub mod file;
 pub mod libvirt;
+pub mod vsphere;
 
 use std::path::{Path, PathBuf};
 
