@@ -38,6 +38,22 @@ impl Client {
         )
     }
 
+    /// Sends a `/folder` request; a 404 names the datastore file.
+    async fn ds_transfer(
+        &self,
+        what: String,
+        file: String,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<Response> {
+        self.transfer(what, rb).await.map_err(|e| match e {
+            Error::NotFound { detail, .. } => Error::NotFound {
+                what: format!("datastore file {file}"),
+                detail: format!("{detail} ({})", self.system),
+            },
+            other => other,
+        })
+    }
+
     /// Starts downloading a datastore file from byte `offset` (a `Range` request when not 0);
     /// the body streams.
     pub async fn ds_get(
@@ -52,7 +68,8 @@ impl Client {
             rb = rb.header(RANGE, format!("bytes={offset}-"));
         }
         let what = Self::ds_what("GET", dc, ds, path);
-        let response = self.transfer(what.clone(), rb).await?;
+        let file = datastore_path(ds, path);
+        let response = self.ds_transfer(what.clone(), file, rb).await?;
         if offset > 0 && response.status() != StatusCode::PARTIAL_CONTENT {
             return Err(Error::Invalid(format!(
                 "{}: {what}: asked for bytes from {offset}, got HTTP {} (Range not honoured)",
@@ -67,7 +84,8 @@ impl Client {
     pub async fn ds_head(&self, dc: &Datacenter, ds: &str, path: &str) -> Result<u64> {
         let rb = self.with_session(self.http.head(self.datastore_url(dc, ds, path)));
         let what = Self::ds_what("HEAD", dc, ds, path);
-        let response = self.transfer(what.clone(), rb).await?;
+        let file = datastore_path(ds, path);
+        let response = self.ds_transfer(what.clone(), file, rb).await?;
         response
             .headers()
             .get(CONTENT_LENGTH)

@@ -226,7 +226,7 @@ fn task_label(task: &MoRef, info: &Elem) -> String {
         .map(|d| format!(" ({d})"))
         .unwrap_or_default();
     let target = match (info.text_at("entityName"), info.moref_at("entity")) {
-        (Some(n), Some(e)) if !n.is_empty() => format!(" on {n:?} ({e})"),
+        (Some(n), Some(e)) if !n.is_empty() && n != e.value => format!(" on {n:?} ({e})"),
         (_, Some(e)) => format!(" on {e}"),
         _ => String::new(),
     };
@@ -318,6 +318,14 @@ mod tests {
 
     #[test]
     fn task_labels_name_the_target() {
+        let bare = xml::parse(
+            r#"<info xmlns="urn:vim25"><entity type="VirtualMachine">vm-7</entity><entityName>vm-7</entityName></info>"#,
+        )
+        .unwrap();
+        assert_eq!(
+            task_label(&MoRef::new("Task", "task-1"), &bare),
+            "task task-1 on VirtualMachine:vm-7"
+        );
         let info = xml::parse(
             r#"<info xmlns="urn:vim25"><descriptionId>VirtualMachine.createSnapshot</descriptionId>
 <entity type="VirtualMachine">vm-7</entity><entityName>web01</entityName></info>"#,
