@@ -169,6 +169,51 @@ async fn finds_vms_by_name_and_inventory_path() {
 }
 
 #[tokio::test]
+async fn listings_follow_continuation_tokens() {
+    let world = World::load();
+    let paged = world.connect().await.with_page_size(1);
+    paged.login(world.user(), world.password()).await.unwrap();
+    let client = world.client().await;
+    let root = client.service_content().root_folder.clone();
+    let names = |objects: Vec<runner::provider::vsphere::ObjectContent>| {
+        let mut n: Vec<(MoRef, String)> = objects
+            .into_iter()
+            .map(|o| (o.obj.clone(), o.text("name").unwrap().to_string()))
+            .collect();
+        n.sort();
+        n
+    };
+    let one_page = names(
+        client
+            .list(&root, "VirtualMachine", &["name"])
+            .await
+            .unwrap(),
+    );
+    let many_pages = names(
+        paged
+            .list(&root, "VirtualMachine", &["name"])
+            .await
+            .unwrap(),
+    );
+    assert!(one_page.len() >= 4, "{one_page:?}");
+    assert!(one_page.iter().any(|(_, n)| n == "DC0_H0_VM0"));
+    // other tests may create VMs meanwhile: compare the default inventory's VMs only
+    let defaults = |v: &[(MoRef, String)]| -> Vec<(MoRef, String)> {
+        v.iter()
+            .filter(|(_, n)| n.starts_with("DC0_"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(defaults(&many_pages), defaults(&one_page));
+    assert_eq!(
+        paged.find_vm("DC0_C0_RP0_VM1").await.unwrap(),
+        client.find_vm("DC0_C0_RP0_VM1").await.unwrap()
+    );
+    paged.logout().await.unwrap();
+    client.logout().await.unwrap();
+}
+
+#[tokio::test]
 async fn inventory_lookups_and_defaults() {
     let world = World::load();
     let client = world.client().await;
@@ -380,6 +425,53 @@ async fn uploaded_vmdks_attach_and_read_back() {
     assert!(tail == vmdks.raw[MIB + 3..], "ranged read differs");
     let got = body_of(client.ds_get(&dc, DATASTORE, &stream, 0).await.unwrap()).await;
     assert!(got == stream_bytes, "streamOptimized file differs");
+
+    // a delta-style disk on the flat base: vcsim reads the capacity from the parent descriptor
+    let delta = format!("{}/delta.vmdk", dir.path);
+    put_file(
+        &client,
+        &dc,
+        &delta,
+        std::fs::read(&vmdks.flat_descriptor).unwrap(),
+    )
+    .await;
+    let mut spec = ConfigSpec::new();
+    let mut file = DiskFile::new(format!("[{DATASTORE}] {delta}"));
+    file.parents = vec![format!("[{DATASTORE}] {base}")];
+    spec.add_disk(&info.controllers, file).unwrap();
+    client.reconfigure(&vm.vm, &spec).await.unwrap();
+    let info = client.vm_info(&vm.vm).await.unwrap();
+    assert_eq!(info.disks.len(), 3);
+    let chained = &info.disks[2];
+    assert_eq!(
+        chained.chain(),
+        [
+            format!("[{DATASTORE}] {delta}"),
+            format!("[{DATASTORE}] {base}")
+        ]
+    );
+    assert_eq!(chained.capacity_bytes, 2 * MIB as u64);
+    assert_eq!(chained.unit_number, 2);
+
+    // a monolithicFlat pair deleted as one virtual disk
+    let other = format!("{}/other.vmdk", dir.path);
+    let other_flat = format!("{}/other-flat.vmdk", dir.path);
+    put_file(
+        &client,
+        &dc,
+        &other,
+        std::fs::read(&vmdks.flat_descriptor).unwrap(),
+    )
+    .await;
+    put_file(&client, &dc, &other_flat, vec![0; 4096]).await;
+    client
+        .delete_virtual_disk(&dc, DATASTORE, &other)
+        .await
+        .unwrap();
+    for gone in [&other, &other_flat] {
+        let e = client.ds_head(&dc, DATASTORE, gone).await.unwrap_err();
+        assert_eq!(e.reason(), "NotFound", "{gone}: {e}");
+    }
 
     let missing = format!("{}/none.vmdk", dir.path);
     let e = client.ds_head(&dc, DATASTORE, &missing).await.unwrap_err();
@@ -669,6 +761,37 @@ async fn aborted_import_ends_the_lease() {
     assert_eq!(
         client.find_vm(&name).await.unwrap_err().reason(),
         "NotFound"
+    );
+    client.logout().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_import_puts_the_lease_in_error() {
+    let world = World::load();
+    let client = world.client().await;
+    let (_, pool, ds, net) = import_targets(&client).await;
+    // an import spec without a VM name: the import task's CreateVM fails
+    let params = ImportParams {
+        entity_name: String::new(),
+        network_mapping: vec![("VM Network".into(), net)],
+        disk_provisioning: None,
+    };
+    let spec = client
+        .create_import_spec(&ovf(&unique("noname"), 1, 128, 1), &pool, &ds, &params)
+        .await
+        .unwrap();
+    let lease = client.import_vapp(&pool, &spec, None, None).await.unwrap();
+    let e = client
+        .lease_wait_ready(&lease, deadline())
+        .await
+        .unwrap_err();
+    let Error::Invalid(m) = &e else {
+        panic!("{e:?}")
+    };
+    assert!(m.contains(&format!("lease {}", lease.value)), "{m}");
+    assert!(
+        m.contains("InvalidVmConfig") && m.contains("configSpec.name"),
+        "{m}"
     );
     client.logout().await.unwrap();
 }

@@ -17,6 +17,8 @@ use crate::{Error, Result};
 pub const SESSION_COOKIE: &str = "vmware_soap_session";
 /// vim25 version sent before the server's own is known (every vCenter since 6.5 speaks it).
 const BOOTSTRAP_VERSION: &str = "6.5";
+/// Objects per page of a listing unless [`Client::with_page_size`] says otherwise.
+pub const DEFAULT_PAGE_SIZE: u32 = 1000;
 /// Default bound on waiting for a task (create, reconfigure, remove snapshot...).
 pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -60,6 +62,8 @@ pub struct Client {
     pub(super) session: Mutex<Option<String>>,
     pub(super) request_timeout: Option<Duration>,
     pub(super) task_timeout: Duration,
+    /// Objects per RetrievePropertiesEx page; more come with ContinueRetrievePropertiesEx.
+    pub(super) page_size: u32,
 }
 
 impl std::fmt::Debug for Client {
@@ -94,6 +98,7 @@ impl Client {
             session: Mutex::new(None),
             request_timeout: Some(Duration::from_secs(300)),
             task_timeout: DEFAULT_TASK_TIMEOUT,
+            page_size: DEFAULT_PAGE_SIZE,
         })
     }
 
@@ -102,6 +107,12 @@ impl Client {
     pub fn with_timeouts(mut self, request: Option<Duration>, task: Duration) -> Self {
         self.request_timeout = request;
         self.task_timeout = task;
+        self
+    }
+
+    /// Objects per page when listing inventory (at least 1).
+    pub fn with_page_size(mut self, objects: u32) -> Self {
+        self.page_size = objects.max(1);
         self
     }
 

@@ -73,7 +73,7 @@ impl Client {
         let pc = &self.content.property_collector;
         let reply = self.call("RetrievePropertiesEx", pc, x).await?;
         let context = format!("reading {} of {obj}", paths.join(", "));
-        let (mut objects, _) = self.parse_objects(&reply, &context)?;
+        let (mut objects, _) = parse_objects(&self.system, &reply, &context)?;
         objects
             .pop()
             .ok_or_else(|| unexpected(&self.system, &context, "no object in the reply"))
@@ -130,51 +130,21 @@ impl Client {
             .close("objectSet")
             .close("specSet")
             .open("options")
+            .text("maxObjects", self.page_size)
             .close("options");
         let pc = &self.content.property_collector;
         let context = format!("listing {kind}");
         let reply = self.call("RetrievePropertiesEx", pc, x).await?;
-        let (mut all, mut token) = self.parse_objects(&reply, &context)?;
+        let (mut all, mut token) = parse_objects(&self.system, &reply, &context)?;
         while let Some(t) = token {
             let mut x = Xml::new();
             x.text("token", &t);
             let reply = self.call("ContinueRetrievePropertiesEx", pc, x).await?;
-            let (more, next) = self.parse_objects(&reply, &context)?;
+            let (more, next) = parse_objects(&self.system, &reply, &context)?;
             all.extend(more);
             token = next;
         }
         Ok(all)
-    }
-
-    /// Reads a `RetrieveResult` (objects and continuation token).
-    fn parse_objects(
-        &self,
-        reply: &Elem,
-        context: &str,
-    ) -> Result<(Vec<ObjectContent>, Option<String>)> {
-        let Some(rv) = reply.child("returnval") else {
-            return Ok((Vec::new(), None));
-        };
-        let mut out = Vec::new();
-        for o in rv.all("objects") {
-            let obj = o
-                .moref_at("obj")
-                .ok_or_else(|| unexpected(&self.system, context, "object without obj"))?;
-            if let Some(missing) = o.child("missingSet") {
-                let fault = missing.child("fault").map(Fault::from_localized);
-                let path = missing.string_at("path");
-                if let Some(f) = fault {
-                    return Err(f.into_error(&self.system, &format!("{context}: {path} of {obj}")));
-                }
-            }
-            let props = o
-                .all("propSet")
-                .filter_map(|p| Some((p.text_at("name")?.to_string(), p.child("val")?.clone())))
-                .collect();
-            out.push(ObjectContent { obj, props });
-        }
-        let token = rv.text_at("token").map(str::to_string);
-        Ok((out, token))
     }
 
     /// `SearchIndex.FindByInventoryPath` (`DC0/vm/folder/name`): `None` when nothing is there.
@@ -433,9 +403,78 @@ impl Client {
     }
 }
 
+/// Reads a `RetrieveResult` (objects and continuation token). A property the server refused
+/// (`missingSet` with a fault) is the error of that fault.
+fn parse_objects(
+    system: &str,
+    reply: &Elem,
+    context: &str,
+) -> Result<(Vec<ObjectContent>, Option<String>)> {
+    let Some(rv) = reply.child("returnval") else {
+        return Ok((Vec::new(), None));
+    };
+    let mut out = Vec::new();
+    for o in rv.all("objects") {
+        let obj = o
+            .moref_at("obj")
+            .ok_or_else(|| unexpected(system, context, "object without obj"))?;
+        for missing in o.all("missingSet") {
+            if let Some(f) = missing.child("fault").map(Fault::from_localized) {
+                let path = missing.string_at("path");
+                return Err(f.into_error(system, &format!("{context}: {path} of {obj}")));
+            }
+        }
+        let props = o
+            .all("propSet")
+            .filter_map(|p| Some((p.text_at("name")?.to_string(), p.child("val")?.clone())))
+            .collect();
+        out.push(ObjectContent { obj, props });
+    }
+    let token = rv.text_at("token").map(str::to_string);
+    Ok((out, token))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SYSTEM: &str = "vSphere https://vc/sdk";
+
+    #[test]
+    fn objects_props_and_token() {
+        let reply = crate::provider::vsphere::xml::parse(
+            r#"<RetrievePropertiesExResponse xmlns="urn:vim25"><returnval><token>t-1</token>
+<objects><obj type="VirtualMachine">vm-1</obj><propSet><name>name</name><val>a%2fb</val></propSet></objects>
+<objects><obj type="VirtualMachine">vm-2</obj></objects></returnval></RetrievePropertiesExResponse>"#,
+        )
+        .unwrap();
+        let (objects, token) = parse_objects(SYSTEM, &reply, "listing").unwrap();
+        assert_eq!(token.as_deref(), Some("t-1"));
+        assert_eq!(objects.len(), 2);
+        assert_eq!(objects[0].text("name"), Some("a%2fb"));
+        assert_eq!(objects[1].obj, MoRef::new("VirtualMachine", "vm-2"));
+        assert!(objects[1].get("name").is_none());
+        let empty = crate::provider::vsphere::xml::parse("<R/>").unwrap();
+        assert!(parse_objects(SYSTEM, &empty, "x").unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn a_refused_property_is_the_error_of_its_fault() {
+        let reply = crate::provider::vsphere::xml::parse(
+            r#"<R xmlns="urn:vim25" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><returnval><objects>
+<obj type="VirtualMachine">vm-1</obj><missingSet><path>config</path><fault><fault xsi:type="NoPermission">
+<object type="VirtualMachine">vm-1</object><privilegeId>System.Read</privilegeId></fault></fault></missingSet>
+</objects></returnval></R>"#,
+        )
+        .unwrap();
+        let e = parse_objects(SYSTEM, &reply, "reading config of VirtualMachine:vm-1").unwrap_err();
+        assert!(matches!(e, Error::Auth { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("config of VirtualMachine:vm-1: privilege System.Read missing on VirtualMachine:vm-1"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn names_are_unescaped() {
