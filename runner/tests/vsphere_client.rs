@@ -814,6 +814,22 @@ async fn import_spec_errors_and_task_faults_are_mapped() {
         "{e:?}"
     );
 
+    // errors in the result (not a SOAP fault) are listed in one Invalid error
+    let params = ImportParams {
+        entity_name: unique("bad-provisioning"),
+        network_mapping: Vec::new(),
+        disk_provisioning: Some("noSuchProvisioning".into()),
+    };
+    let e = client
+        .create_import_spec(&ovf(&params.entity_name, 1, 128, 1), &pool, &ds, &params)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid(m) if m.contains("the OVF descriptor was refused: OvfUnsupportedDiskProvisioning")
+            && m.contains("noSuchProvisioning")),
+        "{e:?}"
+    );
+
     let name = unique("faults");
     let mut spec = ConfigSpec::new();
     spec.cpus(1, None).memory_mb(64);

@@ -134,6 +134,8 @@ impl Client {
     /// Logs in; the session cookie is kept for every later call and transfer. A refused login is
     /// [`Error::Auth`]; the message never contains the password.
     pub async fn login(&self, user: &str, password: &str) -> Result<()> {
+        // a new session: an earlier cookie is not sent along
+        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let mut x = Xml::new();
         x.text("userName", user).text("password", password);
         let reply = self

@@ -170,20 +170,44 @@ impl Client {
 
     /// Starts downloading a device URL of an export lease; the body streams.
     pub async fn nfc_get(&self, url: &str) -> Result<Response> {
-        let rb = self.with_session(self.http.get(url));
+        let rb = self.nfc_request(reqwest::Method::GET, url).await?;
         self.transfer(format!("GET {}", strip_query(url)), rb).await
     }
 
     /// Uploads a streamOptimized VMDK of `len` bytes to a device URL of an import lease.
     pub async fn nfc_post(&self, url: &str, body: reqwest::Body, len: u64) -> Result<()> {
         let rb = self
-            .with_session(self.http.post(url))
+            .nfc_request(reqwest::Method::POST, url)
+            .await?
             .header(CONTENT_TYPE, STREAM_VMDK)
             .header(CONTENT_LENGTH, len)
             .body(body);
         self.transfer(format!("POST {}", strip_query(url)), rb)
             .await?;
         Ok(())
+    }
+
+    /// A request to a device URL. The session cookie goes only to the host connected to (a
+    /// vCenter's device URLs name ESXi hosts: the lease's URL is the credential there); another
+    /// host is resolved and refused when link-local or metadata, as endpoints are.
+    async fn nfc_request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+    ) -> Result<reqwest::RequestBuilder> {
+        let parsed = url::Url::parse(url).map_err(|e| {
+            Error::Invalid(format!(
+                "{}: device URL {}: {e}",
+                self.system,
+                strip_query(url)
+            ))
+        })?;
+        let rb = self.http.request(method, parsed.clone());
+        if same_origin(&parsed, &self.sdk) {
+            return Ok(self.with_session(rb));
+        }
+        crate::endpoint::check(parsed.as_str()).await?;
+        Ok(rb)
     }
 
     /// Sends a datastore or NFC request (`what` names it in errors); a non-success status is
@@ -202,6 +226,13 @@ impl Client {
         }
         Ok(response)
     }
+}
+
+/// Same scheme, host and port.
+fn same_origin(a: &url::Url, b: &url::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 /// A URL without its query, for messages.
@@ -243,6 +274,17 @@ mod tests {
             replace_star_host("https://esx1.lab:443/nfc/x", "vc"),
             "https://esx1.lab:443/nfc/x"
         );
+    }
+
+    #[test]
+    fn the_session_goes_to_the_same_origin_only() {
+        let sdk = url::Url::parse("https://vc.lab/sdk").unwrap();
+        let same = url::Url::parse("https://vc.lab:443/nfc/x/disk-0.vmdk").unwrap();
+        let esx = url::Url::parse("https://esx1.lab/nfc/x/disk-0.vmdk").unwrap();
+        let port = url::Url::parse("https://vc.lab:8443/nfc/x").unwrap();
+        assert!(same_origin(&same, &sdk));
+        assert!(!same_origin(&esx, &sdk));
+        assert!(!same_origin(&port, &sdk));
     }
 
     #[test]
