@@ -340,6 +340,12 @@ async fn retrieve_service_content(
     let rv = reply
         .child("returnval")
         .ok_or_else(|| unexpected(system, context, "no returnval"))?;
+    service_content_from(rv, system)
+}
+
+/// Reads the `ServiceContent` returned by RetrieveServiceContent.
+fn service_content_from(rv: &Elem, system: &str) -> Result<ServiceContent> {
+    let context = "RetrieveServiceContent";
     let moref = |name: &str| {
         rv.moref_at(name).ok_or_else(|| {
             unexpected(
@@ -417,6 +423,27 @@ mod tests {
             assert!(!e.to_string().contains("secret"), "{e}");
         }
         assert_eq!(redact_userinfo("https://u:p@h/sdk"), "https://***@h/sdk");
+    }
+
+    #[test]
+    fn service_content_and_version() {
+        let rv = crate::provider::vsphere::xml::parse(
+            r#"<returnval xmlns="urn:vim25"><rootFolder type="Folder">group-d1</rootFolder>
+<propertyCollector type="PropertyCollector">propertyCollector</propertyCollector>
+<viewManager type="ViewManager">ViewManager</viewManager><about><fullName>VMware vCenter Server 8.0.3</fullName>
+<apiType>VirtualCenter</apiType><apiVersion>8.0.3.0</apiVersion></about>
+<sessionManager type="SessionManager">SessionManager</sessionManager><searchIndex type="SearchIndex">SearchIndex</searchIndex>
+<fileManager type="FileManager">FileManager</fileManager><ovfManager type="OvfManager">OvfManager</ovfManager></returnval>"#,
+        )
+        .unwrap();
+        let sc = service_content_from(&rv, "vSphere x").unwrap();
+        assert_eq!(sc.api_version, "8.0.3.0");
+        assert_eq!(sc.root_folder, MoRef::new("Folder", "group-d1"));
+        assert_eq!(sc.virtual_disk_manager, None);
+        let mut partial = rv.clone();
+        partial.children.retain(|c| c.name != "searchIndex");
+        let e = service_content_from(&partial, "vSphere x").unwrap_err();
+        assert!(e.to_string().contains("no searchIndex"), "{e}");
     }
 
     #[test]
