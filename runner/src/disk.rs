@@ -160,6 +160,103 @@ pub async fn convert(
     })
 }
 
+/// Converts `top`, an image whose backing chain (VMDK parents, qcow2 backing files) the caller
+/// laid out in the private directory `dir`, into one self-contained image of `format` at `dest`.
+/// Every file of the chain must lie in `dir` and be of a supported format: anything else is
+/// refused before the conversion reads it.
+pub async fn flatten(
+    top: &LocalImage,
+    dir: &Path,
+    format: DiskFormat,
+    dest: &Path,
+    progress: &Progress,
+) -> Result<LocalImage> {
+    check_chain(top, dir).await?;
+    convert(top, format, dest, progress).await
+}
+
+/// `qemu-img info --backing-chain` of `top`: every image, backing file and VMDK extent is a file
+/// inside `dir`.
+async fn check_chain(top: &LocalImage, dir: &Path) -> Result<()> {
+    let out = tokio::time::timeout(
+        INFO_TIMEOUT,
+        Command::new(QEMU_IMG)
+            .args([
+                "info",
+                "--backing-chain",
+                "--output=json",
+                "-f",
+                top.format.as_str(),
+            ])
+            .arg(&top.path)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| tool_error(format!("info {} timed out", top.path.display())))?
+    .map_err(spawn_error)?;
+    if !out.status.success() {
+        return Err(Error::Invalid(format!(
+            "{} is not a valid {} chain: {}",
+            top.path.display(),
+            top.format,
+            last_line(&out.stderr)
+        )));
+    }
+    let chain: Vec<ChainJson> = serde_json::from_slice(&out.stdout)
+        .map_err(|e| tool_error(format!("unreadable info output: {e}")))?;
+    let root = dir
+        .canonicalize()
+        .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    let inside = |file: &str| {
+        Path::new(file)
+            .canonicalize()
+            .is_ok_and(|p| p.starts_with(&root) && p.is_file())
+    };
+    for image in &chain {
+        let refuse = |why: String| {
+            Error::Invalid(format!(
+                "refusing the chain of {}: {why}",
+                top.path.display()
+            ))
+        };
+        if !matches!(image.format.as_str(), "qcow2" | "vmdk" | "raw") {
+            return Err(refuse(format!("{} is {}", image.filename, image.format)));
+        }
+        let data = image.format_specific.as_ref().map(|f| &f.data);
+        if data.and_then(|d| d.get("data-file")).is_some() {
+            return Err(refuse(format!(
+                "{} has an external data file",
+                image.filename
+            )));
+        }
+        let extents = data
+            .and_then(|d| d.get("extents"))
+            .and_then(|e| e.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get("filename").and_then(|f| f.as_str()));
+        let files = std::iter::once(image.filename.as_str())
+            .chain(image.full_backing_filename.as_deref())
+            .chain(extents);
+        for file in files {
+            if !inside(file) {
+                return Err(refuse(format!("{file} is outside {}", dir.display())));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct ChainJson {
+    filename: String,
+    format: String,
+    full_backing_filename: Option<String>,
+    format_specific: Option<FormatSpecific>,
+}
+
 /// Runs a qemu-img command with `-p`, turning its `(NN.NN/100%)` lines into `progress`.
 async fn run_with_progress(mut cmd: Command, progress: &Progress) -> Result<()> {
     let mut child = cmd

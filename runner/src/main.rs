@@ -114,9 +114,10 @@ async fn run(mode: Mode, paths: &Paths) -> Result<Option<String>> {
         }
         Mode::Cleanup => {
             let (source, target, stage) = connect(&plan, &credentials).await?;
-            phases::cleanup(&plan, &previous, &*source, &*target, &*stage)
-                .await
-                .map(|()| None)
+            let result = phases::cleanup(&plan, &previous, &*source, &*target, &*stage).await;
+            source.close().await;
+            target.close().await;
+            result.map(|()| None)
         }
     }
 }

@@ -131,6 +131,8 @@ impl Pipeline {
             }
         }
         let _ = tokio::fs::remove_dir_all(self.scratch_dir()).await;
+        self.source.close().await;
+        self.target.close().await;
         result
     }
 
@@ -771,6 +773,11 @@ impl Pipeline {
             self.already_created(w, &vm).await?;
             return Ok(vm);
         }
+        self.enter(
+            Phase::Importing,
+            format!("Preparing the import into {}", self.plan.target.name),
+        )
+        .await?;
         let (target, tries) = (&*self.target, self.tries);
         let handles = w.handles();
         let mut session = with_retries("import session", tries, || {

@@ -10,87 +10,12 @@ mod libvirt_world;
 use std::path::Path;
 
 use crd::plan::{MigrationRef, RunnerMode, RunnerPlan, VmPlan};
-use crd::{
-    CleanupPolicy, DiskFormat, Phase, StorageSpec, StorageType, TargetResources, VMMigrationStatus,
-};
-use libvirt_world::{World, same_content, unique};
-use runner::credentials::Credentials;
+use crd::{CleanupPolicy, DiskFormat, Phase, TargetResources, VMMigrationStatus};
+use libvirt_world::{Backend, World, same_content, unique};
 use runner::phases::Pipeline;
 use runner::provider;
 use runner::status::{Recorder, StatusWriter};
-use runner::storage::{self, StageOptions};
-
-/// One staging backend of the world.
-enum Backend {
-    S3,
-    Http,
-    Nfs,
-}
-
-struct Run {
-    spec: StorageSpec,
-    creds: Credentials,
-    options: StageOptions,
-    _nfs_dir: Option<tempfile::TempDir>,
-}
-
-fn backend(world: &World, backend: Backend) -> Run {
-    let creds = world
-        .creds("source")
-        .with("target", "username", world.var("VRG_LIBVIRT_USER"));
-    let creds = creds.with("target", "password", world.var("VRG_LIBVIRT_PASSWORD"));
-    let none = StorageSpec {
-        type_: StorageType::Nfs,
-        bucket: None,
-        endpoint: None,
-        region: None,
-        path: None,
-        credentials_secret_ref: None,
-    };
-    match backend {
-        Backend::S3 => Run {
-            spec: StorageSpec {
-                type_: StorageType::S3,
-                bucket: Some(world.var("VRG_S3_BUCKET").into()),
-                endpoint: Some(world.var("VRG_S3_ENDPOINT").into()),
-                region: Some(world.var("VRG_S3_REGION").into()),
-                ..none
-            },
-            creds: creds
-                .with("storage", "accessKey", world.var("VRG_S3_ACCESS_KEY"))
-                .with("storage", "secretKey", world.var("VRG_S3_SECRET_KEY")),
-            options: StageOptions::default(),
-            _nfs_dir: None,
-        },
-        Backend::Http => Run {
-            spec: StorageSpec {
-                type_: StorageType::Http,
-                endpoint: Some(world.var("VRG_HTTP_URL").into()),
-                ..none
-            },
-            creds: creds.with("storage", "token", world.var("VRG_HTTP_TOKEN")),
-            options: StageOptions::default(),
-            _nfs_dir: None,
-        },
-        Backend::Nfs => {
-            // the runner pod mounts the export; here a local directory stands for the mount
-            let dir = tempfile::tempdir().unwrap();
-            Run {
-                spec: StorageSpec {
-                    endpoint: Some("nfs.local".into()),
-                    path: Some("/exports".into()),
-                    ..none
-                },
-                creds,
-                options: StageOptions {
-                    nfs_root: dir.path().to_path_buf(),
-                    ..StageOptions::default()
-                },
-                _nfs_dir: Some(dir),
-            }
-        }
-    }
-}
+use runner::storage;
 
 /// Migrates a fresh running source domain through `via` and checks everything. `format` is the
 /// targetDiskFormat (None: libvirt's native qcow2).
@@ -101,7 +26,11 @@ async fn migrate(via: Backend, format: Option<DiskFormat>) {
     let refs = tempfile::tempdir().unwrap();
     let _source_guard = world.make_source_vm(&name, true, refs.path());
     let _target_guard = world.guard(&target_name);
-    let run = backend(&world, via);
+    let creds = world
+        .creds("source")
+        .with("target", "username", world.var("VRG_LIBVIRT_USER"))
+        .with("target", "password", world.var("VRG_LIBVIRT_PASSWORD"));
+    let run = world.staging(via, creds);
 
     let live_before = world.virsh_ok(&["dumpxml", &name]);
     let inactive_before = world.virsh_ok(&["dumpxml", "--inactive", &name]);

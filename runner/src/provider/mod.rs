@@ -9,8 +9,8 @@
 //! pipeline records in the status at once, so a later attempt resumes with it and cleanup removes
 //! exactly it. The pipeline ([`crate::phases`]) knows no hypervisor.
 //!
-//! Implementations: [`libvirt`] (both roles); a file-backed double for tests behind the
-//! `test-doubles` feature.
+//! Implementations: [`libvirt`] and [`vsphere`] (both roles); a file-backed double for tests behind
+//! the `test-doubles` feature.
 
 #[cfg(feature = "test-doubles")]
 pub mod file;
@@ -55,6 +55,11 @@ pub fn source(plan: &ProviderPlan, credentials: &Credentials) -> Result<Box<dyn 
             credentials,
             Side::Source.scope(),
         )?)),
+        ProviderType::Vsphere => Ok(Box::new(vsphere::VsphereProvider::new(
+            plan,
+            credentials,
+            Side::Source.scope(),
+        )?)),
         other => Err(unsupported(other)),
     }
 }
@@ -63,6 +68,11 @@ pub fn source(plan: &ProviderPlan, credentials: &Credentials) -> Result<Box<dyn 
 pub fn target(plan: &ProviderPlan, credentials: &Credentials) -> Result<Box<dyn Target>> {
     match plan.type_ {
         ProviderType::Libvirt => Ok(Box::new(libvirt::LibvirtProvider::new(
+            plan,
+            credentials,
+            Side::Target.scope(),
+        )?)),
+        ProviderType::Vsphere => Ok(Box::new(vsphere::VsphereProvider::new(
             plan,
             credentials,
             Side::Target.scope(),
@@ -207,6 +217,9 @@ pub trait Source: Send + Sync {
     /// Deletes the source VM and its disks (cleanupPolicy.deleteSource, after the target was
     /// verified). Refuses when the VM found by name is no longer the inspected one (`vm.id`).
     async fn delete(&self, vm: &VmShape) -> Result<()>;
+
+    /// Ends the provider's session with the hypervisor (logout), at the end of a run.
+    async fn close(&self) {}
 }
 
 /// The export of one VM's disks, disk by disk, ending in [`ExportSession::finish`] or
@@ -281,6 +294,9 @@ pub trait Target: Send + Sync {
 
     /// Deletes a disk imported for a VM that was never created. An absent disk is not an error.
     async fn delete_disk(&self, handle: &TargetDiskHandle) -> Result<()>;
+
+    /// Ends the provider's session with the hypervisor (logout), at the end of a run.
+    async fn close(&self) {}
 }
 
 /// The import of one VM: disk by disk, then [`ImportSession::finish`] makes the VM (and starts it

@@ -10,7 +10,10 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crd::plan::ProviderPlan;
-use crd::{DiskFormat, ProviderType, SnapshotHandle, TargetDiskHandle, TargetVmHandle};
+use crd::{
+    DiskFormat, ProviderType, SnapshotHandle, StorageSpec, StorageType, TargetDiskHandle,
+    TargetVmHandle,
+};
 use runner::credentials::Credentials;
 use runner::progress::Progress;
 use runner::provider::libvirt::LibvirtProvider;
@@ -18,6 +21,7 @@ use runner::provider::{
     Firmware, ImportInput, LocalImage, NewDisk, NewVm, OsFamily, Source, SourceDisk, Target,
     VmShape,
 };
+use runner::storage::StageOptions;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -340,4 +344,77 @@ pub async fn export_one(
         Err(_) => session.abort().await,
     }
     image
+}
+
+/// One staging backend of the world.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    S3,
+    Http,
+    Nfs,
+}
+
+/// A staging backend ready for a pipeline: the spec, every credential, the stage options.
+pub struct Run {
+    pub spec: StorageSpec,
+    pub creds: Credentials,
+    pub options: StageOptions,
+    _nfs_dir: Option<tempfile::TempDir>,
+}
+
+impl World {
+    /// The world's `via` backend, with its credentials added to `creds` (the providers').
+    pub fn staging(&self, via: Backend, creds: Credentials) -> Run {
+        let none = StorageSpec {
+            type_: StorageType::Nfs,
+            bucket: None,
+            endpoint: None,
+            region: None,
+            path: None,
+            credentials_secret_ref: None,
+        };
+        match via {
+            Backend::S3 => Run {
+                spec: StorageSpec {
+                    type_: StorageType::S3,
+                    bucket: Some(self.var("VRG_S3_BUCKET").into()),
+                    endpoint: Some(self.var("VRG_S3_ENDPOINT").into()),
+                    region: Some(self.var("VRG_S3_REGION").into()),
+                    ..none
+                },
+                creds: creds
+                    .with("storage", "accessKey", self.var("VRG_S3_ACCESS_KEY"))
+                    .with("storage", "secretKey", self.var("VRG_S3_SECRET_KEY")),
+                options: StageOptions::default(),
+                _nfs_dir: None,
+            },
+            Backend::Http => Run {
+                spec: StorageSpec {
+                    type_: StorageType::Http,
+                    endpoint: Some(self.var("VRG_HTTP_URL").into()),
+                    ..none
+                },
+                creds: creds.with("storage", "token", self.var("VRG_HTTP_TOKEN")),
+                options: StageOptions::default(),
+                _nfs_dir: None,
+            },
+            Backend::Nfs => {
+                // the runner pod mounts the export; here a local directory stands for the mount
+                let dir = tempfile::tempdir().unwrap();
+                Run {
+                    spec: StorageSpec {
+                        endpoint: Some("nfs.local".into()),
+                        path: Some("/exports".into()),
+                        ..none
+                    },
+                    creds,
+                    options: StageOptions {
+                        nfs_root: dir.path().to_path_buf(),
+                        ..StageOptions::default()
+                    },
+                    _nfs_dir: Some(dir),
+                }
+            }
+        }
+    }
 }

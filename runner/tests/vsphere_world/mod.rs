@@ -278,3 +278,221 @@ fn qemu_img(args: &[&str], src: &Path, dst: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// How a fixture disk is laid out on the datastore.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskKind {
+    /// monolithicFlat: a text descriptor and a flat extent (how VMFS keeps thick and thin disks).
+    Flat,
+    /// A single streamOptimized file.
+    Stream,
+    /// A linked-clone disk: a twoGbMaxExtentSparse delta whose parent is a flat base, with its own
+    /// writes on top.
+    Chain,
+    /// A streamOptimized file whose name vcsim's `/folder` refuses (it answers 400 to any path
+    /// with `..`), so the export takes the NFC lease, as on a datastore whose file interface refuses.
+    NfcOnly,
+}
+
+/// A vcsim VM with real disk content: its guards and, per disk, the raw guest bytes expected.
+pub struct SourceVm {
+    pub vm: VmGuard,
+    pub dir: DsGuard,
+    pub name: String,
+    /// The expected guest content of each disk, as a raw file.
+    pub refs: Vec<PathBuf>,
+    _local: tempfile::TempDir,
+}
+
+/// Makes VM `name` with one disk per `kinds` entry (each `mib` MiB, a different pattern), powered
+/// on when `running`.
+pub async fn source_vm(
+    client: &Arc<Client>,
+    name: &str,
+    kinds: &[DiskKind],
+    mib: usize,
+    running: bool,
+) -> SourceVm {
+    let dc = client.datacenter(None).await.expect("datacenter");
+    let dir = unique("src");
+    client.ds_mkdir(&dc, DATASTORE, &dir, true).await.unwrap();
+    let dir_guard = DsGuard {
+        client: client.clone(),
+        dc: dc.clone(),
+        ds: DATASTORE.into(),
+        path: dir.clone(),
+    };
+    let local = tempfile::tempdir().unwrap();
+    let mut spec = ConfigSpec::new();
+    let mut refs = Vec::new();
+    for (i, kind) in kinds.iter().enumerate() {
+        let (top, parents, files, reference) = lay_out(local.path(), i, *kind, mib << 20);
+        if *kind == DiskKind::NfcOnly {
+            // `/folder` refuses the name for PUT too: the file goes straight into the datastore's
+            // directory on this machine
+            let ds = client.find_datastore(&dc, DATASTORE).await.unwrap();
+            let root = client.datastore_info(&ds).await.unwrap().url;
+            let dest = Path::new(root.trim_start_matches("file://")).join(&dir).join(&top);
+            std::fs::copy(local.path().join(&top), &dest)
+                .unwrap_or_else(|e| panic!("copying {top} to {}: {e}", dest.display()));
+        }
+        for f in files.iter().filter(|_| *kind != DiskKind::NfcOnly) {
+            let bytes = std::fs::read(local.path().join(f)).unwrap();
+            let len = bytes.len() as u64;
+            client
+                .ds_put(
+                    &dc,
+                    DATASTORE,
+                    &format!("{dir}/{f}"),
+                    reqwest::Body::from(bytes),
+                    len,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("PUT {f}: {e}"));
+        }
+        let mut file =
+            runner::provider::vsphere::DiskFile::new(format!("[{DATASTORE}] {dir}/{top}"));
+        file.parents = parents
+            .iter()
+            .map(|p| format!("[{DATASTORE}] {dir}/{p}"))
+            .collect();
+        file.capacity_bytes = Some((mib << 20) as u64);
+        spec.add_disk(&[], file).unwrap();
+        refs.push(reference);
+    }
+    spec.cpus(2, None).memory_mb(256);
+    let vm = create_vm(client, name, spec).await;
+    if running {
+        client.power_on(&vm.vm).await.unwrap();
+    }
+    SourceVm {
+        vm,
+        dir: dir_guard,
+        name: name.to_string(),
+        refs,
+        _local: local,
+    }
+}
+
+/// Writes disk `i` of `kind` into `dir`: `(top file, parents, files to upload, raw reference)`.
+fn lay_out(
+    dir: &Path,
+    i: usize,
+    kind: DiskKind,
+    len: usize,
+) -> (String, Vec<String>, Vec<String>, PathBuf) {
+    let raw = dir.join(format!("d{i}.raw"));
+    std::fs::write(&raw, pattern(len, 0x1000 + i as u64)).unwrap();
+    let convert = |sub: &str, out: &str| {
+        qemu_img(
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "vmdk",
+                "-o",
+                &format!("subformat={sub}"),
+            ],
+            &raw,
+            &dir.join(out),
+        )
+    };
+    match kind {
+        DiskKind::Flat => {
+            let top = format!("d{i}.vmdk");
+            convert("monolithicFlat", &top);
+            (
+                top,
+                vec![],
+                vec![format!("d{i}.vmdk"), format!("d{i}-flat.vmdk")],
+                raw,
+            )
+        }
+        DiskKind::Stream => {
+            let top = format!("d{i}-stream.vmdk");
+            convert("streamOptimized", &top);
+            (top.clone(), vec![], vec![top], raw)
+        }
+        DiskKind::NfcOnly => {
+            let top = format!("d{i}..nfc.vmdk");
+            convert("streamOptimized", &top);
+            (top.clone(), vec![], vec![top], raw)
+        }
+        DiskKind::Chain => {
+            let base = format!("d{i}.vmdk");
+            convert("monolithicFlat", &base);
+            let child = format!("d{i}-clone.vmdk");
+            run_in(
+                dir,
+                "qemu-img",
+                &[
+                    "create",
+                    "-q",
+                    "-f",
+                    "vmdk",
+                    "-o",
+                    "subformat=twoGbMaxExtentSparse",
+                    "-b",
+                    &base,
+                    "-F",
+                    "vmdk",
+                    &child,
+                ],
+            );
+            // the clone's own writes: the first MiB and a stretch in the middle
+            run_in(
+                dir,
+                "qemu-io",
+                &[
+                    "-f",
+                    "vmdk",
+                    "-c",
+                    "write -P 0x5a 0 1M",
+                    "-c",
+                    &format!("write -P 0xa5 {} 512k", len / 2),
+                    &child,
+                ],
+            );
+            let reference = dir.join(format!("d{i}-clone.raw"));
+            run_in(
+                dir,
+                "qemu-img",
+                &[
+                    "convert",
+                    "-f",
+                    "vmdk",
+                    "-O",
+                    "raw",
+                    &child,
+                    &reference.display().to_string(),
+                ],
+            );
+            let extents: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&format!("d{i}-clone-s")))
+                .collect();
+            assert!(
+                !extents.is_empty(),
+                "qemu-img wrote no sparse extent for {child}"
+            );
+            let mut files = vec![base.clone(), format!("d{i}-flat.vmdk"), child.clone()];
+            files.extend(extents);
+            (child, vec![base], files, reference)
+        }
+    }
+}
+
+fn run_in(dir: &Path, tool: &str, args: &[&str]) {
+    let out = Command::new(tool)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect(tool);
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -16,6 +16,19 @@ pub fn datastore_path(ds: &str, path: &str) -> String {
     format!("[{ds}] {}", path.trim_start_matches('/'))
 }
 
+/// `(datastore, path)` of a `[datastore] path` name.
+pub fn split_datastore_path(name: &str) -> Result<(&str, &str)> {
+    name.strip_prefix('[')
+        .and_then(|rest| rest.split_once(']'))
+        .map(|(ds, path)| (ds, path.trim_start()))
+        .filter(|(ds, path)| !ds.is_empty() && !path.is_empty())
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "{name:?} is not a datastore path ([datastore] path)"
+            ))
+        })
+}
+
 impl Client {
     /// `https://host/folder/<path>?dcPath=<dc>&dsName=<ds>`, every part percent-encoded.
     pub fn datastore_url(&self, dc: &Datacenter, ds: &str, path: &str) -> Url {
@@ -176,6 +189,17 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn splits_datastore_paths() {
+        assert_eq!(
+            split_datastore_path("[LocalDS_0] web/web.vmdk").unwrap(),
+            ("LocalDS_0", "web/web.vmdk")
+        );
+        assert!(split_datastore_path("web.vmdk").is_err());
+        assert!(split_datastore_path("[] x").is_err());
+        assert!(split_datastore_path("[ds]").is_err());
+    }
 
     #[test]
     fn datastore_paths() {
