@@ -98,7 +98,7 @@ pub fn create_source_vm(data: &DataDir, size: u64, running: bool, force: bool) -
             )));
         }
         let volume = storage.parse_volid(&volid)?;
-        let path = storage.path(&volume);
+        let path = storage.file(&volume);
         let mut cmd = Command::new("qemu-io");
         cmd.args(["-f", spec.format]);
         for (offset, length, byte) in &spec.patterns {

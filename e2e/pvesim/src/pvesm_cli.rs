@@ -11,93 +11,72 @@ use std::io::Write;
 
 use crate::datadir::DataDir;
 use crate::error::{Error, Result};
-use crate::export::{self, ExportRequest, KNOWN_EXPORT_FORMATS};
-use crate::schema::{self, Params, Prop, Schema};
+use crate::export::{self, ExportRequest};
+use crate::schema::{self, Method, Params, Prop, Verb};
 use crate::storage::{NodeConfig, parse_volume_id};
 
 /// Environment variable naming the data directory.
 pub const DATA_DIR_ENV: &str = "PVESIM_DATA_DIR";
 
-/// One command's argument layout.
+/// One command: its positional arguments and its method's declaration.
 struct Command {
     name: &'static str,
     positional: &'static [&'static str],
-    schema: Schema,
-}
-
-fn snapshot_name() -> Prop {
-    Prop::string()
-        .optional()
-        .pattern("(?i)[a-z0-9_\\-]{1,40}")
-        .max_length(40)
+    method: &'static Method,
+    /// The command is an API method called with the local node (`{ node => $nodename }`).
+    fixed_node: bool,
 }
 
 fn command(name: &str) -> Option<Command> {
-    Some(match name {
-        "export" => Command {
-            name: "export",
-            positional: &["volume", "format", "filename"],
-            schema: Schema::new(vec![
-                ("volume", Prop::string()),
-                ("format", Prop::string().one_of(KNOWN_EXPORT_FORMATS)),
-                ("filename", Prop::string()),
-                ("base", snapshot_name()),
-                ("snapshot", snapshot_name()),
-                ("with-snapshots", Prop::boolean().optional()),
-                ("snapshot-list", Prop::string().optional()),
-            ]),
-        },
-        "list" => Command {
-            name: "list",
-            positional: &["storage"],
-            schema: Schema::new(vec![
-                ("storage", Prop::string().verify(schema::verify_storage_id)),
-                (
-                    "content",
-                    Prop::string().optional().verify(schema::verify_content),
-                ),
-                (
-                    "vmid",
-                    Prop::integer()
-                        .optional()
-                        .verify(schema::verify_vmid)
-                        .range(Some(100), Some(999_999_999)),
-                ),
-            ]),
-        },
-        "path" => Command {
-            name: "path",
-            positional: &["volume"],
-            schema: Schema::new(vec![(
-                "volume",
-                Prop::string().verify(schema::verify_volume_id),
-            )]),
-        },
-        "status" => Command {
-            name: "status",
-            positional: &[],
-            schema: Schema::new(vec![
-                (
-                    "storage",
-                    Prop::string().optional().verify(schema::verify_storage_id),
-                ),
-                (
-                    "content",
-                    Prop::string().optional().verify(schema::verify_content),
-                ),
-            ]),
-        },
+    let api = schema::api();
+    let (name, positional, method, fixed_node) = match name {
+        "export" => (
+            "export",
+            &["volume", "format", "filename"][..],
+            api.cli("export")?,
+            false,
+        ),
+        "path" => ("path", &["volume"][..], api.cli("path")?, false),
+        "list" => (
+            "list",
+            &["storage"][..],
+            api.method(Verb::Get, "/nodes/{node}/storage/{storage}/content")?,
+            true,
+        ),
+        "status" => (
+            "status",
+            &[][..],
+            api.method(Verb::Get, "/nodes/{node}/storage")?,
+            true,
+        ),
         _ => return None,
+    };
+    Some(Command {
+        name,
+        positional,
+        method,
+        fixed_node,
     })
+}
+
+impl Command {
+    /// An option's declaration (`node` is fixed, not an option, for API methods).
+    fn option(&self, name: &str) -> Option<&'static Prop> {
+        if self.fixed_node && name == "node" {
+            return None;
+        }
+        self.method.params.get(name)
+    }
 }
 
 fn usage(cmd: &Command) -> String {
     let positional: String = cmd.positional.iter().map(|p| format!(" <{p}>")).collect();
-    let options = if cmd.schema.props.len() > cmd.positional.len() {
-        " [OPTIONS]"
-    } else {
-        ""
-    };
+    let has_options = cmd
+        .method
+        .params
+        .fixed()
+        .any(|(name, _)| cmd.option(name).is_some() && !cmd.positional.contains(&name));
+    let options = if has_options { " [OPTIONS]" } else { "" };
     format!("USAGE: pvesm {}{positional}{options}", cmd.name)
 }
 
@@ -115,14 +94,14 @@ fn parse_args(cmd: &Command, args: &[String]) -> std::result::Result<Params, Str
                 Some((n, v)) => (n, Some(v.to_string())),
                 None => (name, None),
             };
-            let Some((_, prop)) = cmd.schema.props.iter().find(|(n, _)| *n == name) else {
+            let Some(prop) = cmd.option(name) else {
                 return Err(format!(
                     "Unknown option: {name}\n400 unable to parse option"
                 ));
             };
             let value = match inline {
                 Some(v) => v,
-                None if prop.ty == schema::Type::Boolean => {
+                None if prop.ty == Some(schema::Type::Boolean) => {
                     match args.get(i + 1).and_then(|v| schema::parse_boolean(v)) {
                         Some(b) => {
                             i += 1;
@@ -138,7 +117,7 @@ fn parse_args(cmd: &Command, args: &[String]) -> std::result::Result<Params, Str
                     })?
                 }
             };
-            let value = if prop.ty == schema::Type::Boolean {
+            let value = if prop.ty == Some(schema::Type::Boolean) {
                 schema::parse_boolean(&value)
                     .map(|b| (b as u8).to_string())
                     .unwrap_or(value)
@@ -206,8 +185,17 @@ fn data_dir() -> Result<DataDir> {
 }
 
 fn run(cmd: &Command, params: &Params) -> Result<()> {
-    cmd.schema.validate(params)?;
-    let data = data_dir()?;
+    let mut params = params.clone();
+    let data = if cmd.fixed_node {
+        let data = data_dir()?;
+        params.insert("node".into(), NodeConfig::load(&data)?.node);
+        schema::validate(&cmd.method.params, &params)?;
+        data
+    } else {
+        schema::validate(&cmd.method.params, &params)?;
+        data_dir()?
+    };
+    let params = &params;
     let stdout = std::io::stdout();
     match cmd.name {
         "export" => {
@@ -379,7 +367,7 @@ mod tests {
                 .contains("Unknown option: bogus")
         );
         let p = parse_args(&cmd, &args(&["v", "foo+size", "-"])).unwrap();
-        let Err(Error::Param(e)) = cmd.schema.validate(&p) else {
+        let Err(Error::Param(e)) = schema::validate(&cmd.method.params, &p) else {
             panic!()
         };
         assert_eq!(
