@@ -120,6 +120,8 @@ pub enum Format {
 pub struct Pattern {
     /// The pattern as the schema spells it.
     pub perl: String,
+    /// The same pattern in Rust's syntax, not anchored.
+    pub rust: String,
     /// The anchored Rust regex.
     pub regex: Regex,
 }
@@ -138,6 +140,7 @@ impl Pattern {
             .map_err(|e| format!("pattern '{perl}': {e}"))?;
         Ok(Pattern {
             perl: perl.to_string(),
+            rust: rust.to_string(),
             regex,
         })
     }
