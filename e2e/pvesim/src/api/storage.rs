@@ -60,14 +60,14 @@ pub async fn index(mut call: Call) -> ApiResult {
     {
         return Err(Error::param("storage", "No such storage."));
     }
-    let contents = args
-        .get("content")
-        .map(crate::schema::formats::split_list)
-        .unwrap_or_default();
+    // storage_info: with `content`, a storage that has any of the types
+    let contents = args.get("content").map(crate::schema::formats::split_list);
     let mut result = Vec::new();
     for storage in storages {
         let wanted = args.get("storage").is_none_or(|s| s == storage.id)
-            && contents.iter().all(|c| storage.supports(c));
+            && contents
+                .as_ref()
+                .is_none_or(|c| c.iter().any(|c| storage.supports(c)));
         if !wanted || !visible(&call, &storage) {
             continue;
         }
