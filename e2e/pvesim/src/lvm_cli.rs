@@ -227,42 +227,32 @@ fn field(name: &str, lv: &Lv, report: &Report) -> Option<(&'static str, bool, St
     })
 }
 
-/// The report lines: lvm2's columns, strings left- and numbers right-aligned, each line
-/// indented by two spaces (or joined by `--separator`).
-fn render(report: &Report, lvs: &[Lv]) -> std::result::Result<Vec<String>, String> {
-    let mut rows = Vec::new();
-    for lv in lvs {
-        let row: Option<Vec<_>> = report.fields.iter().map(|f| field(f, lv, report)).collect();
-        rows.push(row.ok_or_else(|| {
-            let bad = report
+/// One report row: (heading, numeric, value) per field.
+type Row = Vec<(&'static str, bool, String)>;
+
+fn rows(report: &Report, lvs: &[Lv]) -> std::result::Result<Vec<Row>, String> {
+    lvs.iter()
+        .map(|lv| {
+            report
                 .fields
                 .iter()
-                .find(|f| field(f, lv, report).is_none());
-            format!("Unrecognised field: {}", bad.map_or("", |f| f.as_str()))
-        })?);
-    }
-    let headings: Vec<&str> = match rows.first() {
-        Some(row) => row.iter().map(|(h, _, _)| *h).collect(),
-        None => return Ok(Vec::new()),
-    };
-    let width = |i: usize| {
-        let values = rows.iter().map(|r| r[i].2.chars().count());
-        let heading = if report.headings {
-            headings[i].len()
-        } else {
-            0
-        };
-        values.chain([heading]).max().unwrap_or(0)
-    };
-    let widths: Vec<usize> = (0..headings.len()).map(width).collect();
-    let line = |cells: Vec<(bool, String)>| -> String {
-        if let Some(separator) = &report.separator {
+                .map(|f| field(f, lv, report).ok_or_else(|| format!("Unrecognised field: {f}")))
+                .collect()
+        })
+        .collect()
+}
+
+impl Report {
+    /// One line: with `--separator` the cells joined by it, else lvm2's columns (strings left-,
+    /// numbers right-aligned); indented by two spaces.
+    fn line(&self, cells: Vec<(bool, String)>, widths: &[usize]) -> String {
+        if let Some(separator) = &self.separator {
             let texts: Vec<String> = cells.into_iter().map(|(_, t)| t).collect();
             return format!("  {}", texts.join(separator));
         }
         let padded: Vec<String> = cells
             .into_iter()
-            .zip(&widths)
+            .zip(widths)
             .map(|((right, t), w)| {
                 if right {
                     format!("{t:>w$}")
@@ -272,18 +262,36 @@ fn render(report: &Report, lvs: &[Lv]) -> std::result::Result<Vec<String>, Strin
             })
             .collect();
         format!("  {}", padded.join(" ").trim_end())
+    }
+}
+
+/// The report lines (headings unless `--noheadings`).
+fn render(report: &Report, lvs: &[Lv]) -> std::result::Result<Vec<String>, String> {
+    let rows = rows(report, lvs)?;
+    let Some(first) = rows.first() else {
+        return Ok(Vec::new());
     };
+    let headings: Vec<(bool, String)> = first.iter().map(|(h, n, _)| (*n, h.to_string())).collect();
+    let widths: Vec<usize> = (0..headings.len())
+        .map(|i| {
+            let heading = if report.headings {
+                headings[i].1.len()
+            } else {
+                0
+            };
+            rows.iter()
+                .map(|r| r[i].2.chars().count())
+                .chain([heading])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let mut lines = Vec::new();
     if report.headings {
-        let numeric = rows[0].iter().map(|(_, n, _)| *n);
-        lines.push(line(
-            numeric
-                .zip(headings.iter().map(|h| h.to_string()))
-                .collect(),
-        ));
+        lines.push(report.line(headings, &widths));
     }
     for row in rows {
-        lines.push(line(row.into_iter().map(|(_, n, v)| (n, v)).collect()));
+        lines.push(report.line(row.into_iter().map(|(_, n, v)| (n, v)).collect(), &widths));
     }
     Ok(lines)
 }

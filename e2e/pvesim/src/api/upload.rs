@@ -186,34 +186,18 @@ async fn read_fields(
     Ok(())
 }
 
-/// `POST /nodes/{node}/storage/{storage}/upload`.
-pub async fn upload(mut call: Call) -> ApiResult {
-    // the auth handler checks the upload privilege before the body is read
-    let storage = call.path("storage").to_string();
-    call.auth.check(
-        &format!("/storage/{storage}"),
-        &["Datastore.AllocateTemplate"],
-    )?;
-    let request = call
-        .take_request()
-        .ok_or_else(|| Error::failed("upload failed"))?;
-    let (fields, spool) = receive_upload(call.node(), request).await?;
-    let size = std::fs::metadata(spool.path())
-        .map(|m| m.len())
-        .unwrap_or_default();
-    tracing::info!(size, "multipart upload complete");
-    let args = call.node_args_from(fields)?;
-    let st = call.node().storage(&storage)?;
+/// The storage checks of `upload`; the import as the worker will run it.
+fn prepare_import(call: &Call, args: &Args, spool: Spool, size: u64) -> Result<Import> {
+    let storage = args.str("storage");
+    let st = call.node().storage(storage)?;
     if !st.is_file_based() {
         return Err(Error::failed(format!(
             "can't upload to storage type '{}'",
             st.kind.as_str()
         )));
     }
-    let (content, filename) = (
-        args.str("content"),
-        normalize_content_filename(args.str("filename")),
-    );
+    let content = args.str("content");
+    let filename = normalize_content_filename(args.str("filename"));
     let target = target_for(
         &st,
         content,
@@ -225,15 +209,33 @@ pub async fn upload(mut call: Call) -> ApiResult {
             "storage '{storage}' does not support '{content}' content"
         )));
     }
-    let import = Import {
+    Ok(Import {
         spool: spool.keep(),
         dest: target.dir.join(&filename),
         dir: target.dir,
         image_format: target.image_format,
-        checksum: checksum_of(&args),
+        checksum: checksum_of(args),
         node: args.str("node").to_string(),
         size,
-    };
+    })
+}
+
+/// `POST /nodes/{node}/storage/{storage}/upload`.
+pub async fn upload(mut call: Call) -> ApiResult {
+    // the auth handler checks the upload privilege before the body is read
+    let privilege_path = format!("/storage/{}", call.path("storage"));
+    call.auth
+        .check(&privilege_path, &["Datastore.AllocateTemplate"])?;
+    let request = call
+        .take_request()
+        .ok_or_else(|| Error::failed("upload failed"))?;
+    let (fields, spool) = receive_upload(call.node(), request).await?;
+    let size = std::fs::metadata(spool.path())
+        .map(|m| m.len())
+        .unwrap_or_default();
+    tracing::info!(size, "multipart upload complete");
+    let args = call.node_args_from(fields)?;
+    let import = prepare_import(&call, &args, spool, size)?;
     let upid = call
         .node()
         .tasks
@@ -299,25 +301,28 @@ impl Import {
     }
 }
 
-/// `POST /nodes/{node}/storage/{storage}/download-url`.
-pub async fn download_url(mut call: Call) -> ApiResult {
-    let (storage, node) = (
-        call.path("storage").to_string(),
-        call.path("node").to_string(),
-    );
-    call.auth.check(
-        &format!("/storage/{storage}"),
+/// `download_url`'s privileges: `Datastore.AllocateTemplate`, and network access (`Sys.Audit` and
+/// `Sys.Modify` on `/`, or `Sys.AccessNetwork` on the node), the latter raised bare.
+fn check_download_privs(call: &Call) -> Result<()> {
+    let auth = &call.auth;
+    auth.check(
+        &format!("/storage/{}", call.path("storage")),
         &["Datastore.AllocateTemplate"],
     )?;
-    let may_network = (call.auth.has("/", "Sys.Audit") && call.auth.has("/", "Sys.Modify"))
-        || call
-            .auth
-            .has(&format!("/nodes/{node}"), "Sys.AccessNetwork");
-    if !may_network {
-        return Err(Error::Permission(String::new()));
+    let node = format!("/nodes/{}", call.path("node"));
+    let may_network = (auth.has("/", "Sys.Audit") && auth.has("/", "Sys.Modify"))
+        || auth.has(&node, "Sys.AccessNetwork");
+    if may_network {
+        Ok(())
+    } else {
+        Err(Error::Permission(String::new()))
     }
-    let args = call.node_args().await?;
-    let st = call.node().storage(&storage)?;
+}
+
+/// The storage checks of `download_url`; the download as the worker will run it.
+fn prepare_download(call: &Call, args: &Args) -> Result<(String, Download)> {
+    let storage = args.str("storage");
+    let st = call.node().storage(storage)?;
     if !st.is_file_based() {
         return Err(Error::failed(format!(
             "can't upload to storage type '{}', not a file based storage!",
@@ -342,34 +347,32 @@ pub async fn download_url(mut call: Call) -> ApiResult {
     let download = Download {
         url: args.str("url").to_string(),
         dest: target.dir.join(&filename),
-        checksum: checksum_of(&args),
+        checksum: checksum_of(args),
         image_format: target.image_format,
         verify: args.get("verify-certificates").is_none_or(|v| v == "1"),
+        decompress: args.get("compression").map(|_| content.to_string()),
     };
-    let compression = args.get("compression").map(str::to_string);
-    let content = content.to_string();
-    let node_arc = Arc::clone(call.node());
+    Ok((filename, download))
+}
+
+/// `POST /nodes/{node}/storage/{storage}/download-url`.
+pub async fn download_url(mut call: Call) -> ApiResult {
+    check_download_privs(&call)?;
+    let args = call.node_args().await?;
+    let (filename, download) = prepare_download(&call, &args)?;
+    let node = Arc::clone(call.node());
+    let user = &call.auth.tokenid;
     let upid = call
         .node()
         .tasks
-        .spawn("download", &filename, &call.auth.tokenid, move |log| {
-            if compression.is_some() {
-                if content != "iso" {
-                    return Err(Error::failed(format!(
-                        "decompression not supported for {content}"
-                    )));
-                }
-                return Err(Error::failed(
-                    "decompression is not implemented by the simulator",
-                ));
-            }
+        .spawn("download", &filename, user, move |log| {
             let line = |l: &str| log.line(l);
             // the task thread runs its own small runtime (a PVE worker is a separate process, too)
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(Error::io("start download runtime"))?;
-            let client = node_arc.http_client(download.verify)?;
+            let client = node.http_client(download.verify)?;
             runtime.block_on(download.run(&client, &line))
         })?;
     Ok(ApiOk::new(upid))
@@ -382,10 +385,25 @@ struct Download {
     checksum: Option<(String, String)>,
     image_format: Option<String>,
     verify: bool,
+    /// With `compression`: the content type (decompression is for iso only).
+    decompress: Option<String>,
 }
 
 impl Download {
     async fn run(&self, client: &reqwest::Client, log: qemu_img::Log<'_>) -> Result<()> {
+        match self.decompress.as_deref() {
+            Some("iso") => {
+                return Err(Error::failed(
+                    "decompression is not implemented by the simulator",
+                ));
+            }
+            Some(content) => {
+                return Err(Error::failed(format!(
+                    "decompression not supported for {content}"
+                )));
+            }
+            None => {}
+        }
         log(&format!(
             "downloading {} to {}",
             self.url,

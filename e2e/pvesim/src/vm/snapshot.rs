@@ -8,7 +8,7 @@ use super::volume;
 use crate::datadir::now;
 use crate::error::{Error, Result};
 use crate::node::Node;
-use crate::qemu_config::{self, Drive, Snapshot};
+use crate::qemu_config::{self, Drive, Snapshot, VmState};
 use crate::qemu_img::Log;
 use crate::storage::Feature;
 
@@ -28,6 +28,83 @@ fn has_snapshot_feature(node: &Node, config: &BTreeMap<String, String>) -> bool 
     })
 }
 
+/// `snapshot_prepare`: checks, then the snapshot is recorded in state `prepare` and the VM
+/// locked; returns the config to snapshot.
+fn prepare(
+    node: &Node,
+    vm: &mut VmState,
+    snapname: &str,
+    description: Option<String>,
+    log: Log,
+) -> Result<BTreeMap<String, String>> {
+    if vm.is_template() {
+        return Err(Error::failed(
+            "you can't take a snapshot if it's a template",
+        ));
+    }
+    vm.check_lock()?;
+    if vm.snapshots.contains_key(snapname) {
+        return Err(Error::failed(format!(
+            "snapshot name '{snapname}' already used"
+        )));
+    }
+    if !has_snapshot_feature(node, &vm.config) {
+        return Err(Error::failed("snapshot feature is not available"));
+    }
+    for (name, snap) in vm.snapshots.iter_mut() {
+        if snap.parent.as_deref() == Some(snapname) {
+            log(&format!(
+                "deleting parent '{snapname}' reference from '{name}' to avoid bogus snapshot cycle."
+            ));
+            snap.parent = None;
+        }
+    }
+    let mut config = vm.config.clone();
+    config.remove("lock");
+    config.remove("parent");
+    let snapshot = Snapshot {
+        config: config.clone(),
+        snaptime: now(),
+        description: description.unwrap_or_default(),
+        parent: vm.config.get("parent").cloned(),
+        snapstate: Some("prepare".into()),
+    };
+    vm.config.insert("lock".into(), "snapshot".into());
+    vm.snapshots.insert(snapname.to_string(), snapshot);
+    Ok(config)
+}
+
+/// Snapshots every disk; on a failure the disks done so far lose their snapshot again.
+fn snapshot_disks(
+    node: &Node,
+    config: &BTreeMap<String, String>,
+    snapname: &str,
+    log: Log,
+) -> Result<()> {
+    let mut done: Vec<Drive> = Vec::new();
+    for drive in snapshot_volumes(config) {
+        log(&format!(
+            "snapshotting 'drive-{}' ({})",
+            drive.key,
+            drive.file()
+        ));
+        let result = volume(node, drive.file()).and_then(|(s, v)| s.snapshot(&v, snapname, log));
+        if let Err(e) = result {
+            log("snapshot create failed: starting cleanup");
+            for drive in &done {
+                let undone = volume(node, drive.file())
+                    .and_then(|(s, v)| s.snapshot_delete(&v, snapname, log));
+                if let Err(e2) = undone {
+                    log(&e2.to_string());
+                }
+            }
+            return Err(e);
+        }
+        done.push(drive);
+    }
+    Ok(())
+}
+
 /// The worker of `POST .../snapshot` (`snapshot_create`: prepare, volume snapshots, commit).
 pub fn snapshot_create(
     node: &Node,
@@ -36,66 +113,8 @@ pub fn snapshot_create(
     description: Option<String>,
     log: Log,
 ) -> Result<()> {
-    let snap_config = node.update_vm(vmid, |vm| {
-        if vm.config.get("template").is_some_and(|t| t == "1") {
-            return Err(Error::failed("you can't take a snapshot if it's a template"));
-        }
-        vm.check_lock()?;
-        if vm.snapshots.contains_key(snapname) {
-            return Err(Error::failed(format!("snapshot name '{snapname}' already used")));
-        }
-        if !has_snapshot_feature(node, &vm.config) {
-            return Err(Error::failed("snapshot feature is not available"));
-        }
-        for (name, snap) in vm.snapshots.iter_mut() {
-            if snap.parent.as_deref() == Some(snapname) {
-                log(&format!("deleting parent '{snapname}' reference from '{name}' to avoid bogus snapshot cycle."));
-                snap.parent = None;
-            }
-        }
-        let mut config = vm.config.clone();
-        config.remove("lock");
-        config.remove("parent");
-        vm.config.insert("lock".into(), "snapshot".into());
-        vm.snapshots.insert(
-            snapname.to_string(),
-            Snapshot {
-                config: config.clone(),
-                snaptime: now(),
-                description: description.clone().unwrap_or_default(),
-                parent: vm.config.get("parent").cloned(),
-                snapstate: Some("prepare".into()),
-            },
-        );
-        Ok(config)
-    })?;
-    let mut done: Vec<Drive> = Vec::new();
-    let mut failure = None;
-    for drive in snapshot_volumes(&snap_config) {
-        log(&format!(
-            "snapshotting 'drive-{}' ({})",
-            drive.key,
-            drive.file()
-        ));
-        match volume(node, drive.file())
-            .and_then(|(storage, vol)| storage.snapshot(&vol, snapname, log))
-        {
-            Ok(()) => done.push(drive),
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-    if let Some(e) = failure {
-        log("snapshot create failed: starting cleanup");
-        for drive in &done {
-            if let Err(e2) =
-                volume(node, drive.file()).and_then(|(s, v)| s.snapshot_delete(&v, snapname, log))
-            {
-                log(&e2.to_string());
-            }
-        }
+    let config = node.update_vm(vmid, |vm| prepare(node, vm, snapname, description, log))?;
+    if let Err(e) = snapshot_disks(node, &config, snapname, log) {
         node.update_vm(vmid, |vm| {
             vm.snapshots.remove(snapname);
             vm.config.remove("lock");
