@@ -393,6 +393,28 @@ async fn the_api_lists_clones_with_their_base_and_guards_used_base_images() {
     assert_eq!(info.status, StatusCode::OK, "{:?}", info.body);
     assert_eq!(info.data()["size"], SIZE);
     assert_eq!(info.data()["format"], "qcow2");
+    // clients usually percent-encode the volume ID in the path
+    let encoded: String = url::form_urlencoded::byte_serialize(WEB_CLONE.as_bytes()).collect();
+    assert!(encoded.contains("%2F"), "{encoded}");
+    let again = call(
+        &sim,
+        "GET",
+        &format!("/nodes/pve1/storage/local/content/{encoded}"),
+        Some(ADMIN),
+        &[],
+    )
+    .await;
+    assert_eq!(again.data(), info.data());
+    let lv = call(
+        &sim,
+        "GET",
+        "/nodes/pve1/storage/local-lvm/content/vm-102-disk-0",
+        Some(ADMIN),
+        &[],
+    )
+    .await;
+    let dev = sim.data.root().join("dev/pve/vm-102-disk-0");
+    assert_eq!(lv.data()["path"], dev.display().to_string());
     let config = call(&sim, "GET", "/nodes/pve1/qemu/900/config", Some(ADMIN), &[]).await;
     assert_eq!(config.data()["template"], 1);
     assert_eq!(config.data()["scsi0"], format!("{BASE},size=32M"));

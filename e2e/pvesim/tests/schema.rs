@@ -119,7 +119,7 @@ fn every_route_is_a_method_of_the_schema_file() {
         }
     }
     println!(
-        "schema check: {} routes ({} methods of {}, {} listed exceptions), {} parameters declared \
+        "schema check: {} routes ({} methods of {}, {} listed as exceptions), {} parameters declared \
          ({} with [n] expanded, plus {} property-string keys), {} read by handlers, {} formats",
         ROUTES.len(),
         figures.file,
