@@ -5,16 +5,21 @@
 //! integer (`pack("Q<", $size)`, `write_common_header`), followed by the data:
 //!
 //! * `raw+size`: the guest-visible bytes. A raw file is copied as is (PVE: `dd bs=4k`); any other
-//!   format is converted. PVE runs `qemu-img convert -O raw <file> /dev/stdout` with a qemu-img patched
+//!   format is converted, flattening a backing chain (a linked clone reads as its base under its
+//!   own writes). PVE runs `qemu-img convert -O raw <file> /dev/stdout` with a qemu-img patched
 //!   for that; stock qemu-img refuses a pipe as target ("Could not resize file"), so the simulator
 //!   converts into a sparse scratch file in the data directory and streams that. The bytes on the wire
 //!   are the same.
-//! * `qcow2+size` / `vmdk+size`: the image file itself, internal snapshots included. The header holds
-//!   the virtual size, not the file length; the data runs to the end of the stream.
+//! * `qcow2+size` / `vmdk+size`: the image file itself, internal snapshots and a linked clone's
+//!   backing-file reference (`../<basevmid>/<basename>`) included. The header holds the virtual
+//!   size, not the file length; the data runs to the end of the stream.
 //!
 //! The dir plugin only exports the current state: `--snapshot` (and `--base`) give `volume export
 //! format <fmt> not available for PVE::Storage::DirPlugin`, `raw+size` needs `--with-snapshots 0` and
-//! `qcow2+size` needs `--with-snapshots 1`. LVM-thin exports `raw+size` without snapshots only.
+//! `qcow2+size` needs `--with-snapshots 1` (`die $err_msg if !$with_snapshots || $file_format ne
+//! $data_format`). LVM-thin exports `raw+size` of the current state only, its size from
+//! `blockdev --getsize64` of the LV's device path, so an inactive LV (a template's base image)
+//! fails until it is activated.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

@@ -99,7 +99,7 @@ fn clone_disk(base: &DiskSpec, volid: &'static str, written: Vec<Pattern>) -> Di
     spec
 }
 
-/// The disks of the source VM for a given system disk size (data disk: [`lvm_size`]).
+/// The disks of the source VM for a given system disk size (data disk: `lvm_size`).
 pub fn disks(size: u64) -> Vec<DiskSpec> {
     let data = lvm_size(size);
     vec![

@@ -1,7 +1,7 @@
 //! The `api2/json` HTTP API: the route table ([`ROUTES`]), authentication, and PVE's response
 //! envelope (`{"data": ...}`; errors as described in [`crate::error`]). Every route is a method
 //! of the schema file (or a listed exception), and its parameters are verified against it
-//! ([`call`]).
+//! (`call`).
 
 mod call;
 mod cluster;

@@ -2,7 +2,7 @@
 //!
 //! The declarations are those of `schema/pve-api-9.1.3.json` (the API viewer data of PVE 9.1.3,
 //! descriptions removed), embedded in the binary and parsed once ([`api`]). What the simulator
-//! declares beyond it is one list with reasons ([`amend`]). The checks ([`check`]) are
+//! declares beyond it is one list with reasons ([`amend`]). The checks (`check`) are
 //! pve-common's `PVE::JSONSchema`, in its order and with its messages, and the registered formats
 //! ([`formats`]) are the verifiers of pve-common, pve-storage and qemu-server.
 

@@ -4,14 +4,14 @@
 //!   (`100/vm-100-disk-0.qcow2` under `images/`, `import/<file>`, `iso/<file>` under
 //!   `template/iso/`). Formats raw, qcow2 and vmdk; snapshots are qcow2 internal snapshots
 //!   (`qemu-img snapshot -c`); linked clones are qcow2 overlays on a template's base image
-//!   ([`dir`]).
+//!   (`dir`).
 //! * `local-lvm` (type `lvmthin`, VG `pve`, thin pool `data`): volumes are raw thin "logical
 //!   volumes" `vm-<vmid>-disk-<n>`, kept as sparse files in the storage directory, with a device
 //!   path `<data>/dev/pve/<lv>` that exists while the LV is active; snapshots and thin clones are
 //!   sparse copies ([`lvm`]). Content `images` only, so PVE's own refusals of `import` or `iso`
 //!   content there come out the same.
 //!
-//! Volume names ([`volname`]), format rules, disk naming and error messages follow pve-storage.
+//! Volume names (`volname`), format rules, disk naming and error messages follow pve-storage.
 
 mod dir;
 pub mod lvm;

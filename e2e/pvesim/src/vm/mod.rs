@@ -1,7 +1,7 @@
 //! VM operations after qemu-server's `PVE::API2::Qemu` and `PVE::AbstractConfig`: the storage and
-//! drive checks made before a create or config change ([`access`]), disk allocation and
-//! `import-from` (a real `qemu-img convert` into a new volume, [`create`]), config updates
-//! ([`update`]), snapshots ([`snapshot`]), destroy and power state. The API layer checks
+//! drive checks made before a create or config change (`access`), disk allocation and
+//! `import-from` (a real `qemu-img convert` into a new volume, `create`), config updates
+//! (`update`), snapshots (`snapshot`), destroy and power state. The API layer checks
 //! parameters and privileges, then runs these in worker tasks.
 
 mod access;
