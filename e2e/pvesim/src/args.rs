@@ -25,7 +25,8 @@ pub struct Cli {
 /// Maintenance commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the source VM `database-server` (VMID 100) with known disk contents.
+    /// Create the fixture VMs with known disk contents: the source VM `database-server` (100),
+    /// the templates 900 and 901 and their linked clones 101 and 102.
     Fixture(FixtureArgs),
 }
 
@@ -59,13 +60,13 @@ pub struct FixtureArgs {
     /// Data directory.
     #[arg(long, env = "PVESIM_DATA_DIR")]
     pub data_dir: PathBuf,
-    /// Virtual size of the system disk (scsi0, qcow2); the data disk (scsi1, raw) gets a quarter.
+    /// Virtual size of the qcow2 disks; the LVM-thin disks get a quarter (at least 8 MiB).
     #[arg(long, default_value = "256M")]
     pub disk_size: String,
-    /// Mark the VM as running.
+    /// Mark the source VM as running.
     #[arg(long)]
     pub running: bool,
-    /// Recreate the VM if it exists.
+    /// Recreate the VMs that exist.
     #[arg(long)]
     pub force: bool,
 }

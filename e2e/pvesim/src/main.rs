@@ -29,13 +29,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
         let size = schema::parse_size(&args.disk_size)
             .ok_or_else(|| Error::failed(format!("invalid size '{}'", args.disk_size)))?;
         let data = DataDir::open(&args.data_dir)?;
-        let created = fixture::create_source_vm(&data, size, args.running, args.force)?;
-        println!(
-            "{} VM {} ({})",
-            if created { "created" } else { "kept existing" },
-            fixture::VMID,
-            fixture::NAME
-        );
+        for (vm, created) in fixture::create_all(&data, size, args.running, args.force)? {
+            let what = if created { "created" } else { "kept existing" };
+            println!("{what} VM {} ({})", vm.vmid, vm.name);
+        }
         return Ok(());
     }
     let serve = cli.serve;

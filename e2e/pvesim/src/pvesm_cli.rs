@@ -11,93 +11,72 @@ use std::io::Write;
 
 use crate::datadir::DataDir;
 use crate::error::{Error, Result};
-use crate::export::{self, ExportRequest, KNOWN_EXPORT_FORMATS};
-use crate::schema::{self, Params, Prop, Schema};
+use crate::export::{self, ExportRequest};
+use crate::schema::{self, Method, Params, Prop, Verb};
 use crate::storage::{NodeConfig, parse_volume_id};
 
 /// Environment variable naming the data directory.
 pub const DATA_DIR_ENV: &str = "PVESIM_DATA_DIR";
 
-/// One command's argument layout.
+/// One command: its positional arguments and its method's declaration.
 struct Command {
     name: &'static str,
     positional: &'static [&'static str],
-    schema: Schema,
-}
-
-fn snapshot_name() -> Prop {
-    Prop::string()
-        .optional()
-        .pattern("(?i)[a-z0-9_\\-]{1,40}")
-        .max_length(40)
+    method: &'static Method,
+    /// The command is an API method called with the local node (`{ node => $nodename }`).
+    fixed_node: bool,
 }
 
 fn command(name: &str) -> Option<Command> {
-    Some(match name {
-        "export" => Command {
-            name: "export",
-            positional: &["volume", "format", "filename"],
-            schema: Schema::new(vec![
-                ("volume", Prop::string()),
-                ("format", Prop::string().one_of(KNOWN_EXPORT_FORMATS)),
-                ("filename", Prop::string()),
-                ("base", snapshot_name()),
-                ("snapshot", snapshot_name()),
-                ("with-snapshots", Prop::boolean().optional()),
-                ("snapshot-list", Prop::string().optional()),
-            ]),
-        },
-        "list" => Command {
-            name: "list",
-            positional: &["storage"],
-            schema: Schema::new(vec![
-                ("storage", Prop::string().verify(schema::verify_storage_id)),
-                (
-                    "content",
-                    Prop::string().optional().verify(schema::verify_content),
-                ),
-                (
-                    "vmid",
-                    Prop::integer()
-                        .optional()
-                        .verify(schema::verify_vmid)
-                        .range(Some(100), Some(999_999_999)),
-                ),
-            ]),
-        },
-        "path" => Command {
-            name: "path",
-            positional: &["volume"],
-            schema: Schema::new(vec![(
-                "volume",
-                Prop::string().verify(schema::verify_volume_id),
-            )]),
-        },
-        "status" => Command {
-            name: "status",
-            positional: &[],
-            schema: Schema::new(vec![
-                (
-                    "storage",
-                    Prop::string().optional().verify(schema::verify_storage_id),
-                ),
-                (
-                    "content",
-                    Prop::string().optional().verify(schema::verify_content),
-                ),
-            ]),
-        },
+    let api = schema::api();
+    let (name, positional, method, fixed_node) = match name {
+        "export" => (
+            "export",
+            &["volume", "format", "filename"][..],
+            api.cli("export")?,
+            false,
+        ),
+        "path" => ("path", &["volume"][..], api.cli("path")?, false),
+        "list" => (
+            "list",
+            &["storage"][..],
+            api.method(Verb::Get, "/nodes/{node}/storage/{storage}/content")?,
+            true,
+        ),
+        "status" => (
+            "status",
+            &[][..],
+            api.method(Verb::Get, "/nodes/{node}/storage")?,
+            true,
+        ),
         _ => return None,
+    };
+    Some(Command {
+        name,
+        positional,
+        method,
+        fixed_node,
     })
+}
+
+impl Command {
+    /// An option's declaration (`node` is fixed, not an option, for API methods).
+    fn option(&self, name: &str) -> Option<&'static Prop> {
+        if self.fixed_node && name == "node" {
+            return None;
+        }
+        self.method.params.get(name)
+    }
 }
 
 fn usage(cmd: &Command) -> String {
     let positional: String = cmd.positional.iter().map(|p| format!(" <{p}>")).collect();
-    let options = if cmd.schema.props.len() > cmd.positional.len() {
-        " [OPTIONS]"
-    } else {
-        ""
-    };
+    let has_options = cmd
+        .method
+        .params
+        .fixed()
+        .any(|(name, _)| cmd.option(name).is_some() && !cmd.positional.contains(&name));
+    let options = if has_options { " [OPTIONS]" } else { "" };
     format!("USAGE: pvesm {}{positional}{options}", cmd.name)
 }
 
@@ -115,14 +94,14 @@ fn parse_args(cmd: &Command, args: &[String]) -> std::result::Result<Params, Str
                 Some((n, v)) => (n, Some(v.to_string())),
                 None => (name, None),
             };
-            let Some((_, prop)) = cmd.schema.props.iter().find(|(n, _)| *n == name) else {
+            let Some(prop) = cmd.option(name) else {
                 return Err(format!(
                     "Unknown option: {name}\n400 unable to parse option"
                 ));
             };
             let value = match inline {
                 Some(v) => v,
-                None if prop.ty == schema::Type::Boolean => {
+                None if prop.ty == Some(schema::Type::Boolean) => {
                     match args.get(i + 1).and_then(|v| schema::parse_boolean(v)) {
                         Some(b) => {
                             i += 1;
@@ -138,7 +117,7 @@ fn parse_args(cmd: &Command, args: &[String]) -> std::result::Result<Params, Str
                     })?
                 }
             };
-            let value = if prop.ty == schema::Type::Boolean {
+            let value = if prop.ty == Some(schema::Type::Boolean) {
                 schema::parse_boolean(&value)
                     .map(|b| (b as u8).to_string())
                     .unwrap_or(value)
@@ -205,133 +184,136 @@ fn data_dir() -> Result<DataDir> {
     DataDir::open(std::path::Path::new(&dir))
 }
 
+/// Verifies the parameters (an API method gets the local node as `node`) and runs the command.
 fn run(cmd: &Command, params: &Params) -> Result<()> {
-    cmd.schema.validate(params)?;
-    let data = data_dir()?;
-    let stdout = std::io::stdout();
+    let mut params = params.clone();
+    let data = if cmd.fixed_node {
+        let data = data_dir()?;
+        params.insert("node".into(), NodeConfig::load(&data)?.node);
+        schema::validate(&cmd.method.params, &params)?;
+        data
+    } else {
+        schema::validate(&cmd.method.params, &params)?;
+        data_dir()?
+    };
     match cmd.name {
-        "export" => {
-            let request = ExportRequest {
-                volid: params["volume"].clone(),
-                format: params["format"].clone(),
-                snapshot: params.get("snapshot").cloned(),
-                base: params.get("base").cloned(),
-                with_snapshots: params.get("with-snapshots").is_some_and(|v| v == "1")
-                    || params.contains_key("snapshot-list"),
-            };
-            let log = |line: &str| eprintln!("{line}");
-            let filename = &params["filename"];
-            if filename == "-" {
-                // nothing else may go to stdout while it carries the stream
-                let mut out = stdout.lock();
-                export::export(&data, &request, &mut out, &log)
-            } else {
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(filename)
-                    .map_err(|e| Error::failed(format!("open({filename}): {e}")))?;
-                let result = export::export(&data, &request, &mut file, &log);
-                if result.is_err() {
-                    drop(file);
-                    let _ = std::fs::remove_file(filename);
-                }
-                result
-            }
-        }
-        "path" => {
-            let (store, volname) = parse_volume_id(&params["volume"])?;
-            let node = NodeConfig::load(&data)?;
-            let storage = node.storage(&data, store)?;
-            let volume = storage.parse_volname(volname)?;
-            writeln!(stdout.lock(), "{}", storage.path(&volume).display())
-                .map_err(Error::io("write stdout"))
-        }
-        "list" => {
-            let node = NodeConfig::load(&data)?;
-            let storage = node.storage(&data, &params["storage"])?;
-            let vmid = params.get("vmid").and_then(|v| v.parse().ok());
-            let list = storage.list_volumes(params.get("content").map(String::as_str), vmid)?;
-            let width = list.iter().map(|v| v.volid.len()).max().unwrap_or(0);
-            let size_width = list
-                .iter()
-                .map(|v| v.size.to_string().len())
-                .max()
-                .unwrap_or(0)
-                .max(4);
-            let mut out = stdout.lock();
-            let w = |out: &mut dyn Write, line: String| {
-                writeln!(out, "{line}").map_err(Error::io("write stdout"))
-            };
-            w(
-                &mut out,
-                format!(
-                    "{:<width$} {:<7} {:<9} {:>size_width$} VMID",
-                    "Volid", "Format", "Type", "Size"
-                ),
-            )?;
-            for v in list.iter().filter(|v| v.vmid.is_some()) {
-                let vmid = v.vmid.unwrap_or_default();
-                w(
-                    &mut out,
-                    format!(
-                        "{:<width$} {:<7} {:<9} {:>size_width$} {vmid}",
-                        v.volid, v.format, v.content, v.size
-                    ),
-                )?;
-            }
-            let mut rest: Vec<_> = list.iter().filter(|v| v.vmid.is_none()).collect();
-            rest.sort_by(|a, b| a.format.cmp(&b.format));
-            for v in rest {
-                w(
-                    &mut out,
-                    format!(
-                        "{:<width$} {:<7} {:<9} {:>size_width$}",
-                        v.volid, v.format, v.content, v.size
-                    ),
-                )?;
-            }
-            Ok(())
-        }
-        "status" => {
-            let node = NodeConfig::load(&data)?;
-            let mut out = stdout.lock();
-            writeln!(
-                out,
-                "{:<10} {:<8} {:<8} {:>16} {:>16} {:>16} {:>8}",
-                "Name", "Type", "Status", "Total (KiB)", "Used (KiB)", "Available (KiB)", "%"
-            )
-            .map_err(Error::io("write stdout"))?;
-            for storage in node.all(&data) {
-                if params.get("storage").is_some_and(|s| *s != storage.id)
-                    || params.get("content").is_some_and(|c| !storage.supports(c))
-                {
-                    continue;
-                }
-                let (total, used, avail) = storage.usage();
-                let percent = if total > 0 {
-                    used as f64 * 100.0 / total as f64
-                } else {
-                    0.0
-                };
-                writeln!(
-                    out,
-                    "{:<10} {:<8} {:<8} {:>16} {:>16} {:>16} {:>7.2}%",
-                    storage.id,
-                    storage.kind.as_str(),
-                    "active",
-                    total / 1024,
-                    used / 1024,
-                    avail / 1024,
-                    percent
-                )
-                .map_err(Error::io("write stdout"))?;
-            }
-            Ok(())
-        }
+        "export" => run_export(&data, &params),
+        "path" => run_path(&data, &params),
+        "list" => run_list(&data, &params),
+        "status" => run_status(&data, &params),
         other => Err(Error::failed(format!("unknown command '{other}'"))),
     }
+}
+
+fn out_line(out: &mut dyn Write, line: &str) -> Result<()> {
+    writeln!(out, "{line}").map_err(Error::io("write stdout"))
+}
+
+/// `pvesm export <volume> <format> <filename|->`: a failed export to a file removes the file.
+fn run_export(data: &DataDir, params: &Params) -> Result<()> {
+    let request = ExportRequest {
+        volid: params["volume"].clone(),
+        format: params["format"].clone(),
+        snapshot: params.get("snapshot").cloned(),
+        base: params.get("base").cloned(),
+        with_snapshots: params.get("with-snapshots").is_some_and(|v| v == "1")
+            || params.contains_key("snapshot-list"),
+    };
+    let log = |line: &str| eprintln!("{line}");
+    let filename = &params["filename"];
+    if filename == "-" {
+        // nothing else may go to stdout while it carries the stream
+        return export::export(data, &request, &mut std::io::stdout().lock(), &log);
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(filename)
+        .map_err(|e| Error::failed(format!("open({filename}): {e}")))?;
+    let result = export::export(data, &request, &mut file, &log);
+    if result.is_err() {
+        drop(file);
+        let _ = std::fs::remove_file(filename);
+    }
+    result
+}
+
+/// `pvesm path <volume>`: the file, or for LVM-thin the LV's device path.
+fn run_path(data: &DataDir, params: &Params) -> Result<()> {
+    let (store, volname) = parse_volume_id(&params["volume"])?;
+    let storage = NodeConfig::load(data)?.storage(data, store)?;
+    let volume = storage.parse_volname(volname)?;
+    out_line(
+        &mut std::io::stdout().lock(),
+        &storage.path(&volume).display().to_string(),
+    )
+}
+
+/// `pvesm list <storage>`: VM images first, then the other volumes by format.
+fn run_list(data: &DataDir, params: &Params) -> Result<()> {
+    let storage = NodeConfig::load(data)?.storage(data, &params["storage"])?;
+    let vmid = params.get("vmid").and_then(|v| v.parse().ok());
+    let list = storage.list_volumes(params.get("content").map(String::as_str), vmid)?;
+    let width = list.iter().map(|v| v.volid.len()).max().unwrap_or(0);
+    let sizes = list.iter().map(|v| v.size.to_string().len());
+    let size_width = sizes.max().unwrap_or(0).max(4);
+    let mut out = std::io::stdout().lock();
+    let row = |volid: &str, format: &str, content: &str, size: &str, vmid: &str| {
+        let line = format!("{volid:<width$} {format:<7} {content:<9} {size:>size_width$} {vmid}");
+        line.trim_end().to_string()
+    };
+    out_line(&mut out, &row("Volid", "Format", "Type", "Size", "VMID"))?;
+    let (images, mut rest): (Vec<_>, Vec<_>) = list.iter().partition(|v| v.vmid.is_some());
+    rest.sort_by(|a, b| a.format.cmp(&b.format));
+    for v in images.into_iter().chain(rest) {
+        let vmid = v.vmid.map(|id| id.to_string()).unwrap_or_default();
+        out_line(
+            &mut out,
+            &row(&v.volid, &v.format, &v.content, &v.size.to_string(), &vmid),
+        )?;
+    }
+    Ok(())
+}
+
+/// `pvesm status`: usage of the storages (with `--content`: those with any of the types).
+fn run_status(data: &DataDir, params: &Params) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let heading = format!(
+        "{:<10} {:<8} {:<8} {:>16} {:>16} {:>16} {:>8}",
+        "Name", "Type", "Status", "Total (KiB)", "Used (KiB)", "Available (KiB)", "%"
+    );
+    out_line(&mut out, &heading)?;
+    let contents = params
+        .get("content")
+        .map(|c| schema::formats::split_list(c));
+    for storage in NodeConfig::load(data)?.all(data) {
+        let wanted = params.get("storage").is_none_or(|s| *s == storage.id)
+            && contents
+                .as_ref()
+                .is_none_or(|c| c.iter().any(|c| storage.supports(c)));
+        if !wanted {
+            continue;
+        }
+        let (total, used, avail) = storage.usage();
+        let percent = if total > 0 {
+            used as f64 * 100.0 / total as f64
+        } else {
+            0.0
+        };
+        let line = format!(
+            "{:<10} {:<8} {:<8} {:>16} {:>16} {:>16} {:>7.2}%",
+            storage.id,
+            storage.kind.as_str(),
+            "active",
+            total / 1024,
+            used / 1024,
+            avail / 1024,
+            percent
+        );
+        out_line(&mut out, &line)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -379,7 +361,7 @@ mod tests {
                 .contains("Unknown option: bogus")
         );
         let p = parse_args(&cmd, &args(&["v", "foo+size", "-"])).unwrap();
-        let Err(Error::Param(e)) = cmd.schema.validate(&p) else {
+        let Err(Error::Param(e)) = schema::validate(&cmd.method.params, &p) else {
             panic!()
         };
         assert_eq!(

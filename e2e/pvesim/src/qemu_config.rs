@@ -1,5 +1,5 @@
-//! VM configuration after qemu-server: the config keys a PVE VM has (with their schema, for
-//! validation), drives as property strings, snapshots, and the state file of one VM.
+//! VM configuration after qemu-server: drives and NICs as property strings (with the keys the
+//! schema file declares for them), snapshots, and the state file of one VM.
 //!
 //! PVE keeps `/etc/pve/nodes/<node>/qemu-server/<vmid>.conf`; the simulator keeps the same keys and
 //! values in `qemu-server/<vmid>.json`, plus the power state PVE reads from the running QEMU process.
@@ -11,20 +11,7 @@ use serde_json::Value;
 
 use crate::datadir::{DataDir, read_json, write_json};
 use crate::error::{Error, Result};
-use crate::schema::{self, Params, Prop, Type};
-
-/// IDE drives `ide0..ide3`.
-pub const MAX_IDE: u32 = 4;
-/// SATA drives `sata0..sata5`.
-pub const MAX_SATA: u32 = 6;
-/// SCSI drives `scsi0..scsi30`.
-pub const MAX_SCSI: u32 = 31;
-/// VirtIO drives `virtio0..virtio15`.
-pub const MAX_VIRTIO: u32 = 16;
-/// Network devices `net0..net31`.
-pub const MAX_NETS: u32 = 32;
-/// Unused volumes `unused0..unused255`.
-pub const MAX_UNUSED: u32 = 256;
+use crate::schema::{self, Format, Params, Props, Type, api};
 
 /// One VM: its config, snapshots and power state.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -122,6 +109,11 @@ impl VmState {
         hex::encode(sha1::Sha1::digest(conf_text(&self.config).as_bytes()))
     }
 
+    /// Whether the VM is a template (`template: 1`).
+    pub fn is_template(&self) -> bool {
+        self.config.get("template").is_some_and(|t| t == "1")
+    }
+
     /// Whether the VM is running.
     pub fn is_running(&self) -> bool {
         self.running_since.is_some()
@@ -189,7 +181,7 @@ pub fn config_json(config: &BTreeMap<String, String>) -> serde_json::Map<String,
     config
         .iter()
         .map(|(key, value)| {
-            let typed = match config_prop(key).map(|p| p.ty) {
+            let typed = match api().qemu_config().get(key).and_then(|p| p.ty.clone()) {
                 Some(Type::Integer) | Some(Type::Boolean) => {
                     value.parse::<i64>().map(Value::from).ok()
                 }
@@ -270,31 +262,29 @@ impl Drive {
 
 /// `is_valid_drivename` (without `unusedN`).
 pub fn is_drive_key(key: &str) -> bool {
-    let numbered = |prefix: &str, max: u32| {
-        key.strip_prefix(prefix)
-            .filter(|n| !n.is_empty() && (n == &"0" || !n.starts_with('0')))
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_some_and(|n| n < max)
-    };
-    numbered("ide", MAX_IDE)
-        || numbered("sata", MAX_SATA)
-        || numbered("scsi", MAX_SCSI)
-        || numbered("virtio", MAX_VIRTIO)
-        || key == "efidisk0"
-        || key == "tpmstate0"
+    schema::is_valid_drivename(key)
 }
 
 /// `unusedN`.
 pub fn is_unused_key(key: &str) -> bool {
-    key.strip_prefix("unused")
-        .and_then(|n| n.parse::<u32>().ok())
-        .is_some_and(|n| n < MAX_UNUSED && key.len() > 6)
+    schema::split_index(key)
+        .is_some_and(|(prefix, n)| prefix == "unused" && n < schema::index_count(prefix))
+}
+
+/// The keys of a config key's property string (`scsi5`: the `scsi[n]` format of the schema).
+fn format_of(key: &str) -> Option<&'static Props> {
+    match &api().qemu_config().get(key)?.format {
+        Some(Format::Object(keys)) => Some(keys),
+        _ => None,
+    }
 }
 
 /// Parses a drive value (with the allocation schema, so `import-from` is allowed).
 pub fn parse_drive(key: &str, value: &str) -> Option<Drive> {
-    let fmt = drive_format(key)?;
-    let props = schema::parse_property_string(fmt, value, key).ok()?;
+    if !is_drive_key(key) && !is_unused_key(key) {
+        return None;
+    }
+    let props = schema::parse_property_string(format_of(key)?, value, key).ok()?;
     Some(Drive {
         key: key.to_string(),
         props,
@@ -362,7 +352,7 @@ pub fn default_boot(config: &BTreeMap<String, String>) -> String {
     let mut devices = Vec::new();
     devices.extend(first_disk(config, false));
     devices.extend(first_disk(config, true));
-    if let Some(net) = (0..MAX_NETS)
+    if let Some(net) = (0..schema::index_count("net"))
         .map(|i| format!("net{i}"))
         .find(|k| config.contains_key(k))
     {
@@ -392,347 +382,50 @@ pub fn format_size(size: u64) -> String {
     format!("{tb}T")
 }
 
-/// NIC models of qemu-server.
-pub const NIC_MODELS: &[&str] = &[
-    "rtl8139",
-    "ne2k_pci",
-    "e1000",
-    "pcnet",
-    "virtio",
-    "ne2k_isa",
-    "i82551",
-    "i82557b",
-    "i82559er",
-    "vmxnet3",
-    "e1000-82540em",
-    "e1000-82544gc",
-    "e1000-82545em",
-    "e1000e",
-];
+/// `print_net`: `<model>=<mac>` first, then the other keys sorted.
+fn print_net(net: &BTreeMap<String, String>) -> String {
+    let model = net.get("model").cloned().unwrap_or_default();
+    let mut parts = vec![match net.get("macaddr") {
+        Some(mac) => format!("{model}={mac}"),
+        None => model,
+    }];
+    let rest = net.iter().filter(|(k, _)| *k != "model" && *k != "macaddr");
+    parts.extend(rest.map(|(k, v)| format!("{k}={v}")));
+    parts.join(",")
+}
 
-/// Fills in a MAC address where a `netN` has none (`add_random_macs`), with Proxmox's OUI BC:24:11.
+/// A random MAC address with Proxmox's OUI BC:24:11 (`random_ether_addr`).
+fn random_mac() -> Result<String> {
+    let uuid = crate::datadir::random_uuid()?
+        .replace('-', "")
+        .to_ascii_uppercase();
+    Ok(format!(
+        "BC:24:11:{}:{}:{}",
+        &uuid[0..2],
+        &uuid[2..4],
+        &uuid[4..6]
+    ))
+}
+
+/// `add_random_macs`: every `netN` without a MAC address gets one, and is printed as PVE prints
+/// it (`virtio=BC:24:11:..,bridge=vmbr0`).
 pub fn add_random_macs(params: &mut Params) -> Result<()> {
-    for (key, value) in params.iter_mut().filter(|(k, _)| k.starts_with("net")) {
-        let mut parts: Vec<String> = value.split(',').map(str::to_string).collect();
-        let Some(first) = parts.first_mut() else {
+    for (key, value) in params.iter_mut() {
+        let is_net =
+            schema::split_index(key).is_some_and(|(p, n)| p == "net" && n < schema::index_count(p));
+        let Some(format) = format_of(key).filter(|_| is_net) else {
             continue;
         };
-        let has_mac = |p: &str| {
-            p.split_once('=')
-                .is_some_and(|(k, _)| k == "macaddr" || NIC_MODELS.contains(&k))
+        let Ok(mut net) = schema::parse_property_string(format, value, key) else {
+            continue;
         };
-        if NIC_MODELS.contains(&first.as_str()) && !parts.iter().any(|p| has_mac(p)) {
-            let uuid = crate::datadir::random_uuid()?.replace('-', "");
-            let b = uuid.as_bytes();
-            let mac = format!(
-                "BC:24:11:{}:{}:{}",
-                std::str::from_utf8(&b[0..2]).unwrap_or("00"),
-                std::str::from_utf8(&b[2..4]).unwrap_or("00"),
-                std::str::from_utf8(&b[4..6]).unwrap_or("00")
-            )
-            .to_ascii_uppercase();
-            parts[0] = format!("{}={mac}", parts[0]);
+        if !net.contains_key("macaddr") {
+            net.insert("macaddr".into(), random_mac()?);
             tracing::debug!(key, "added MAC address");
         }
-        *value = parts.join(",");
+        *value = print_net(&net);
     }
     Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------------
-// schema (qemu-server json_config_properties, the subset the simulator knows)
-// ---------------------------------------------------------------------------------------------------
-
-macro_rules! drive_format {
-    ($($extra:expr),* $(,)?) => {
-        &[
-            ("file", Prop::string().default_key().verify(schema::verify_volume_id_or_qm_path)),
-            ("volume", Prop::alias("file")),
-            ("media", Prop::string().optional().one_of(&["cdrom", "disk"])),
-            ("snapshot", Prop::boolean().optional()),
-            ("cache", Prop::string().optional().one_of(&["none", "writethrough", "writeback", "unsafe", "directsync"])),
-            ("format", Prop::string().optional().one_of(&["raw", "cow", "qcow", "qed", "qcow2", "vmdk", "cloop"])),
-            ("size", Prop::string().optional().verify(schema::verify_disk_size)),
-            ("backup", Prop::boolean().optional()),
-            ("replicate", Prop::boolean().optional()),
-            ("rerror", Prop::string().optional().one_of(&["ignore", "report", "stop"])),
-            ("werror", Prop::string().optional().one_of(&["enospc", "ignore", "report", "stop"])),
-            ("aio", Prop::string().optional().one_of(&["native", "threads", "io_uring"])),
-            ("discard", Prop::string().optional().one_of(&["ignore", "on"])),
-            ("detect_zeroes", Prop::boolean().optional()),
-            ("serial", Prop::string().optional().verify(schema::verify_urlencoded).max_length(60)),
-            ("shared", Prop::boolean().optional()),
-            ("import-from", Prop::string().optional().verify(schema::verify_volume_id_or_absolute_path)),
-            ("mbps", Prop::number().optional()),
-            ("mbps_rd", Prop::number().optional()),
-            ("mbps_wr", Prop::number().optional()),
-            ("iops", Prop::integer().optional()),
-            ("iops_rd", Prop::integer().optional()),
-            ("iops_wr", Prop::integer().optional()),
-            $($extra),*
-        ]
-    };
-}
-
-static IDE_FMT: &[(&str, Prop)] = drive_format!(
-    (
-        "model",
-        Prop::string()
-            .optional()
-            .verify(schema::verify_urlencoded)
-            .max_length(120)
-    ),
-    ("ssd", Prop::boolean().optional()),
-    (
-        "wwn",
-        Prop::string().optional().pattern("0x[0-9a-fA-F]{16}")
-    ),
-);
-static SATA_FMT: &[(&str, Prop)] = drive_format!(
-    ("ssd", Prop::boolean().optional()),
-    (
-        "wwn",
-        Prop::string().optional().pattern("0x[0-9a-fA-F]{16}")
-    ),
-);
-static SCSI_FMT: &[(&str, Prop)] = drive_format!(
-    ("iothread", Prop::boolean().optional()),
-    (
-        "product",
-        Prop::string().optional().pattern(r"[A-Za-z0-9\-_\s]{0,16}")
-    ),
-    ("queues", Prop::integer().optional().range(Some(2), None)),
-    ("ro", Prop::boolean().optional()),
-    ("scsiblock", Prop::boolean().optional()),
-    ("ssd", Prop::boolean().optional()),
-    (
-        "vendor",
-        Prop::string().optional().pattern(r"[A-Za-z0-9\-_\s]{0,8}")
-    ),
-    (
-        "wwn",
-        Prop::string().optional().pattern("0x[0-9a-fA-F]{16}")
-    ),
-);
-static VIRTIO_FMT: &[(&str, Prop)] = drive_format!(
-    ("iothread", Prop::boolean().optional()),
-    ("ro", Prop::boolean().optional()),
-);
-static EFIDISK_FMT: &[(&str, Prop)] = &[
-    (
-        "file",
-        Prop::string()
-            .default_key()
-            .verify(schema::verify_volume_id_or_qm_path),
-    ),
-    ("volume", Prop::alias("file")),
-    (
-        "format",
-        Prop::string()
-            .optional()
-            .one_of(&["raw", "cow", "qcow", "qed", "qcow2", "vmdk", "cloop"]),
-    ),
-    (
-        "size",
-        Prop::string().optional().verify(schema::verify_disk_size),
-    ),
-    ("efitype", Prop::string().optional().one_of(&["2m", "4m"])),
-    ("pre-enrolled-keys", Prop::boolean().optional()),
-    (
-        "import-from",
-        Prop::string()
-            .optional()
-            .verify(schema::verify_volume_id_or_absolute_path),
-    ),
-];
-static UNUSED_FMT: &[(&str, Prop)] = &[(
-    "file",
-    Prop::string()
-        .default_key()
-        .verify(schema::verify_volume_id),
-)];
-
-fn drive_format(key: &str) -> Option<&'static [(&'static str, Prop)]> {
-    if !is_drive_key(key) && !is_unused_key(key) {
-        return None;
-    }
-    Some(if key.starts_with("ide") {
-        IDE_FMT
-    } else if key.starts_with("sata") {
-        SATA_FMT
-    } else if key.starts_with("scsi") {
-        SCSI_FMT
-    } else if key.starts_with("virtio") {
-        VIRTIO_FMT
-    } else if key.starts_with("unused") {
-        UNUSED_FMT
-    } else {
-        EFIDISK_FMT
-    })
-}
-
-static MEMORY_FMT: &[(&str, Prop)] = &[(
-    "current",
-    Prop::integer().default_key().range(Some(16), None),
-)];
-
-static BOOT_FMT: &[(&str, Prop)] = &[
-    (
-        "legacy",
-        Prop::string()
-            .optional()
-            .default_key()
-            .pattern("[acdn]{1,4}"),
-    ),
-    ("order", Prop::string().optional().verify(verify_boot_order)),
-];
-
-fn verify_boot_order(value: &str) -> Result<(), String> {
-    for dev in value.split([';', ',', ' ']).filter(|d| !d.is_empty()) {
-        let net = dev
-            .strip_prefix("net")
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_some_and(|n| n < MAX_NETS);
-        let usb = dev
-            .strip_prefix("usb")
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_some();
-        let pci = dev
-            .strip_prefix("hostpci")
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_some();
-        let special = dev.starts_with("efidisk") || dev.starts_with("tpmstate");
-        if !(is_drive_key(dev) && !special || net || usb || pci) {
-            return Err(format!("invalid boot device '{dev}'\n"));
-        }
-    }
-    Ok(())
-}
-
-static NET_FMT: &[(&str, Prop)] = &[
-    ("model", Prop::string().default_key().one_of(NIC_MODELS)),
-    ("macaddr", Prop::string().optional().verify(verify_mac)),
-    ("bridge", Prop::string().optional().pattern(r"[-_.\w\d]+")),
-    (
-        "queues",
-        Prop::integer().optional().range(Some(0), Some(64)),
-    ),
-    ("rate", Prop::number().optional()),
-    ("tag", Prop::integer().optional().range(Some(1), Some(4094))),
-    (
-        "trunks",
-        Prop::string()
-            .optional()
-            .pattern(r"\d+(?:-\d+)?(?:;\d+(?:-\d+)?)*"),
-    ),
-    ("firewall", Prop::boolean().optional()),
-    ("link_down", Prop::boolean().optional()),
-    (
-        "mtu",
-        Prop::integer().optional().range(Some(1), Some(65520)),
-    ),
-    ("rtl8139", Prop::alias("macaddr")),
-    ("ne2k_pci", Prop::alias("macaddr")),
-    ("e1000", Prop::alias("macaddr")),
-    ("pcnet", Prop::alias("macaddr")),
-    ("virtio", Prop::alias("macaddr")),
-    ("ne2k_isa", Prop::alias("macaddr")),
-    ("i82551", Prop::alias("macaddr")),
-    ("i82557b", Prop::alias("macaddr")),
-    ("i82559er", Prop::alias("macaddr")),
-    ("vmxnet3", Prop::alias("macaddr")),
-    ("e1000-82540em", Prop::alias("macaddr")),
-    ("e1000-82544gc", Prop::alias("macaddr")),
-    ("e1000-82545em", Prop::alias("macaddr")),
-    ("e1000e", Prop::alias("macaddr")),
-];
-
-/// `pve-qm-net`: the model aliases (`virtio=<mac>`) also set the model, which the generic
-/// property-string parser does not know; check the value with the model key restored.
-fn verify_net(value: &str) -> Result<(), String> {
-    let mut model = None;
-    let rewritten: Vec<String> = value
-        .split(',')
-        .map(|part| match part.split_once('=') {
-            Some((k, v)) if NIC_MODELS.contains(&k) => {
-                model = Some(k.to_string());
-                format!("macaddr={v}")
-            }
-            _ => part.to_string(),
-        })
-        .collect();
-    let mut text = rewritten.join(",");
-    if let Some(m) = model {
-        text = format!("model={m},{text}");
-    }
-    schema::parse_property_string(NET_FMT, &text, "").map(|_| ())
-}
-
-fn verify_mac(value: &str) -> Result<(), String> {
-    let parts: Vec<&str> = value.split(':').collect();
-    let ok = parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
-        && u8::from_str_radix(parts[0], 16).is_ok_and(|b| b & 1 == 0);
-    if ok {
-        Ok(())
-    } else {
-        Err("value does not look like a valid unicast MAC address\n".to_string())
-    }
-}
-
-const OSTYPES: &[&str] = &[
-    "other", "wxp", "w2k", "w2k3", "w2k8", "wvista", "win7", "win8", "win10", "win11", "l24",
-    "l26", "solaris",
-];
-const SCSIHW: &[&str] = &[
-    "lsi",
-    "lsi53c810",
-    "virtio-scsi-pci",
-    "virtio-scsi-single",
-    "megasas",
-    "pvscsi",
-];
-
-/// The schema of a config key (`json_config_properties(..., with_disk_alloc)`).
-pub fn config_prop(key: &str) -> Option<Prop> {
-    let p =
-        match key {
-            "name" => Prop::string().verify(schema::verify_dns_name),
-            "description" => Prop::string().max_length(8192),
-            "memory" => Prop::string().property_string(MEMORY_FMT),
-            "balloon" => Prop::integer().range(Some(0), None),
-            "cores" | "sockets" => Prop::integer().range(Some(1), None),
-            "vcpus" => Prop::integer().range(Some(1), None),
-            "cpu" => Prop::string(),
-            "cpulimit" => Prop::number().range(Some(0), Some(128)),
-            "numa" | "onboot" | "protection" | "template" | "acpi" | "kvm" | "tablet"
-            | "localtime" => Prop::boolean(),
-            "bios" => Prop::string().one_of(&["seabios", "ovmf"]),
-            "ostype" => Prop::string().one_of(OSTYPES),
-            "scsihw" => Prop::string().one_of(SCSIHW),
-            "boot" => Prop::string().property_string(BOOT_FMT),
-            "bootdisk" => Prop::string().pattern(r"(ide|sata|scsi|virtio)\d+"),
-            "agent" | "vga" | "machine" | "startup" | "hotplug" | "args" | "smbios1" | "meta" => {
-                Prop::string()
-            }
-            "vmgenid" => Prop::string()
-                .pattern(r"(?:[a-fA-F0-9]{8}(?:-[a-fA-F0-9]{4}){3}-[a-fA-F0-9]{12}|[01])"),
-            "tags" => Prop::string().verify(schema::verify_tag_list),
-            k if is_drive_key(k) || is_unused_key(k) => {
-                Prop::string().property_string(drive_format(k)?)
-            }
-            k if k
-                .strip_prefix("net")
-                .and_then(|n| n.parse::<u32>().ok())
-                .is_some_and(|n| n < MAX_NETS) =>
-            {
-                Prop::string().verify(verify_net)
-            }
-            _ => return None,
-        };
-    Some(p.optional())
 }
 
 #[cfg(test)]
@@ -765,13 +458,31 @@ mod tests {
     }
 
     #[test]
-    fn net_with_model_alias() {
-        assert!(verify_net("virtio=BC:24:11:00:00:01,bridge=vmbr0,firewall=1").is_ok());
-        assert!(verify_net("virtio,bridge=vmbr0").is_ok());
-        assert!(verify_net("bogus=1").is_err());
-        let mut p = Params::from([("net0".to_string(), "virtio,bridge=vmbr0".to_string())]);
+    fn nics_get_a_mac_and_print_as_pve_does() {
+        let mut p = Params::from([
+            ("net0".to_string(), "virtio,bridge=vmbr0".to_string()),
+            (
+                "net1".to_string(),
+                "model=e1000,firewall=1,bridge=vmbr1".to_string(),
+            ),
+            (
+                "net2".to_string(),
+                "virtio=BC:24:11:00:00:01,bridge=vmbr0".to_string(),
+            ),
+        ]);
         add_random_macs(&mut p).unwrap();
-        assert!(p["net0"].starts_with("virtio=BC:24:11:"), "{}", p["net0"]);
+        let mac = regex::Regex::new(
+            r"^virtio=BC:24:11:[0-9A-F]{2}:[0-9A-F]{2}:[0-9A-F]{2},bridge=vmbr0$",
+        )
+        .unwrap();
+        assert!(mac.is_match(&p["net0"]), "{}", p["net0"]);
+        assert!(
+            p["net1"].starts_with("e1000=BC:24:11:")
+                && p["net1"].ends_with(",bridge=vmbr1,firewall=1"),
+            "{}",
+            p["net1"]
+        );
+        assert_eq!(p["net2"], "virtio=BC:24:11:00:00:01,bridge=vmbr0");
     }
 
     #[test]

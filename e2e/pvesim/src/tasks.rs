@@ -57,7 +57,7 @@ impl Upid {
                 .then_some(s)
         }
         let bad = |s: &str| s.contains(|c: char| c.is_whitespace() || c == '/');
-        if crate::schema::verify_node(node).is_err()
+        if crate::schema::formats::verify_node(node).is_err()
             || kind.is_empty()
             || user.is_empty()
             || bad(kind)

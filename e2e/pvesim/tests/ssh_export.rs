@@ -1,6 +1,8 @@
-//! `pvesm export` through the e2e world's real sshd (Debian OpenSSH on 127.0.0.1:2222, key auth),
-//! as a migration runner uses it: `ssh root@host pvesm export <volid> raw+size -`. Skipped with a
-//! message when the world's endpoints are not up (`e2e/.world/endpoints.env` missing or sshd closed).
+//! `pvesm export`, `lvchange` and `lvs` through the e2e world's real sshd (Debian OpenSSH on
+//! 127.0.0.1:2222, key auth), as a migration runner uses them: `ssh root@host pvesm export <volid>
+//! raw+size -` for every fixture disk (linked clones included), and the read of a thin snapshot
+//! (`lvchange -ay -K`, `lvs ... -o lv_path,lv_size`, `cat`, `lvchange -an`). Skipped with a message
+//! when the world's endpoints are not up (`endpoints.env` of `VRG_WORLD` missing or sshd closed).
 
 mod common;
 
@@ -87,26 +89,37 @@ impl Ssh {
     }
 }
 
+/// This build's binary of a tool, run by the remote shell (the wrappers pvesim-up.sh installs on
+/// the sshd's PATH run the world's build, which may be older than this test); the remote's
+/// `command -v` is printed for information.
+fn remote_tool(ssh: &Ssh, name: &str, built: &str) -> String {
+    let found = ssh.run(&format!("command -v {name}"));
+    let found = String::from_utf8_lossy(&found.stdout).trim().to_string();
+    println!("remote {name}: running {built} (on the sshd's PATH: {found:?})");
+    built.to_string()
+}
+
 #[test]
 fn pvesm_export_raw_size_over_real_sshd() {
     let Some(ssh) = Ssh::connect() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let data = DataDir::open(tmp.path()).unwrap();
-    fixture::create_source_vm(&data, 32 << 20, true, false).unwrap();
+    fixture::create_all(&data, 32 << 20, true, false).unwrap();
+    let env = format!("PVESIM_DATA_DIR={}", data.root().display());
+    let pvesm = format!(
+        "{env} {}",
+        remote_tool(&ssh, "pvesm", env!("CARGO_BIN_EXE_pvesm"))
+    );
 
-    // the pvesm that pvesim-up.sh installs on the sshd's PATH, or else this build's binary
-    let installed = ssh.run("command -v pvesm").status.success();
-    let pvesm = if installed {
-        "pvesm".to_string()
-    } else {
-        env!("CARGO_BIN_EXE_pvesm").to_string()
-    };
-    println!("remote command: {pvesm} (installed on PATH: {installed})");
-    let prefix = format!("PVESIM_DATA_DIR={} {pvesm}", data.root().display());
-
-    for spec in fixture::disks(32 << 20) {
+    for spec in fixture::vms(32 << 20)
+        .iter()
+        .flat_map(|vm| vm.disks.clone())
+    {
         let volid = spec.volid;
-        let out = ssh.run(&format!("{prefix} export {volid} raw+size -"));
+        if volid == "local-lvm:base-901-disk-0" {
+            continue; // inactive: see the thin snapshot test
+        }
+        let out = ssh.run(&format!("{pvesm} export {volid} raw+size -"));
         assert!(
             out.status.success(),
             "{volid}: {}",
@@ -125,11 +138,64 @@ fn pvesm_export_raw_size_over_real_sshd() {
     }
 
     let out = ssh.run(&format!(
-        "{prefix} export local:100/vm-100-disk-0.qcow2 raw+size - --snapshot s1"
+        "{pvesm} export local:100/vm-100-disk-0.qcow2 raw+size - --snapshot s1"
     ));
     assert_eq!(out.status.code(), Some(255));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         "volume export format raw+size not available for PVE::Storage::DirPlugin\n"
+    );
+}
+
+#[test]
+fn thin_snapshot_read_over_real_sshd() {
+    let Some(ssh) = Ssh::connect() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = DataDir::open(tmp.path()).unwrap();
+    fixture::create_all(&data, 32 << 20, false, false).unwrap();
+    let node = pvesim::storage::NodeConfig::load(&data).unwrap();
+    let lvm = node.storage(&data, "local-lvm").unwrap();
+    let clone = lvm.parse_volid("local-lvm:vm-102-disk-0").unwrap();
+    lvm.snapshot(&clone, "migrate", &|_| {}).unwrap();
+    let env = format!("PVESIM_DATA_DIR={}", data.root().display());
+    let lvchange = format!(
+        "{env} {}",
+        remote_tool(&ssh, "lvchange", env!("CARGO_BIN_EXE_lvchange"))
+    );
+    let lvs = format!(
+        "{env} {}",
+        remote_tool(&ssh, "lvs", env!("CARGO_BIN_EXE_lvs"))
+    );
+
+    let lv = "pve/snap_vm-102-disk-0_migrate";
+    let out = ssh.run(&format!("{lvchange} -ay -K {lv}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ssh.run(&format!(
+        "{lvs} --noheadings --nosuffix --units b -o lv_path,lv_size {lv}"
+    ));
+    let line = String::from_utf8(out.stdout).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let dev = data.root().join("dev/pve/snap_vm-102-disk-0_migrate");
+    assert_eq!(fields, [dev.to_str().unwrap(), "8388608"]);
+    let out = ssh.run(&format!("cat {}", fields[0]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spec = fixture::vm(32 << 20, 102).unwrap().disks.remove(0);
+    assert!(
+        out.stdout == fixture::expected_bytes(&spec),
+        "the snapshot's bytes"
+    );
+    let out = ssh.run(&format!("{lvchange} -an {lv} && cat {}", fields[0]));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "no device path once deactivated"
     );
 }

@@ -2,10 +2,11 @@
 
 use serde_json::{Value, json};
 
-use super::{ApiOk, ApiParams, ApiResult, Authed, St, validate, vmid_prop};
+use super::{ApiOk, ApiResult, Call};
+use crate::auth::Auth;
 use crate::error::Error;
+use crate::node::Node;
 use crate::qemu_config::VmState;
-use crate::schema::Prop;
 
 /// The PVE release the simulator answers as.
 pub const VERSION: &str = "9.1.1";
@@ -13,18 +14,18 @@ pub const VERSION: &str = "9.1.1";
 pub const RELEASE: &str = "9.1";
 
 /// `GET /version`.
-pub async fn version(_auth: Authed, ApiParams(params): ApiParams) -> ApiResult {
-    validate(&params, vec![])?;
+pub async fn version(mut call: Call) -> ApiResult {
+    call.args().await?;
     Ok(ApiOk::new(
         json!({ "version": VERSION, "release": RELEASE, "repoid": "pvesim00" }),
     ))
 }
 
 /// `GET /cluster/nextid`: the first free VMID from 100, or the given one if it is free.
-pub async fn nextid(state: St, _auth: Authed, ApiParams(params): ApiParams) -> ApiResult {
-    validate(&params, vec![("vmid", vmid_prop().optional())])?;
-    let data = &state.node.data;
-    if let Some(vmid) = params.get("vmid").and_then(|v| v.parse::<u32>().ok()) {
+pub async fn nextid(mut call: Call) -> ApiResult {
+    let args = call.args().await?;
+    let data = &call.node().data;
+    if let Some(vmid) = args.num::<u32>("vmid") {
         if VmState::exists(data, vmid) {
             return Err(Error::param("vmid", format!("VM {vmid} already exists")));
         }
@@ -75,7 +76,7 @@ pub fn vm_status(vmid: u32, vm: &VmState, node: &str) -> Value {
     if let Some(tags) = vm.config.get("tags") {
         v["tags"] = json!(tags);
     }
-    if vm.config.get("template").is_some_and(|t| t == "1") {
+    if vm.is_template() {
         v["template"] = json!(1);
     }
     v
@@ -83,39 +84,15 @@ pub fn vm_status(vmid: u32, vm: &VmState, node: &str) -> Value {
 
 /// `GET /cluster/resources`: VMs, storages and the node (filtered by `type`), each only if the token
 /// may see it.
-pub async fn resources(state: St, auth: Authed, ApiParams(params): ApiParams) -> ApiResult {
-    validate(
-        &params,
-        vec![(
-            "type",
-            Prop::string()
-                .optional()
-                .one_of(&["vm", "storage", "node", "sdn", "pool"]),
-        )],
-    )?;
-    let node = &state.node;
-    let kind = params.get("type").map(String::as_str);
+pub async fn resources(mut call: Call) -> ApiResult {
+    let args = call.args().await?;
+    let (node, auth) = (call.node(), &call.auth);
+    let wanted = |kind: &str| args.get("type").is_none_or(|t| t == kind);
     let mut result = Vec::new();
-    if kind.is_none() || kind == Some("vm") {
-        for vmid in VmState::list(&node.data) {
-            if !auth.has(&format!("/vms/{vmid}"), "VM.Audit") {
-                continue;
-            }
-            let Ok(vm) = node.load_vm(vmid) else { continue };
-            let mut v = vm_status(vmid, &vm, node.name());
-            v["id"] = json!(format!("qemu/{vmid}"));
-            v["type"] = json!("qemu");
-            v["maxcpu"] = v["cpus"].clone();
-            v["template"] = json!(if vm.config.get("template").is_some_and(|t| t == "1") {
-                1
-            } else {
-                0
-            });
-            v["hastate"] = Value::Null;
-            result.push(v);
-        }
+    if wanted("vm") {
+        result.extend(vm_resources(node, auth));
     }
-    if kind.is_none() || kind == Some("node") {
+    if wanted("node") {
         result.push(json!({
             "id": format!("node/{}", node.name()),
             "type": "node",
@@ -125,13 +102,39 @@ pub async fn resources(state: St, auth: Authed, ApiParams(params): ApiParams) ->
             "cgroup-mode": 2,
         }));
     }
-    if kind.is_none() || kind == Some("storage") {
-        for storage in node.storages() {
-            if !auth.has(&format!("/storage/{}", storage.id), "Datastore.Audit") {
-                continue;
-            }
+    if wanted("storage") {
+        result.extend(storage_resources(node, auth));
+    }
+    Ok(ApiOk::new(result))
+}
+
+fn vm_resources(node: &Node, auth: &Auth) -> Vec<Value> {
+    let visible = VmState::list(&node.data)
+        .into_iter()
+        .filter(|vmid| auth.has(&format!("/vms/{vmid}"), "VM.Audit"));
+    visible
+        .filter_map(|vmid| {
+            let vm = node.load_vm(vmid).ok()?;
+            let mut v = vm_status(vmid, &vm, node.name());
+            v["id"] = json!(format!("qemu/{vmid}"));
+            v["type"] = json!("qemu");
+            v["maxcpu"] = v["cpus"].clone();
+            v["template"] = json!(u8::from(vm.is_template()));
+            v["hastate"] = Value::Null;
+            Some(v)
+        })
+        .collect()
+}
+
+fn storage_resources(node: &Node, auth: &Auth) -> Vec<Value> {
+    let visible = node
+        .storages()
+        .into_iter()
+        .filter(|s| auth.has(&format!("/storage/{}", s.id), "Datastore.Audit"));
+    visible
+        .map(|storage| {
             let (total, used, _) = storage.usage();
-            result.push(json!({
+            json!({
                 "id": format!("storage/{}/{}", node.name(), storage.id),
                 "type": "storage",
                 "storage": storage.id,
@@ -142,8 +145,7 @@ pub async fn resources(state: St, auth: Authed, ApiParams(params): ApiParams) ->
                 "shared": 0,
                 "disk": used,
                 "maxdisk": total,
-            }));
-        }
-    }
-    Ok(ApiOk::new(result))
+            })
+        })
+        .collect()
 }

@@ -1,29 +1,35 @@
-//! The `api2/json` HTTP API: routing, authentication, parameter extraction and PVE's response
-//! envelope (`{"data": ...}`; errors as described in [`crate::error`]).
-//!
-//! Parameters arrive the way pve-http-server takes them: query string, plus for POST/PUT a
-//! form-urlencoded or JSON body; path parameters are merged in and a conflicting duplicate is a 400.
+//! The `api2/json` HTTP API: the route table ([`ROUTES`]), authentication, and PVE's response
+//! envelope (`{"data": ...}`; errors as described in [`crate::error`]). Every route is a method
+//! of the schema file (or a listed exception), and its parameters are verified against it
+//! (`call`).
 
+mod call;
 mod cluster;
 mod nodes;
 mod qemu;
+mod routes;
 mod storage;
 mod tasks;
+mod upload;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{RawPathParams, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter};
 use axum::{Extension, Json, Router};
 use http::{Method, Uri};
 use serde_json::{Value, json};
 
+pub use call::{Args, Call};
+pub use routes::{ROUTES, Route};
+
 use crate::auth::{Auth, Tokens};
 use crate::error::{Error, Result};
 use crate::node::Node;
-use crate::schema::{Params, Prop, Schema};
+use crate::schema::{Params, Verb};
 
 /// State shared by all handlers.
 pub struct AppState {
@@ -32,9 +38,6 @@ pub struct AppState {
     /// Accepted API tokens.
     pub tokens: Tokens,
 }
-
-/// Handler state.
-pub type St = State<Arc<AppState>>;
 
 /// A successful answer: `{"data": ...}` (plus `total` for paged results).
 pub struct ApiOk {
@@ -53,9 +56,14 @@ impl ApiOk {
 
     /// `{"data": null}`.
     pub fn null() -> Self {
+        ApiOk::new(Value::Null)
+    }
+
+    /// `{"data": data, "total": total}`.
+    pub fn paged(data: impl Into<Value>, total: usize) -> Self {
         ApiOk {
-            data: Value::Null,
-            total: None,
+            data: data.into(),
+            total: Some(total),
         }
     }
 }
@@ -73,111 +81,32 @@ impl IntoResponse for ApiOk {
 /// Handler result.
 pub type ApiResult = Result<ApiOk>;
 
-/// The request parameters (query + body).
-pub struct ApiParams(pub Params);
-
-impl<S: Send + Sync> FromRequest<S> for ApiParams {
-    type Rejection = Error;
-
-    async fn from_request(req: Request, _state: &S) -> Result<Self> {
-        let mut params = Params::new();
-        if let Some(query) = req.uri().query() {
-            params.extend(url::form_urlencoded::parse(query.as_bytes()).into_owned());
-        }
-        let is_json = req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/json"));
-        if req.method() == Method::POST
-            || req.method() == Method::PUT
-            || req.method() == Method::DELETE
-        {
-            let body = axum::body::to_bytes(req.into_body(), 16 << 20)
-                .await
-                .map_err(|e| Error::failed(format!("unable to read request body - {e}")))?;
-            if is_json && !body.is_empty() {
-                let value: Value = serde_json::from_slice(&body)
-                    .map_err(|e| Error::failed(format!("unable to parse JSON body - {e}")))?;
-                let Value::Object(map) = value else {
-                    return Err(Error::failed("unable to parse JSON body - not an object"));
-                };
-                for (k, v) in map {
-                    let text = match v {
-                        Value::Null => continue,
-                        Value::String(s) => s,
-                        Value::Bool(b) => (b as u8).to_string(),
-                        other => other.to_string(),
-                    };
-                    params.insert(k, text);
-                }
-            } else {
-                params.extend(url::form_urlencoded::parse(&body).into_owned());
-            }
-        }
-        params.remove("_dc");
-        Ok(ApiParams(params))
-    }
-}
-
-/// Merges path parameters into the request parameters (`rest_handler`).
-pub fn with_path(mut params: Params, path: &[(&str, &str)]) -> Result<Params> {
-    for (name, value) in path {
-        if let Some(existing) = params.get(*name)
-            && existing != value
-        {
-            return Err(Error::param(
-                *name,
-                "duplicate parameter (already defined in URI) with conflicting values!",
-            ));
-        }
-        params.insert(name.to_string(), value.to_string());
-    }
-    Ok(params)
-}
-
-/// `pve-node` standard option.
-pub fn node_prop() -> Prop {
-    Prop::string().verify(crate::schema::verify_node)
-}
-
-/// `pve-vmid` standard option.
-pub fn vmid_prop() -> Prop {
-    Prop::integer()
-        .verify(crate::schema::verify_vmid)
-        .range(Some(100), Some(999_999_999))
-}
-
-/// `pve-storage-id` standard option.
-pub fn storage_prop() -> Prop {
-    Prop::string().verify(crate::schema::verify_storage_id)
-}
-
-/// Validates parameters against a schema given as a list of properties.
-pub fn validate(params: &Params, props: Vec<(&'static str, Prop)>) -> Result<()> {
-    Schema::new(props).validate(params)
-}
-
 /// Authenticates every request (pve-http-server checks credentials before looking for a handler).
-async fn authenticate(State(state): St, mut req: Request, next: Next) -> Response {
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let header = req
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let response = match state.tokens.authenticate(header) {
+    match state.tokens.authenticate(header) {
         Ok(auth) => {
             let user = auth.tokenid.clone();
             req.extensions_mut().insert(auth);
             let response = next.run(req).await;
             tracing::info!(%method, %path, %user, status = response.status().as_u16(), "request");
-            return response;
+            response
         }
-        Err(e) => e.into_response(),
-    };
-    tracing::info!(%method, %path, status = response.status().as_u16(), "request refused");
-    response
+        Err(e) => {
+            let response = e.into_response();
+            tracing::info!(%method, %path, status = response.status().as_u16(), "request refused");
+            response
+        }
+    }
 }
 
 /// No handler for this method and path.
@@ -193,69 +122,46 @@ async fn not_implemented(method: Method, uri: Uri) -> Error {
     }
 }
 
-/// The API router (every path below `/api2/json`).
+fn filter(verb: Verb) -> MethodFilter {
+    match verb {
+        Verb::Get => MethodFilter::GET,
+        Verb::Post => MethodFilter::POST,
+        Verb::Put => MethodFilter::PUT,
+        Verb::Delete => MethodFilter::DELETE,
+    }
+}
+
+/// The axum handler of one route: builds the [`Call`] and runs the route's handler.
+fn endpoint(route: &'static Route) -> MethodRouter<Arc<AppState>> {
+    let handler = move |State(state): State<Arc<AppState>>,
+                        Extension(auth): Extension<Auth>,
+                        path: RawPathParams,
+                        req: Request| {
+        let path: Params = path
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        (route.handler)(Call::new(state, auth, route, path, req))
+    };
+    axum::routing::on(filter(route.verb), handler)
+}
+
+/// The API router: every route of [`ROUTES`] below `/api2/json`, 501 for anything else.
 pub fn router(state: Arc<AppState>) -> Router {
-    let api = Router::new()
-        .route("/version", get(cluster::version))
-        .route("/cluster/nextid", get(cluster::nextid))
-        .route("/cluster/resources", get(cluster::resources))
-        .route("/nodes", get(nodes::index))
-        .route("/nodes/{node}/status", get(nodes::status))
-        .route("/nodes/{node}/qemu", get(qemu::list).post(qemu::create))
-        .route(
-            "/nodes/{node}/qemu/{vmid}",
-            get(qemu::vm_index).delete(qemu::destroy),
-        )
-        .route(
-            "/nodes/{node}/qemu/{vmid}/config",
-            get(qemu::config_get)
-                .post(qemu::config_post)
-                .put(qemu::config_put),
-        )
-        .route(
-            "/nodes/{node}/qemu/{vmid}/status/current",
-            get(qemu::status_current),
-        )
-        .route(
-            "/nodes/{node}/qemu/{vmid}/status/{action}",
-            post(qemu::status_action),
-        )
-        .route(
-            "/nodes/{node}/qemu/{vmid}/snapshot",
-            get(qemu::snapshot_list).post(qemu::snapshot_create),
-        )
-        .route(
-            "/nodes/{node}/qemu/{vmid}/snapshot/{snapname}",
-            get(qemu::snapshot_index).delete(qemu::snapshot_delete),
-        )
-        .route(
-            "/nodes/{node}/qemu/{vmid}/snapshot/{snapname}/config",
-            get(qemu::snapshot_config),
-        )
-        .route("/nodes/{node}/storage", get(storage::index))
-        .route(
-            "/nodes/{node}/storage/{storage}/status",
-            get(storage::status),
-        )
-        .route(
-            "/nodes/{node}/storage/{storage}/content",
-            get(storage::content),
-        )
-        .route(
-            "/nodes/{node}/storage/{storage}/content/{*volume}",
-            get(storage::volume_info).delete(storage::volume_delete),
-        )
-        .route(
-            "/nodes/{node}/storage/{storage}/upload",
-            post(storage::upload),
-        )
-        .route(
-            "/nodes/{node}/storage/{storage}/download-url",
-            post(storage::download_url),
-        )
-        .route("/nodes/{node}/tasks", get(tasks::list))
-        .route("/nodes/{node}/tasks/{upid}/status", get(tasks::status))
-        .route("/nodes/{node}/tasks/{upid}/log", get(tasks::log))
+    let mut by_path: BTreeMap<String, MethodRouter<Arc<AppState>>> = BTreeMap::new();
+    for route in ROUTES {
+        let method_router = endpoint(route);
+        let merged = match by_path.remove(&route.axum_path()) {
+            Some(existing) => existing.merge(method_router),
+            None => method_router,
+        };
+        by_path.insert(route.axum_path(), merged);
+    }
+    let api = by_path
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(&path, methods)
+        })
         .method_not_allowed_fallback(not_implemented);
     Router::new()
         .nest("/api2/json", api)
@@ -266,6 +172,3 @@ pub fn router(state: Arc<AppState>) -> Router {
         ))
         .with_state(state)
 }
-
-/// The authenticated token of a request.
-pub type Authed = Extension<Auth>;

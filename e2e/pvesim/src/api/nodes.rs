@@ -1,10 +1,9 @@
 //! `/nodes` and `/nodes/{node}/status` (pve-manager `PVE::API2::Nodes`).
 
-use axum::extract::Path;
 use serde_json::json;
 
 use super::cluster::VERSION;
-use super::{ApiOk, ApiParams, ApiResult, Authed, St, node_prop, validate, with_path};
+use super::{ApiOk, ApiResult, Call};
 
 fn host_uptime() -> u64 {
     std::fs::read_to_string("/proc/uptime")
@@ -33,9 +32,9 @@ fn cpu_count() -> usize {
 }
 
 /// `GET /nodes`.
-pub async fn index(state: St, _auth: Authed, ApiParams(params): ApiParams) -> ApiResult {
-    validate(&params, vec![])?;
-    let node = state.node.name();
+pub async fn index(mut call: Call) -> ApiResult {
+    call.args().await?;
+    let node = call.node().name();
     let (total, avail) = meminfo();
     Ok(ApiOk::new(json!([{
         "node": node,
@@ -53,19 +52,13 @@ pub async fn index(state: St, _auth: Authed, ApiParams(params): ApiParams) -> Ap
 }
 
 /// `GET /nodes/{node}/status` (needs `Sys.Audit` on `/nodes/{node}`).
-pub async fn status(
-    state: St,
-    auth: Authed,
-    Path(node): Path<String>,
-    ApiParams(params): ApiParams,
-) -> ApiResult {
-    auth.check(&format!("/nodes/{node}"), &["Sys.Audit"])?;
-    let params = with_path(params, &[("node", &node)])?;
-    validate(&params, vec![("node", node_prop())])?;
-    state.node.check_node(&node)?;
+pub async fn status(mut call: Call) -> ApiResult {
+    call.auth
+        .check(&format!("/nodes/{}", call.path("node")), &["Sys.Audit"])?;
+    call.node_args().await?;
     let (total, avail) = meminfo();
-    let (disk_total, disk_used, disk_avail) = state
-        .node
+    let (disk_total, disk_used, disk_avail) = call
+        .node()
         .storages()
         .first()
         .map(|s| s.usage())

@@ -5,20 +5,17 @@
 
 use std::sync::Arc;
 
-use axum::extract::Path;
 use serde_json::{Value, json};
 
 use super::cluster::vm_status;
-use super::{
-    ApiOk, ApiParams, ApiResult, Authed, St, node_prop, storage_prop, validate, vmid_prop,
-    with_path,
-};
+use super::{ApiOk, ApiResult, Args, Call};
+use crate::auth::Auth;
 use crate::error::{Error, Result};
 use crate::node::Node;
-use crate::qemu_config::{self, VmState, config_json};
-use crate::schema::{self, Params, Prop, Schema};
+use crate::qemu_config::{self, Snapshot, VmState, config_json};
+use crate::schema::Params;
 use crate::tasks::TaskLog;
-use crate::vm;
+use crate::vm::{self, Update};
 
 /// Every privilege that allows some config change (`$vm_config_perm_list`).
 const VM_CONFIG_PRIVS: &[&str] = &[
@@ -32,14 +29,9 @@ const VM_CONFIG_PRIVS: &[&str] = &[
     "VM.Config.Cloudinit",
 ];
 
-fn snapname_prop() -> Prop {
-    Prop::string()
-        .verify(schema::verify_configid)
-        .max_length(40)
-}
-
-fn parse_vmid(value: &str) -> u32 {
-    value.parse().unwrap_or_default()
+/// The `/vms/{vmid}` privilege path of a call.
+fn vm_path(call: &Call) -> String {
+    format!("/vms/{}", call.path("vmid"))
 }
 
 /// Runs a worker on the node's task list with a log closure.
@@ -58,32 +50,30 @@ fn spawn(
     Ok(ApiOk::new(upid))
 }
 
-/// `GET /nodes/{node}/qemu`: the VMs the token may audit.
-pub async fn list(
-    state: St,
-    auth: Authed,
-    Path(node): Path<String>,
-    ApiParams(params): ApiParams,
-) -> ApiResult {
-    let params = with_path(params, &[("node", &node)])?;
-    validate(
-        &params,
-        vec![("node", node_prop()), ("full", Prop::boolean().optional())],
-    )?;
-    state.node.check_node(&node)?;
-    let mut result = Vec::new();
-    for vmid in VmState::list(&state.node.data) {
-        if !auth.has(&format!("/vms/{vmid}"), "VM.Audit") {
-            continue;
-        }
-        if let Ok(vm) = state.node.load_vm(vmid) {
-            let mut v = vm_status(vmid, &vm, &node);
-            if let Some(obj) = v.as_object_mut() {
-                obj.remove("node");
-            }
-            result.push(v);
-        }
+/// `skiplock` is for root@pam only (never a token).
+fn skiplock(args: &Args, auth: &Auth) -> Result<bool> {
+    let skiplock = args.flag("skiplock");
+    if skiplock && !auth.is_root() {
+        return Err(Error::param("skiplock", "Only root may use this option."));
     }
+    Ok(skiplock)
+}
+
+/// `GET /nodes/{node}/qemu`: the VMs the token may audit.
+pub async fn list(mut call: Call) -> ApiResult {
+    let args = call.node_args().await?;
+    let node = call.node();
+    let visible = VmState::list(&node.data)
+        .into_iter()
+        .filter(|vmid| call.auth.has(&format!("/vms/{vmid}"), "VM.Audit"));
+    let result: Vec<Value> = visible
+        .filter_map(|vmid| {
+            let vm = node.load_vm(vmid).ok()?;
+            let mut v = vm_status(vmid, &vm, args.str("node"));
+            v.as_object_mut()?.remove("node");
+            Some(v)
+        })
+        .collect();
     Ok(ApiOk::new(result))
 }
 
@@ -103,110 +93,80 @@ const CREATE_OPTIONS: &[&str] = &[
     "import-working-storage",
 ];
 
-fn create_schema() -> Schema {
-    Schema::new(vec![
-        ("node", node_prop()),
-        ("vmid", vmid_prop()),
-        ("storage", storage_prop().optional()),
-        ("start", Prop::boolean().optional()),
-        ("pool", Prop::string().optional()),
-        ("archive", Prop::string().optional().max_length(255)),
-        ("force", Prop::boolean().optional().requires("archive")),
-        ("unique", Prop::boolean().optional().requires("archive")),
-        ("live-restore", Prop::boolean().optional()),
-        ("bwlimit", Prop::integer().optional().range(Some(0), None)),
-        ("ha-managed", Prop::boolean().optional()),
-        ("import-working-storage", storage_prop().optional()),
-    ])
-    .with_dynamic(qemu_config::config_prop)
-}
-
 /// Checks the privileges for setting config keys (`check_vm_modify_config_perm`).
-fn check_config_privs(
-    auth: &crate::auth::Auth,
-    vmid: u32,
-    keys: impl Iterator<Item = String>,
-) -> Result<()> {
+fn check_config_privs(auth: &Auth, vmid: u32, keys: impl Iterator<Item = String>) -> Result<()> {
     for key in keys {
         auth.check(&format!("/vms/{vmid}"), &[vm::config_privilege(&key)])?;
     }
     Ok(())
 }
 
-/// `POST /nodes/{node}/qemu`: creates a VM; disks with `<storage>:<GiB>` are allocated, with
-/// `<storage>:0,import-from=<volume>` imported.
-pub async fn create(
-    state: St,
-    auth: Authed,
-    Path(node): Path<String>,
-    ApiParams(params): ApiParams,
-) -> ApiResult {
-    let params = with_path(params, &[("node", &node)])?;
-    create_schema().validate(&params)?;
-    state.node.check_node(&node)?;
-    let vmid = parse_vmid(&params["vmid"]);
-    let storage = params.get("storage").cloned();
-    if params.contains_key("archive") {
-        return Err(Error::failed(
-            "restore from a backup archive is not implemented by the simulator",
-        ));
-    }
-    if let Some(s) = &storage {
+/// The privilege checks of create, made inside the method (after verification).
+fn check_create_privs(auth: &Auth, args: &Args) -> Result<()> {
+    let vmid = args.vmid();
+    if let Some(s) = args.get("storage") {
         auth.check(&format!("/storage/{s}"), &["Datastore.AllocateSpace"])?;
     }
-    let start = params.get("start").is_some_and(|v| v == "1");
-    if start {
+    if args.flag("start") {
         auth.check(&format!("/vms/{vmid}"), &["VM.PowerMgmt"])?;
     }
     if !auth.has(&format!("/vms/{vmid}"), "VM.Allocate") {
         return Err(Error::Permission(String::new()));
     }
-    let mut settings: Params = params
-        .into_iter()
-        .filter(|(k, _)| !CREATE_OPTIONS.contains(&k.as_str()))
-        .collect();
-    let node_ref = &state.node;
+    Ok(())
+}
+
+/// `create_and_lock_config`: the VMID must be free on the node.
+fn create_and_lock(node: &Node, vmid: u32) -> Result<()> {
+    let _guard = node.lock();
+    if VmState::exists(&node.data, vmid) {
+        return Err(Error::failed(format!(
+            "unable to create VM {vmid} - VM {vmid} already exists on node '{}'",
+            node.name()
+        )));
+    }
+    let vm = VmState {
+        config: [("lock".to_string(), "create".to_string())].into(),
+        ..VmState::default()
+    };
+    vm.save(&node.data, vmid)
+}
+
+/// `POST /nodes/{node}/qemu`: creates a VM; disks with `<storage>:<GiB>` are allocated, with
+/// `<storage>:0,import-from=<volume>` imported.
+pub async fn create(mut call: Call) -> ApiResult {
+    let args = call.node_args().await?;
+    let vmid = args.vmid();
+    if args.get("archive").is_some() {
+        return Err(Error::failed(
+            "restore from a backup archive is not implemented by the simulator",
+        ));
+    }
+    check_create_privs(&call.auth, &args)?;
+    let storage = args.get("storage").map(str::to_string);
+    let mut settings = args.rest(CREATE_OPTIONS);
+    let node = call.node();
     if !settings.is_empty() {
-        vm::check_storage_access(node_ref, &auth, vmid, &settings, storage.as_deref())?;
-        check_config_privs(&auth, vmid, settings.keys().cloned())?;
-        vm::check_drive_params(node_ref, &mut settings)?;
+        vm::check_storage_access(node, &call.auth, vmid, &settings, storage.as_deref())?;
+        check_config_privs(&call.auth, vmid, settings.keys().cloned())?;
+        vm::check_drive_params(node, &mut settings)?;
         qemu_config::add_random_macs(&mut settings)?;
     }
-    {
-        let _guard = node_ref.lock();
-        if VmState::exists(&node_ref.data, vmid) {
-            return Err(Error::failed(format!(
-                "unable to create VM {vmid} - VM {vmid} already exists on node '{}'",
-                node_ref.name()
-            )));
-        }
-        let vm = VmState {
-            config: [("lock".to_string(), "create".to_string())].into(),
-            ..VmState::default()
-        };
-        vm.save(&node_ref.data, vmid)?;
-    }
+    create_and_lock(node, vmid)?;
+    let start = args.flag("start");
     spawn(
-        node_ref,
+        node,
         "qmcreate",
         &vmid.to_string(),
-        &auth.tokenid,
+        &call.auth.tokenid,
         move |node, log| vm::create_vm_worker(node, vmid, settings, storage, start, log),
     )
 }
 
 /// `GET /nodes/{node}/qemu/{vmid}`: the directory index.
-pub async fn vm_index(
-    state: St,
-    auth: Authed,
-    Path((node, vmid)): Path<(String, String)>,
-    ApiParams(params): ApiParams,
-) -> ApiResult {
-    let params = with_path(params, &[("node", &node), ("vmid", &vmid)])?;
-    validate(&params, vec![("node", node_prop()), ("vmid", vmid_prop())])?;
-    state.node.check_node(&node)?;
-    let _ = auth;
-    state.node.load_vm(parse_vmid(&vmid))?;
+pub async fn vm_index(mut call: Call) -> ApiResult {
+    let args = call.node_args().await?;
+    call.node().load_vm(args.vmid())?;
     let subdirs = [
         "config",
         "pending",
@@ -228,45 +188,18 @@ pub async fn vm_index(
         "mtunnel",
         "remote_migrate",
     ];
-    Ok(ApiOk::new(
-        subdirs
-            .iter()
-            .map(|s| json!({ "subdir": s }))
-            .collect::<Vec<_>>(),
-    ))
+    let index: Vec<Value> = subdirs.iter().map(|s| json!({ "subdir": s })).collect();
+    Ok(ApiOk::new(index))
 }
 
 /// `DELETE /nodes/{node}/qemu/{vmid}`.
-pub async fn destroy(
-    state: St,
-    auth: Authed,
-    Path((node, vmid)): Path<(String, String)>,
-    ApiParams(params): ApiParams,
-) -> ApiResult {
-    auth.check(&format!("/vms/{vmid}"), &["VM.Allocate"])?;
-    let params = with_path(params, &[("node", &node), ("vmid", &vmid)])?;
-    validate(
-        &params,
-        vec![
-            ("node", node_prop()),
-            ("vmid", vmid_prop()),
-            ("skiplock", Prop::boolean().optional()),
-            ("purge", Prop::boolean().optional()),
-            ("destroy-unreferenced-disks", Prop::boolean().optional()),
-        ],
-    )?;
-    state.node.check_node(&node)?;
-    let vmid = parse_vmid(&vmid);
-    let flag = |k: &str| params.get(k).is_some_and(|v| v == "1");
-    let (skiplock, purge, unreferenced) = (
-        flag("skiplock"),
-        flag("purge"),
-        flag("destroy-unreferenced-disks"),
-    );
-    if skiplock && !auth.is_root() {
-        return Err(Error::param("skiplock", "Only root may use this option."));
-    }
-    let vm = state.node.load_vm(vmid)?;
+pub async fn destroy(mut call: Call) -> ApiResult {
+    call.auth.check(&vm_path(&call), &["VM.Allocate"])?;
+    let args = call.node_args().await?;
+    let vmid = args.vmid();
+    let skiplock = skiplock(&args, &call.auth)?;
+    let (purge, unreferenced) = (args.flag("purge"), args.flag("destroy-unreferenced-disks"));
+    let vm = call.node().load_vm(vmid)?;
     if vm.config.get("protection").is_some_and(|p| p == "1") {
         return Err(Error::failed(format!(
             "can't remove VM {vmid} - protection mode enabled"
@@ -277,41 +210,41 @@ pub async fn destroy(
             "VM {vmid} is running - destroy failed"
         )));
     }
+    let user = &call.auth.tokenid;
     spawn(
-        &state.node,
+        call.node(),
         "qmdestroy",
         &vmid.to_string(),
-        &auth.tokenid,
+        user,
         move |node, log| vm::destroy_vm(node, vmid, skiplock, purge, unreferenced, log),
     )
 }
 
+/// A snapshot's config as the API shows it (with `snaptime`, `description`, `parent`).
+fn snapshot_json(snap: &Snapshot) -> serde_json::Map<String, Value> {
+    let mut config = config_json(&snap.config);
+    config.insert("snaptime".into(), json!(snap.snaptime));
+    config.insert("description".into(), json!(snap.description));
+    if let Some(parent) = &snap.parent {
+        config.insert("parent".into(), json!(parent));
+    }
+    config
+}
+
+fn snapshot<'a>(vm: &'a VmState, name: &str) -> Result<&'a Snapshot> {
+    vm.snapshots
+        .get(name)
+        .ok_or_else(|| Error::failed(format!("snapshot '{name}' does not exist")))
+}
+
 /// `GET /nodes/{node}/qemu/{vmid}/config`: the config (or a snapshot's) with its digest.
-pub async fn config_get(
-    state: St,
-    auth: Authed,
-    Path((node, vmid)): Path<(String, String)>,
-    ApiParams(params): ApiParams,
-) -> ApiResult {
-    auth.check(&format!("/vms/{vmid}"), &["VM.Audit"])?;
-    let params = with_path(params, &[("node", &node), ("vmid", &vmid)])?;
-    validate(
-        &params,
-        vec![
-            ("node", node_prop()),
-            ("vmid", vmid_prop()),
-            ("current", Prop::boolean().optional()),
-            ("snapshot", snapname_prop().optional()),
-        ],
-    )?;
-    state.node.check_node(&node)?;
-    let vm = state.node.load_vm(parse_vmid(&vmid))?;
-    let mut config = match params.get("snapshot") {
+pub async fn config_get(mut call: Call) -> ApiResult {
+    call.auth.check(&vm_path(&call), &["VM.Audit"])?;
+    let args = call.node_args().await?;
+    let vm = call.node().load_vm(args.vmid())?;
+    let mut config = match args.get("snapshot") {
         Some(name) => {
-            let snap = vm
-                .snapshots
-                .get(name)
-                .ok_or_else(|| Error::failed(format!("snapshot '{name}' does not exist")))?;
+            let snap = snapshot(&vm, name)?;
             let mut c = config_json(&snap.config);
             c.insert("snaptime".into(), json!(snap.snaptime));
             if !snap.description.is_empty() {
@@ -325,63 +258,30 @@ pub async fn config_get(
     Ok(ApiOk::new(Value::Object(config)))
 }
 
-fn update_schema(post: bool) -> Schema {
-    let mut props = vec![
-        ("node", node_prop()),
-        ("vmid", vmid_prop()),
-        ("skiplock", Prop::boolean().optional()),
-        ("delete", Prop::string().optional()),
-        ("revert", Prop::string().optional()),
-        ("digest", Prop::string().optional().max_length(64)),
-        ("force", Prop::boolean().optional().requires("delete")),
-    ];
-    if post {
-        props.push((
-            "background_delay",
-            Prop::integer().optional().range(Some(1), Some(30)),
-        ));
-    }
-    Schema::new(props).with_dynamic(qemu_config::config_prop)
-}
+/// Options of the update calls that are not VM config keys.
+const UPDATE_OPTIONS: &[&str] = &[
+    "node",
+    "vmid",
+    "skiplock",
+    "delete",
+    "revert",
+    "digest",
+    "force",
+    "background_delay",
+    "import-working-storage",
+];
 
-/// Checks an update request and returns (settings, deletions, digest, skiplock).
-fn prepare_update(
-    node: &Node,
-    auth: &crate::auth::Auth,
-    vmid: u32,
-    params: &Params,
-) -> Result<(Params, Vec<String>, Option<String>, bool)> {
-    let skiplock = params.get("skiplock").is_some_and(|v| v == "1");
-    if skiplock && !auth.is_root() {
-        return Err(Error::param("skiplock", "Only root may use this option."));
-    }
-    let digest = params.get("digest").cloned();
-    let delete: Vec<String> = params
+/// The `delete` list, each an existing config key that is not also set.
+fn deletions(args: &Args, settings: &Params) -> Result<Vec<String>> {
+    let delete: Vec<String> = args
         .get("delete")
         .map(|d| {
-            d.split([',', ';', ' '])
-                .filter(|s| !s.is_empty())
+            crate::schema::formats::split_list(d)
+                .into_iter()
                 .map(str::to_string)
                 .collect()
         })
         .unwrap_or_default();
-    let mut settings: Params = params
-        .iter()
-        .filter(|(k, _)| {
-            !matches!(
-                k.as_str(),
-                "node"
-                    | "vmid"
-                    | "skiplock"
-                    | "delete"
-                    | "revert"
-                    | "digest"
-                    | "force"
-                    | "background_delay"
-            )
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
     for key in &delete {
         if settings.contains_key(key) {
             return Err(Error::param(
@@ -389,13 +289,22 @@ fn prepare_update(
                 format!("you can't use '-{key}' and -delete {key}' at the same time"),
             ));
         }
-        if qemu_config::config_prop(key).is_none() {
+        if crate::schema::api().qemu_config().get(key).is_none() {
             return Err(Error::param(
                 "delete",
                 format!("invalid configuration ID '{key}'"),
             ));
         }
     }
+    Ok(delete)
+}
+
+/// Checks an update request (`update_vm_api` before its worker).
+fn prepare_update(node: &Node, auth: &Auth, args: &Args) -> Result<Update> {
+    let vmid = args.vmid();
+    let skiplock = skiplock(args, auth)?;
+    let mut settings = args.rest(UPDATE_OPTIONS);
+    let delete = deletions(args, &settings)?;
     if settings.is_empty() && delete.is_empty() {
         return Err(Error::failed("no options specified"));
     }
@@ -404,161 +313,125 @@ fn prepare_update(
     vm::check_storage_access(node, auth, vmid, &settings, None)?;
     vm::check_drive_params(node, &mut settings)?;
     qemu_config::add_random_macs(&mut settings)?;
-    Ok((settings, delete, digest, skiplock))
+    Ok(Update {
+        settings,
+        delete,
+        digest: args.get("digest").map(str::to_string),
+        skiplock,
+    })
 }
 
 /// `POST /nodes/{node}/qemu/{vmid}/config`: asynchronous update (returns a UPID).
-pub async fn config_post(
-    state: St,
-    auth: Authed,
-    Path((node, vmid)): Path<(String, String)>,
-    ApiParams(params): ApiParams,
-) -> ApiResult {
-    auth.check_any(&format!("/vms/{vmid}"), VM_CONFIG_PRIVS)?;
-    let params = with_path(params, &[("node", &node), ("vmid", &vmid)])?;
-    update_schema(true).validate(&params)?;
-    state.node.check_node(&node)?;
-    let vmid = parse_vmid(&vmid);
-    let (settings, delete, digest, skiplock) = prepare_update(&state.node, &auth, vmid, &params)?;
+pub async fn config_post(mut call: Call) -> ApiResult {
+    call.auth.check_any(&vm_path(&call), VM_CONFIG_PRIVS)?;
+    let args = call.node_args().await?;
+    let vmid = args.vmid();
+    let update = prepare_update(call.node(), &call.auth, &args)?;
+    let user = &call.auth.tokenid;
     spawn(
-        &state.node,
+        call.node(),
         "qmconfig",
         &vmid.to_string(),
-        &auth.tokenid,
-        move |node, log| vm::update_config(node, vmid, settings, delete, digest, skiplock, log),
+        user,
+        move |node, log| vm::update_config(node, vmid, update, log),
     )
 }
 
 /// `PUT /nodes/{node}/qemu/{vmid}/config`: synchronous update.
-pub async fn config_put(
-    state: St,
-    auth: Authed,
-    Path((node, vmid)): Path<(String, String)>,
-    ApiParams(params): ApiParams,
-) -> ApiResult {
-    auth.check_any(&format!("/vms/{vmid}"), VM_CONFIG_PRIVS)?;
-    let params = with_path(params, &[("node", &node), ("vmid", &vmid)])?;
-    update_schema(false).validate(&params)?;
-    state.node.check_node(&node)?;
-    let vmid = parse_vmid(&vmid);
-    let (settings, delete, digest, skiplock) = prepare_update(&state.node, &auth, vmid, &params)?;
-    let node = Arc::clone(&state.node);
+pub async fn config_put(mut call: Call) -> ApiResult {
+    call.auth.check_any(&vm_path(&call), VM_CONFIG_PRIVS)?;
+    let args = call.node_args().await?;
+    let vmid = args.vmid();
+    let update = prepare_update(call.node(), &call.auth, &args)?;
+    let node = Arc::clone(call.node());
     tokio::task::spawn_blocking(move || {
         let log = |l: &str| tracing::info!(vmid, "{l}");
-        vm::update_config(&node, vmid, settings, delete, digest, skiplock, &log)
+        vm::update_config(&node, vmid, update, &log)
     })
     .await
     .map_err(|e| Error::failed(format!("update worker failed: {e}")))??;
     Ok(ApiOk::null())
 }
 
+/// `GET /nodes/{node}/qemu/{vmid}/status`: the directory index.
+pub async fn status_index(mut call: Call) -> ApiResult {
+    call.auth.check(&vm_path(&call), &["VM.Audit"])?;
+    let args = call.node_args().await?;
+    call.node().load_vm(args.vmid())?;
+    let index: Vec<Value> = [
+        "current", "start", "stop", "reset", "shutdown", "suspend", "reboot",
+    ]
+    .iter()
+    .map(|s| json!({ "subdir": s }))
+    .collect();
+    Ok(ApiOk::new(index))
+}
+
 /// `GET /nodes/{node}/qemu/{vmid}/status/current`.
-pub async fn status_current(
-    state: St,
-    auth: Authed,
-    Path((node, vmid)): Path<(String, String)>,
-    ApiParams(params): ApiParams,
-) -> ApiResult {
-    auth.check(&format!("/vms/{vmid}"), &["VM.Audit"])?;
-    let params = with_path(params, &[("node", &node), ("vmid", &vmid)])?;
-    validate(&params, vec![("node", node_prop()), ("vmid", vmid_prop())])?;
-    state.node.check_node(&node)?;
-    let vmid = parse_vmid(&vmid);
-    let vm = state.node.load_vm(vmid)?;
-    let mut status = vm_status(vmid, &vm, &node);
-    if let Some(obj) = status.as_object_mut() {
-        obj.remove("node");
-        obj.insert(
-            "qmpstatus".into(),
-            json!(if vm.is_running() {
-                "running"
-            } else {
-                "stopped"
-            }),
-        );
-        obj.insert("ha".into(), json!({ "managed": 0 }));
-        if vm
-            .config
-            .get("agent")
-            .is_some_and(|a| a.starts_with('1') || a.contains("enabled=1"))
-        {
-            obj.insert("agent".into(), json!(1));
-        }
+pub async fn status_current(mut call: Call) -> ApiResult {
+    call.auth.check(&vm_path(&call), &["VM.Audit"])?;
+    let args = call.node_args().await?;
+    let vmid = args.vmid();
+    let vm = call.node().load_vm(vmid)?;
+    let mut status = vm_status(vmid, &vm, args.str("node"));
+    let obj = status.as_object_mut().expect("vm_status is an object");
+    obj.remove("node");
+    let qmpstatus = if vm.is_running() {
+        "running"
+    } else {
+        "stopped"
+    };
+    obj.insert("qmpstatus".into(), json!(qmpstatus));
+    obj.insert("ha".into(), json!({ "managed": 0 }));
+    let agent = vm.config.get("agent");
+    if agent.is_some_and(|a| a.starts_with('1') || a.contains("enabled=1")) {
+        obj.insert("agent".into(), json!(1));
     }
     Ok(ApiOk::new(status))
 }
 
-/// `POST /nodes/{node}/qemu/{vmid}/status/{start|stop|shutdown|reboot}`.
-pub async fn status_action(
-    state: St,
-    auth: Authed,
-    Path((node, vmid, action)): Path<(String, String, String)>,
-    ApiParams(params): ApiParams,
-) -> ApiResult {
-    let kind = match action.as_str() {
-        "start" => "qmstart",
-        "stop" => "qmstop",
-        "shutdown" => "qmshutdown",
-        "reboot" => "qmreboot",
-        _ => {
-            return Err(Error::NotImplemented {
-                method: "POST".into(),
-                path: format!("/nodes/{node}/qemu/{vmid}/status/{action}"),
-            });
-        }
-    };
-    auth.check(&format!("/vms/{vmid}"), &["VM.PowerMgmt"])?;
-    let params = with_path(params, &[("node", &node), ("vmid", &vmid)])?;
-    validate(
-        &params,
-        vec![
-            ("node", node_prop()),
-            ("vmid", vmid_prop()),
-            ("skiplock", Prop::boolean().optional()),
-            ("timeout", Prop::integer().optional().range(Some(0), None)),
-            ("forceStop", Prop::boolean().optional()),
-            ("keepActive", Prop::boolean().optional()),
-            ("overrule-shutdown", Prop::boolean().optional()),
-        ],
-    )?;
-    state.node.check_node(&node)?;
-    let vmid = parse_vmid(&vmid);
-    let skiplock = params.get("skiplock").is_some_and(|v| v == "1");
-    if skiplock && !auth.is_root() {
-        return Err(Error::param("skiplock", "Only root may use this option."));
-    }
-    let vm = state.node.load_vm(vmid)?;
-    if kind == "qmreboot" && !vm.is_running() {
-        return Err(Error::failed(format!("VM {vmid} not running")));
-    }
-    let action = action.clone();
+/// `POST .../status/{start|stop|shutdown}`: the power state flips in a `qm<action>` task.
+async fn power(mut call: Call, kind: &'static str, start: bool) -> ApiResult {
+    call.auth.check(&vm_path(&call), &["VM.PowerMgmt"])?;
+    let args = call.node_args().await?;
+    let vmid = args.vmid();
+    let skiplock = skiplock(&args, &call.auth)?;
+    call.node().load_vm(vmid)?;
     spawn(
-        &state.node,
+        call.node(),
         kind,
         &vmid.to_string(),
-        &auth.tokenid,
-        move |node, _log| match action.as_str() {
-            "start" => vm::start_vm(node, vmid, skiplock),
-            "reboot" => {
-                vm::stop_vm(node, vmid, skiplock).and_then(|()| vm::start_vm(node, vmid, skiplock))
+        &call.auth.tokenid,
+        move |node, _log| {
+            if start {
+                vm::start_vm(node, vmid, skiplock)
+            } else {
+                vm::stop_vm(node, vmid, skiplock)
             }
-            _ => vm::stop_vm(node, vmid, skiplock),
         },
     )
 }
 
+/// `POST /nodes/{node}/qemu/{vmid}/status/start`.
+pub async fn start(call: Call) -> ApiResult {
+    power(call, "qmstart", true).await
+}
+
+/// `POST /nodes/{node}/qemu/{vmid}/status/stop`.
+pub async fn stop(call: Call) -> ApiResult {
+    power(call, "qmstop", false).await
+}
+
+/// `POST /nodes/{node}/qemu/{vmid}/status/shutdown`.
+pub async fn shutdown(call: Call) -> ApiResult {
+    power(call, "qmshutdown", false).await
+}
+
 /// `GET /nodes/{node}/qemu/{vmid}/snapshot`: the snapshots plus `current`.
-pub async fn snapshot_list(
-    state: St,
-    auth: Authed,
-    Path((node, vmid)): Path<(String, String)>,
-    ApiParams(params): ApiParams,
-) -> ApiResult {
-    auth.check(&format!("/vms/{vmid}"), &["VM.Audit"])?;
-    let params = with_path(params, &[("node", &node), ("vmid", &vmid)])?;
-    validate(&params, vec![("node", node_prop()), ("vmid", vmid_prop())])?;
-    state.node.check_node(&node)?;
-    let vm = state.node.load_vm(parse_vmid(&vmid))?;
+pub async fn snapshot_list(mut call: Call) -> ApiResult {
+    call.auth.check(&vm_path(&call), &["VM.Audit"])?;
+    let args = call.node_args().await?;
+    let vm = call.node().load_vm(args.vmid())?;
     let mut result: Vec<Value> = vm
         .snapshots
         .iter()
@@ -581,7 +454,7 @@ pub async fn snapshot_list(
     let mut current = json!({
         "name": "current",
         "digest": vm.digest(),
-        "running": if vm.is_running() { 1 } else { 0 },
+        "running": u8::from(vm.is_running()),
         "description": "You are here!",
     });
     if let Some(parent) = vm.config.get("parent") {
@@ -592,138 +465,80 @@ pub async fn snapshot_list(
 }
 
 /// `POST /nodes/{node}/qemu/{vmid}/snapshot`.
-pub async fn snapshot_create(
-    state: St,
-    auth: Authed,
-    Path((node, vmid)): Path<(String, String)>,
-    ApiParams(params): ApiParams,
-) -> ApiResult {
-    auth.check(&format!("/vms/{vmid}"), &["VM.Snapshot"])?;
-    let params = with_path(params, &[("node", &node), ("vmid", &vmid)])?;
-    validate(
-        &params,
-        vec![
-            ("node", node_prop()),
-            ("vmid", vmid_prop()),
-            ("snapname", snapname_prop()),
-            ("vmstate", Prop::boolean().optional()),
-            ("description", Prop::string().optional()),
-        ],
-    )?;
-    state.node.check_node(&node)?;
-    let vmid = parse_vmid(&vmid);
-    let snapname = params["snapname"].clone();
-    if snapname == "current" {
-        return Err(Error::failed(
-            "unable to use snapshot name 'current' (reserved name)",
-        ));
+pub async fn snapshot_create(mut call: Call) -> ApiResult {
+    call.auth.check(&vm_path(&call), &["VM.Snapshot"])?;
+    let args = call.node_args().await?;
+    let vmid = args.vmid();
+    let snapname = args.str("snapname").to_string();
+    let reserved = match snapname.as_str() {
+        "current" => Some("current"),
+        name if name.eq_ignore_ascii_case("pending") => Some("pending"),
+        _ => None,
+    };
+    if let Some(name) = reserved {
+        return Err(Error::failed(format!(
+            "unable to use snapshot name '{name}' (reserved name)"
+        )));
     }
-    if snapname.eq_ignore_ascii_case("pending") {
-        return Err(Error::failed(
-            "unable to use snapshot name 'pending' (reserved name)",
-        ));
-    }
-    state.node.load_vm(vmid)?;
-    let description = params.get("description").cloned();
-    let user = auth.tokenid.clone();
+    call.node().load_vm(vmid)?;
+    let description = args.get("description").map(str::to_string);
     spawn(
-        &state.node,
+        call.node(),
         "qmsnapshot",
         &vmid.to_string(),
-        &user,
+        &call.auth.tokenid,
         move |node, log| vm::snapshot_create(node, vmid, &snapname, description, log),
     )
 }
 
 /// `GET /nodes/{node}/qemu/{vmid}/snapshot/{snapname}`: the directory index.
-pub async fn snapshot_index(
-    state: St,
-    _auth: Authed,
-    Path((node, vmid, snapname)): Path<(String, String, String)>,
-    ApiParams(params): ApiParams,
-) -> ApiResult {
-    let params = with_path(
-        params,
-        &[("node", &node), ("vmid", &vmid), ("snapname", &snapname)],
-    )?;
-    validate(
-        &params,
-        vec![
-            ("node", node_prop()),
-            ("vmid", vmid_prop()),
-            ("snapname", snapname_prop()),
-        ],
-    )?;
-    state.node.check_node(&node)?;
+pub async fn snapshot_index(mut call: Call) -> ApiResult {
+    call.node_args().await?;
     Ok(ApiOk::new(
         json!([{ "cmd": "rollback" }, { "cmd": "config" }]),
     ))
 }
 
 /// `GET /nodes/{node}/qemu/{vmid}/snapshot/{snapname}/config`.
-pub async fn snapshot_config(
-    state: St,
-    auth: Authed,
-    Path((node, vmid, snapname)): Path<(String, String, String)>,
-    ApiParams(params): ApiParams,
-) -> ApiResult {
-    auth.check(&format!("/vms/{vmid}"), &["VM.Audit"])?;
-    let params = with_path(
-        params,
-        &[("node", &node), ("vmid", &vmid), ("snapname", &snapname)],
-    )?;
-    validate(
-        &params,
-        vec![
-            ("node", node_prop()),
-            ("vmid", vmid_prop()),
-            ("snapname", snapname_prop()),
-        ],
-    )?;
-    state.node.check_node(&node)?;
-    let vm = state.node.load_vm(parse_vmid(&vmid))?;
-    let snap = vm
-        .snapshots
-        .get(&snapname)
-        .ok_or_else(|| Error::failed(format!("snapshot '{snapname}' does not exist")))?;
-    let mut config = config_json(&snap.config);
-    config.insert("snaptime".into(), json!(snap.snaptime));
-    config.insert("description".into(), json!(snap.description));
-    if let Some(parent) = &snap.parent {
-        config.insert("parent".into(), json!(parent));
-    }
-    Ok(ApiOk::new(Value::Object(config)))
+pub async fn snapshot_config(mut call: Call) -> ApiResult {
+    call.auth.check(&vm_path(&call), &["VM.Audit"])?;
+    let args = call.node_args().await?;
+    let vm = call.node().load_vm(args.vmid())?;
+    let snap = snapshot(&vm, args.str("snapname"))?;
+    Ok(ApiOk::new(Value::Object(snapshot_json(snap))))
+}
+
+/// `PUT /nodes/{node}/qemu/{vmid}/snapshot/{snapname}/config`: sets the description.
+pub async fn snapshot_config_update(mut call: Call) -> ApiResult {
+    call.auth.check(&vm_path(&call), &["VM.Snapshot"])?;
+    let args = call.node_args().await?;
+    let snapname = args.str("snapname");
+    call.node().update_vm(args.vmid(), |vm| {
+        vm.check_lock()?;
+        let snap = vm
+            .snapshots
+            .get_mut(snapname)
+            .ok_or_else(|| Error::failed(format!("snapshot '{snapname}' does not exist")))?;
+        if let Some(description) = args.get("description") {
+            snap.description = description.to_string();
+        }
+        Ok(())
+    })?;
+    Ok(ApiOk::null())
 }
 
 /// `DELETE /nodes/{node}/qemu/{vmid}/snapshot/{snapname}`.
-pub async fn snapshot_delete(
-    state: St,
-    auth: Authed,
-    Path((node, vmid, snapname)): Path<(String, String, String)>,
-    ApiParams(params): ApiParams,
-) -> ApiResult {
-    auth.check(&format!("/vms/{vmid}"), &["VM.Snapshot"])?;
-    let params = with_path(
-        params,
-        &[("node", &node), ("vmid", &vmid), ("snapname", &snapname)],
-    )?;
-    validate(
-        &params,
-        vec![
-            ("node", node_prop()),
-            ("vmid", vmid_prop()),
-            ("snapname", snapname_prop()),
-            ("force", Prop::boolean().optional()),
-        ],
-    )?;
-    state.node.check_node(&node)?;
-    let vmid = parse_vmid(&vmid);
-    let force = params.get("force").is_some_and(|v| v == "1");
+pub async fn snapshot_delete(mut call: Call) -> ApiResult {
+    call.auth.check(&vm_path(&call), &["VM.Snapshot"])?;
+    let args = call.node_args().await?;
+    let vmid = args.vmid();
+    let (snapname, force) = (args.str("snapname").to_string(), args.flag("force"));
+    let user = &call.auth.tokenid;
     spawn(
-        &state.node,
+        call.node(),
         "qmdelsnapshot",
         &vmid.to_string(),
-        &auth.tokenid,
+        user,
         move |node, log| vm::snapshot_delete(node, vmid, &snapname, force, log),
     )
 }

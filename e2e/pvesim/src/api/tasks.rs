@@ -1,12 +1,11 @@
 //! `/nodes/{node}/tasks/...` (pve-manager `PVE::API2::Tasks`): task list, status and log. A token
 //! sees its own tasks; others' need `Sys.Audit` on the node.
 
-use axum::extract::Path;
+use serde_json::{Value, json};
 
-use super::{ApiOk, ApiParams, ApiResult, Authed, St, node_prop, validate, with_path};
+use super::{ApiOk, ApiResult, Args, Call};
 use crate::auth::Auth;
 use crate::error::Result;
-use crate::schema::Prop;
 
 /// `$check_task_user` or `Sys.Audit` on `/nodes/{node}`.
 fn check_owner(auth: &Auth, owner: Option<String>, node: &str) -> Result<()> {
@@ -16,123 +15,69 @@ fn check_owner(auth: &Auth, owner: Option<String>, node: &str) -> Result<()> {
     auth.check(&format!("/nodes/{node}"), &["Sys.Audit"])
 }
 
+/// The task's owner as PVE prints it (`user!token` for a token's task).
+fn owner(task: &Value) -> String {
+    let user = task["user"].as_str().unwrap_or_default();
+    match task["tokenid"].as_str() {
+        Some(token) => format!("{user}!{token}"),
+        None => user.to_string(),
+    }
+}
+
+/// Whether a task passes the list filters (`vmid`, `typefilter`, `userfilter`, `errors`).
+fn selected(args: &Args, task: &Value) -> bool {
+    let field = |name: &str| task[name].as_str().unwrap_or_default().to_string();
+    args.get("vmid").is_none_or(|v| field("id") == v)
+        && args.get("typefilter").is_none_or(|f| field("type") == f)
+        && args
+            .get("userfilter")
+            .is_none_or(|u| owner(task).to_lowercase().contains(&u.to_lowercase()))
+        && (!args.flag("errors") || field("status") != "OK")
+}
+
 /// `GET /nodes/{node}/tasks`.
-pub async fn list(
-    state: St,
-    auth: Authed,
-    Path(node): Path<String>,
-    ApiParams(params): ApiParams,
-) -> ApiResult {
-    let params = with_path(params, &[("node", &node)])?;
-    validate(
-        &params,
-        vec![
-            ("node", node_prop()),
-            ("start", Prop::integer().optional().range(Some(0), None)),
-            ("limit", Prop::integer().optional().range(Some(0), None)),
-            ("vmid", super::vmid_prop().optional()),
-            ("typefilter", Prop::string().optional()),
-            ("userfilter", Prop::string().optional()),
-            ("errors", Prop::boolean().optional()),
-            (
-                "source",
-                Prop::string()
-                    .optional()
-                    .one_of(&["archive", "active", "all"]),
-            ),
-        ],
-    )?;
-    state.node.check_node(&node)?;
-    let all_users = auth.has(&format!("/nodes/{node}"), "Sys.Audit");
-    let start: usize = params
-        .get("start")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let limit: usize = params
-        .get("limit")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
-    let tasks: Vec<_> = state
-        .node
+pub async fn list(mut call: Call) -> ApiResult {
+    let args = call.node_args().await?;
+    let node = args.str("node");
+    let all_users = call.auth.has(&format!("/nodes/{node}"), "Sys.Audit");
+    let tasks: Vec<_> = call
+        .node()
         .tasks
         .list()
         .into_iter()
-        .filter(|t| {
-            let owner = match t["tokenid"].as_str() {
-                Some(token) => format!("{}!{token}", t["user"].as_str().unwrap_or_default()),
-                None => t["user"].as_str().unwrap_or_default().to_string(),
-            };
-            all_users || owner == auth.tokenid
-        })
-        .filter(|t| {
-            params
-                .get("vmid")
-                .is_none_or(|v| t["id"].as_str() == Some(v))
-        })
-        .filter(|t| {
-            params
-                .get("typefilter")
-                .is_none_or(|f| t["type"].as_str() == Some(f))
-        })
-        .filter(|t| {
-            params
-                .get("errors")
-                .is_none_or(|e| e != "1" || t["status"].as_str() != Some("OK"))
-        })
-        .skip(start)
-        .take(limit)
+        .filter(|t| all_users || owner(t) == call.auth.tokenid)
+        .filter(|t| selected(&args, t))
+        .skip(args.num("start").unwrap_or(0))
+        .take(args.num("limit").unwrap_or(50))
         .collect();
     Ok(ApiOk::new(tasks))
 }
 
+/// `GET /nodes/{node}/tasks/{upid}`: the directory index (after the same checks as the status).
+pub async fn index(mut call: Call) -> ApiResult {
+    let args = call.node_args().await?;
+    let upid = args.str("upid");
+    call.node().tasks.status(upid)?;
+    check_owner(&call.auth, call.node().tasks.owner(upid), args.str("node"))?;
+    Ok(ApiOk::new(json!([{ "name": "log" }, { "name": "status" }])))
+}
+
 /// `GET /nodes/{node}/tasks/{upid}/status`.
-pub async fn status(
-    state: St,
-    auth: Authed,
-    Path((node, upid)): Path<(String, String)>,
-    ApiParams(params): ApiParams,
-) -> ApiResult {
-    let params = with_path(params, &[("node", &node), ("upid", &upid)])?;
-    validate(
-        &params,
-        vec![("node", node_prop()), ("upid", Prop::string())],
-    )?;
-    state.node.check_node(&node)?;
-    let status = state.node.tasks.status(&upid)?;
-    check_owner(&auth, state.node.tasks.owner(&upid), &node)?;
+pub async fn status(mut call: Call) -> ApiResult {
+    let args = call.node_args().await?;
+    let upid = args.str("upid");
+    let status = call.node().tasks.status(upid)?;
+    check_owner(&call.auth, call.node().tasks.owner(upid), args.str("node"))?;
     Ok(ApiOk::new(status))
 }
 
 /// `GET /nodes/{node}/tasks/{upid}/log`: lines `{n, t}` with `total`.
-pub async fn log(
-    state: St,
-    auth: Authed,
-    Path((node, upid)): Path<(String, String)>,
-    ApiParams(params): ApiParams,
-) -> ApiResult {
-    let params = with_path(params, &[("node", &node), ("upid", &upid)])?;
-    validate(
-        &params,
-        vec![
-            ("node", node_prop()),
-            ("upid", Prop::string()),
-            ("start", Prop::integer().optional().range(Some(0), None)),
-            ("limit", Prop::integer().optional().range(Some(0), None)),
-            ("download", Prop::boolean().optional()),
-        ],
-    )?;
-    state.node.check_node(&node)?;
-    let start = params
-        .get("start")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let limit = params
-        .get("limit")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
-    let (lines, total) = state.node.tasks.log(&upid, start, limit)?;
-    check_owner(&auth, state.node.tasks.owner(&upid), &node)?;
-    let mut ok = ApiOk::new(lines);
-    ok.total = Some(total);
-    Ok(ok)
+pub async fn log(mut call: Call) -> ApiResult {
+    let args = call.node_args().await?;
+    let upid = args.str("upid");
+    let start = args.num("start").unwrap_or(0);
+    let limit = args.num("limit").unwrap_or(50);
+    let (lines, total) = call.node().tasks.log(upid, start, limit)?;
+    check_owner(&call.auth, call.node().tasks.owner(upid), args.str("node"))?;
+    Ok(ApiOk::paged(lines, total))
 }
