@@ -14,7 +14,9 @@ pub mod vmmigration;
 pub use common::{Condition, ConditionStatus, ObjectRef, SecretRef, set_condition};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use handles::{SnapshotHandle, TargetDiskHandle, TargetVmHandle};
-pub use provider::{Provider, ProviderDefaults, ProviderSpec, ProviderStatus, ProviderType};
+pub use provider::{
+    Provider, ProviderDefaults, ProviderSpec, ProviderStatus, ProviderType, SshTarget,
+};
 pub use virtualmachine::{VirtualMachine, VirtualMachineSpec, VirtualMachineStatus};
 pub use vmmigration::{
     CleanupPolicy, DiskFormat, DiskStatus, NetworkHint, Phase, RetryPolicy, StorageSpec,

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::provider::{ProviderDefaults, ProviderType};
+use crate::provider::{ProviderDefaults, ProviderType, SshTarget};
 use crate::vmmigration::{CleanupPolicy, DiskFormat, NetworkHint, StorageSpec, TargetResources};
 
 /// Where the operator mounts the runner Secret.
@@ -96,6 +96,9 @@ pub struct ProviderPlan {
     pub insecure_skip_verify: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defaults: Option<ProviderDefaults>,
+    /// Proxmox VE: the SSH login for disk export, when not the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshTarget>,
 }
 
 /// A resolved VirtualMachine.

@@ -59,6 +59,28 @@ pub struct ProviderSpec {
     /// Placement defaults for VMs created on this provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defaults: Option<ProviderDefaults>,
+    /// Proxmox VE: the SSH login disks are read through (`pvesm export`), when it is not
+    /// `root@<endpoint host>:22`. The key and `known_hosts` come from the credential Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshTarget>,
+}
+
+/// Where an SSH login goes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SshTarget {
+    /// Host name or address (default: the endpoint's host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub host: Option<String>,
+    /// Port (default 22).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// User (default `root`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub user: Option<String>,
 }
 
 /// Hypervisor kind.

@@ -152,6 +152,7 @@ fn provider_plan(p: &Provider) -> ProviderPlan {
         endpoint: p.spec.endpoint.clone(),
         insecure_skip_verify: p.spec.insecure_skip_verify,
         defaults: p.spec.defaults.clone(),
+        ssh: p.spec.ssh.clone(),
     }
 }
 

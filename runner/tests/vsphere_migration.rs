@@ -38,6 +38,7 @@ fn vsphere_plan(w: &vsphere_world::World) -> ProviderPlan {
             datastore: Some(DATASTORE.into()),
             ..ProviderDefaults::default()
         }),
+        ssh: None,
     }
 }
 

@@ -95,6 +95,7 @@ impl World {
             endpoint: endpoint.into(),
             insecure_skip_verify: false,
             defaults: None,
+            ssh: None,
         }
     }
 

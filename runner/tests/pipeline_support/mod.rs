@@ -371,6 +371,7 @@ fn provider_plan(name: &str, kind: ProviderType) -> ProviderPlan {
         },
         insecure_skip_verify: false,
         defaults: None,
+        ssh: None,
     }
 }
 

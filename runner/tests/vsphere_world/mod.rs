@@ -332,7 +332,9 @@ pub async fn source_vm(
             // directory on this machine
             let ds = client.find_datastore(&dc, DATASTORE).await.unwrap();
             let root = client.datastore_info(&ds).await.unwrap().url;
-            let dest = Path::new(root.trim_start_matches("file://")).join(&dir).join(&top);
+            let dest = Path::new(root.trim_start_matches("file://"))
+                .join(&dir)
+                .join(&top);
             std::fs::copy(local.path().join(&top), &dest)
                 .unwrap_or_else(|e| panic!("copying {top} to {}: {e}", dest.display()));
         }

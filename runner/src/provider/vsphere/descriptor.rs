@@ -224,7 +224,10 @@ mod tests {
         assert_eq!(back.parent.as_deref(), Some("d1.vmdk"));
         assert_eq!(back.extents[0].file.as_deref(), Some("d0-e0"));
         assert_eq!(back.extents[0].sectors, 131072);
-        assert!(local.contains("VMFSSPARSE \"d0-e0\"\n"), "no offset on sparse extents: {local}");
+        assert!(
+            local.contains("VMFSSPARSE \"d0-e0\"\n"),
+            "no offset on sparse extents: {local}"
+        );
         let base = Descriptor::parse(FLAT)
             .unwrap()
             .localized(&["d1-e0".into()], None);
