@@ -335,3 +335,12 @@ async fn wrong_password_unknown_datastore_and_name_clash_fail_naming_the_object(
         ConditionStatus::False
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_vm_whose_disk_needs_nfc_is_snapshotted_for_the_lease() {
+    let rec = vsphere_to_libvirt(&[DiskKind::Stream, DiskKind::NfcOnly], false, Backend::S3).await;
+    let last = rec.last();
+    let snap = condition(&last, "Snapshotted");
+    assert_eq!(snap.reason.as_deref(), Some("Snapshotted"), "{snap:?}");
+    assert_eq!(last.snapshot, None, "removed once the disks were staged");
+}
