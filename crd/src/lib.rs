@@ -8,6 +8,7 @@ pub mod duration;
 pub mod handles;
 pub mod plan;
 pub mod provider;
+pub mod references;
 pub mod virtualmachine;
 pub mod vmmigration;
 
@@ -17,6 +18,7 @@ pub use handles::{SnapshotHandle, TargetDiskHandle, TargetVmHandle};
 pub use provider::{
     Provider, ProviderDefaults, ProviderSpec, ProviderStatus, ProviderType, SshTarget,
 };
+pub use references::PinnedReference;
 pub use virtualmachine::{VirtualMachine, VirtualMachineSpec, VirtualMachineStatus};
 pub use vmmigration::{
     CleanupPolicy, DiskFormat, DiskStatus, NetworkHint, Phase, RetryPolicy, StorageSpec,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{Condition, ObjectRef, SecretRef};
 use crate::handles::{SnapshotHandle, TargetDiskHandle, TargetVmHandle};
+use crate::references::PinnedReference;
 
 /// What to migrate, where to, and through which storage. Immutable after creation.
 // Printer columns repeat `type_ = "string"` by design; clippy reads that as a duplicated attribute.
@@ -421,6 +422,11 @@ pub struct VMMigrationStatus {
     /// The error that ended the previous attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The objects the migration depends on, as they were when its first runner was launched. A
+    /// later attempt or the cleanup run is refused when one of them has changed since.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "namespace", "name"]))]
+    pub references: Vec<PinnedReference>,
     /// The `metadata.generation` last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -281,6 +281,21 @@ async fn launch(
             .await;
         }
     };
+    if let Err(changes) = pinned(m, ctx, status, &resolved).await? {
+        return fail(
+            m,
+            ctx,
+            status,
+            "ReferenceChanged",
+            &changes,
+            format!(
+                "attempt {} not started: {changes}; the migration keeps the objects it was admitted \
+                 with: delete it and create a new one",
+                kind.attempt
+            ),
+        )
+        .await;
+    }
     if create_run(m, ctx, &resolved, kind).await? == Created::New {
         ctx.metrics.job_launched("migrate");
         ctx.event_about(
@@ -302,6 +317,34 @@ async fn launch(
         clear_retry_time(m, ctx, status).await?;
     }
     Ok(Action::requeue(RECHECK))
+}
+
+/// Pins the resolved references at the first launch; later, `Err` says what changed since.
+async fn pinned(
+    m: &VMMigration,
+    ctx: &Context,
+    status: &VMMigrationStatus,
+    resolved: &Resolved,
+) -> Result<std::result::Result<(), String>> {
+    let current = resolved.pins();
+    if status.references.is_empty() {
+        let mut s = OperatorStatus::carried_over(status);
+        s.references = current;
+        patch_status(ctx, m, &s).await?;
+        return Ok(Ok(()));
+    }
+    Ok(check_pins(&status.references, &current))
+}
+
+/// `Err` naming every change between the pinned and the current references.
+pub fn check_pins(
+    pinned: &[crd::PinnedReference],
+    current: &[crd::PinnedReference],
+) -> std::result::Result<(), String> {
+    match crd::references::changes(pinned, current).as_slice() {
+        [] => Ok(()),
+        changes => Err(changes.join("; ")),
+    }
 }
 
 /// Removes nextRetryTime (server-side apply drops the field the operator no longer sends).

@@ -172,6 +172,18 @@ async fn launch_cleanup(m: &VMMigration, ctx: &Context) -> Result<bool> {
         Err(e) if forbidden(&e) => return skip(e.to_string()).await,
         Err(e) => return Err(e),
     };
+    // (a migration launched before references were pinned has none to compare)
+    let pinned = m
+        .status
+        .as_ref()
+        .map(|s| s.references.as_slice())
+        .unwrap_or_default();
+    if !pinned.is_empty()
+        && let Err(changes) = crate::apply::check_pins(pinned, &resolved.pins())
+    {
+        // the cleanup run would get the credentials of objects the migration was not admitted with
+        return skip(format!("{changes} since the migration started")).await;
+    }
     let attempt = m.status.as_ref().and_then(|s| s.attempt).unwrap_or(1);
     let kind = JobKind::cleanup(&m.name_any(), attempt);
     match create_run(m, ctx, &resolved, &kind).await {

@@ -273,34 +273,73 @@ pub fn resolve_calls() -> Vec<Call> {
     vec![
         Call::get(format!("{base}/virtualmachines/src-vm")).ok(json!({
             "apiVersion": "infra.virtrigaud.io/v1beta1", "kind": "VirtualMachine",
-            "metadata": {"name": "src-vm", "namespace": "default"},
+            "metadata": {"name": "src-vm", "namespace": "default", "uid": "uid-vm"},
             "spec": {"providerRef": {"name": "libvirt"}}, "status": {"id": "uuid-src"}
         })),
         Call::get(format!("{base}/providers/libvirt")).ok(json!({
             "apiVersion": "infra.virtrigaud.io/v1beta1", "kind": "Provider",
-            "metadata": {"name": "libvirt", "namespace": "default"},
+            "metadata": {"name": "libvirt", "namespace": "default", "uid": "uid-libvirt"},
             "spec": {"type": "libvirt", "endpoint": "qemu+tcp://127.0.0.1/system",
                      "credentialSecretRef": {"name": "libvirt-creds"}}
         })),
         Call::get(format!("{base}/providers/vsphere")).ok(json!({
             "apiVersion": "infra.virtrigaud.io/v1beta1", "kind": "Provider",
-            "metadata": {"name": "vsphere", "namespace": "default"},
+            "metadata": {"name": "vsphere", "namespace": "default", "uid": "uid-vsphere"},
             "spec": {"type": "vsphere", "endpoint": "https://127.0.0.1:8989",
                      "credentialSecretRef": {"name": "vsphere-creds"}, "insecureSkipVerify": true}
         })),
         Call::get("/api/v1/namespaces/default/secrets/libvirt-creds").ok(json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "libvirt-creds", "namespace": "default"},
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "libvirt-creds", "namespace": "default", "uid": "uid-libvirt-creds"},
             "data": {"username": "dnJn", "password": "c2VjcmV0", "unrelated": "eA=="}
         })),
         Call::get("/api/v1/namespaces/default/secrets/vsphere-creds").ok(json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vsphere-creds", "namespace": "default"},
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vsphere-creds", "namespace": "default", "uid": "uid-vsphere-creds"},
             "data": {"username": "YWRtaW4=", "password": "cGFzcw=="}
         })),
         Call::get("/api/v1/namespaces/default/secrets/s3-creds").ok(json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": "default"},
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": "default", "uid": "uid-s3-creds"},
             "data": {"accessKey": "QUtJRA==", "secretKey": "U0VDUkVU", "note": "eA=="}
         })),
     ]
+}
+
+/// [`resolve_calls`] after the tenant repointed Provider `vsphere` at another team's Secret.
+pub fn repointed_resolve_calls() -> Vec<Call> {
+    let base = "/apis/infra.virtrigaud.io/v1beta1/namespaces/default";
+    let mut calls = resolve_calls();
+    calls[2] = Call::get(format!("{base}/providers/vsphere")).ok(json!({
+        "apiVersion": "infra.virtrigaud.io/v1beta1", "kind": "Provider",
+        "metadata": {"name": "vsphere", "namespace": "default", "uid": "uid-vsphere"},
+        "spec": {"type": "vsphere", "endpoint": "https://127.0.0.1:8989",
+                 "credentialSecretRef": {"name": "crown-jewels", "namespace": "ho-victim"}, "insecureSkipVerify": true}
+    }));
+    calls[4] = Call::get("/api/v1/namespaces/ho-victim/secrets/crown-jewels").ok(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "crown-jewels", "namespace": "ho-victim", "uid": "uid-crown"},
+        "data": {"username": "cm9vdA==", "password": "aHVudGVyMg=="}
+    }));
+    calls
+}
+
+/// The references [`resolve_calls`] pin, as `status.references` holds them.
+pub fn pinned() -> Value {
+    let secret = |name: &str| json!({"kind": "Secret", "namespace": "default", "name": name, "uid": format!("uid-{name}")});
+    json!([
+        {"kind": "VirtualMachine", "namespace": "default", "name": "src-vm", "uid": "uid-vm",
+         "content": "on Provider default/libvirt"},
+        {"kind": "Provider", "namespace": "default", "name": "libvirt", "uid": "uid-libvirt",
+         "content": "libvirt qemu+tcp://127.0.0.1/system, credentials default/libvirt-creds"},
+        {"kind": "Provider", "namespace": "default", "name": "vsphere", "uid": "uid-vsphere",
+         "content": "vsphere https://127.0.0.1:8989, credentials default/vsphere-creds, TLS not verified"},
+        secret("libvirt-creds"), secret("vsphere-creds"), secret("s3-creds"),
+    ])
+}
+
+/// The status patch that pins [`pinned`] at the first launch.
+pub fn pin_patch(m: &VMMigration) -> Call {
+    Call::patch(scenarios::STATUS_PATCH)
+        .includes(json!({"status": {"references": pinned()}}))
+        .ok(migration_json(m))
 }
 
 /// A Job of attempt `attempt` with `status`.
@@ -358,7 +397,7 @@ mod scenarios {
     use super::*;
     use crate::finalizer::FINALIZER;
 
-    const STATUS_PATCH: &str = "/apis/infra.virtrigaud.io/v1beta1/namespaces/default/vmmigrations/mig/status?&force=true&fieldManager=virtrigaud-operator";
+    pub(super) const STATUS_PATCH: &str = "/apis/infra.virtrigaud.io/v1beta1/namespaces/default/vmmigrations/mig/status?&force=true&fieldManager=virtrigaud-operator";
 
     #[tokio::test]
     async fn first_reconcile_adds_the_finalizer() {
@@ -438,6 +477,7 @@ mod scenarios {
             Call::get(format!("{JOBS}/mig-a1")).not_found(),
         ];
         calls.extend(resolve_calls());
+        calls.push(pin_patch(&m));
         calls.extend(launch_calls(1, false));
         calls.push(
             Call::event("JobLaunched", "Normal")
@@ -479,7 +519,9 @@ mod scenarios {
     async fn launch_racing_an_earlier_operator_finds_everything_created() {
         // The Job GET raced a create by a previous process: every create answers AlreadyExists,
         // which is success, and no JobLaunched Event or metric is recorded twice.
-        let m = migration(pending_status(1));
+        let mut status = pending_status(1);
+        status["references"] = pinned();
+        let m = migration(status);
         let mut calls = vec![Call::get(format!("{JOBS}/mig-a1")).not_found()];
         calls.extend(resolve_calls());
         calls.extend(launch_calls(1, true).into_iter().map(Call::exists));
@@ -555,6 +597,7 @@ mod scenarios {
         let mut status = pending_status(2);
         status["nextRetryTime"] = json!(at(-1));
         status["lastError"] = json!("StorageUnavailable: S3 answered 503");
+        status["references"] = pinned();
         let m = migration(status);
         let mut calls = vec![Call::get(format!("{JOBS}/mig-a2")).not_found()];
         calls.extend(resolve_calls());
@@ -572,6 +615,36 @@ mod scenarios {
         );
         let action = scenario(m.clone(), calls).await;
         assert_eq!(action, Action::requeue(crate::apply::RECHECK));
+    }
+
+    #[tokio::test]
+    async fn a_reference_changed_since_admission_ends_failed_and_copies_no_secret() {
+        // Between attempts the tenant repointed the target Provider at another team's Secret.
+        let mut status = pending_status(2);
+        status["nextRetryTime"] = json!(at(-1));
+        status["references"] = pinned();
+        let m = migration(status);
+        let mut calls = vec![Call::get(format!("{JOBS}/mig-a2")).not_found()];
+        calls.extend(repointed_resolve_calls());
+        calls.extend([
+            Call::delete("/api/v1/namespaces/default/secrets/mig-runner-a2?").not_found(),
+            Call::patch(STATUS_PATCH)
+                .includes(json!({"status": {
+                    "phase": "Failed", "completionTime": NOW,
+                    "conditions": [{"type": "Ready", "status": "False", "reason": "ReferenceChanged"}]
+                }}))
+                .check(|body| {
+                    let message = body["status"]["message"].as_str().unwrap();
+                    assert!(message.starts_with("attempt 2 not started: Provider default/vsphere changed: it was vsphere https://127.0.0.1:8989, credentials default/vsphere-creds"), "{message}");
+                    assert!(message.contains("credentials ho-victim/crown-jewels"), "{message}");
+                    assert!(message.contains("Secret ho-victim/crown-jewels is referenced now"), "{message}");
+                    assert!(!body.to_string().contains("aHVudGVyMg=="), "no secret value in the status");
+                })
+                .ok(migration_json(&m)),
+            Call::event("Failed", "Warning"),
+        ]);
+        let action = scenario(m, calls).await;
+        assert_eq!(action, Action::await_change());
     }
 
     #[tokio::test]
@@ -791,6 +864,26 @@ mod scenarios {
         calls.extend(cleanup_launch());
         let action = scenario(deleting(running_status(1, "Transferring")), calls).await;
         assert_eq!(action, Action::requeue(crate::cleanup::POLL));
+    }
+
+    #[tokio::test]
+    async fn deleting_after_a_reference_changed_runs_no_cleanup_with_the_new_credentials() {
+        let mut status = running_status(1, "Transferring");
+        status["references"] = pinned();
+        let mut calls =
+            vec![Call::get(JOB_LIST).ok(job_list(vec![job("mig-a1", "runner", 1, failed())]))];
+        calls.extend(repointed_resolve_calls());
+        calls.push(Call::event("CleanupSkipped", "Warning").check(|body| {
+            let note = body["note"].as_str().unwrap();
+            assert!(note.contains("Provider default/vsphere changed"), "{note}");
+            assert!(
+                note.contains("since the migration started: no cleanup run"),
+                "{note}"
+            );
+        }));
+        calls.extend(teardown(&["mig-a1"]));
+        let action = scenario(deleting(status), calls).await;
+        assert_eq!(action, Action::await_change());
     }
 
     /// The deletes of everything the migration owns, then the finalizer's removal.

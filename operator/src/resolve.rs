@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crd::{Provider, VMMigration, VirtualMachine};
+use crd::{PinnedReference, Provider, VMMigration, VirtualMachine};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -146,4 +146,85 @@ pub async fn resolve(
         target_credentials,
         storage_credentials,
     }))
+}
+
+impl Resolved {
+    /// The references to pin: the source VM (and its Provider), both Providers (type, endpoint
+    /// without credentials, credential Secret, SSH login, TLS setting) and the credential Secrets
+    /// (by UID).
+    pub fn pins(&self) -> Vec<PinnedReference> {
+        let vm = &self.source_vm;
+        let vm_ns = vm.namespace().unwrap_or_default();
+        let provider = &vm.spec.provider_ref;
+        let mut pins = vec![pin(
+            "VirtualMachine",
+            vm,
+            Some(format!(
+                "on Provider {}/{}",
+                provider.namespace_or(&vm_ns),
+                provider.name
+            )),
+        )];
+        for p in [&self.source_provider, &self.target_provider] {
+            if !pins
+                .iter()
+                .any(|x| x.kind == "Provider" && x.uid == p.uid().unwrap_or_default())
+            {
+                pins.push(pin("Provider", p, Some(provider_content(p))));
+            }
+        }
+        for secret in [
+            &self.source_credentials,
+            &self.target_credentials,
+            &self.storage_credentials,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !pins
+                .iter()
+                .any(|x| x.kind == "Secret" && x.uid == secret.uid().unwrap_or_default())
+            {
+                pins.push(pin("Secret", secret, None));
+            }
+        }
+        pins
+    }
+}
+
+fn pin<K: ResourceExt>(kind: &str, obj: &K, content: Option<String>) -> PinnedReference {
+    PinnedReference {
+        kind: kind.to_string(),
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+        uid: obj.uid().unwrap_or_default(),
+        content,
+    }
+}
+
+/// What a migration relies on in a Provider, with the endpoint shown without credentials.
+fn provider_content(p: &Provider) -> String {
+    let ns = p.namespace().unwrap_or_default();
+    let spec = &p.spec;
+    let mut out = format!(
+        "{} {}",
+        spec.type_,
+        endpoint_policy::redacted(&spec.endpoint)
+    );
+    match &spec.credential_secret_ref {
+        Some(r) => out.push_str(&format!(", credentials {}/{}", r.namespace_or(&ns), r.name)),
+        None => out.push_str(", no credentials"),
+    }
+    if let Some(ssh) = &spec.ssh {
+        out.push_str(&format!(
+            ", ssh {}@{}:{}",
+            ssh.user.as_deref().unwrap_or("root"),
+            ssh.host.as_deref().unwrap_or("-"),
+            ssh.port.unwrap_or(22)
+        ));
+    }
+    if spec.insecure_skip_verify {
+        out.push_str(", TLS not verified");
+    }
+    out
 }

@@ -6,7 +6,7 @@
 //! the transition changes. The runner owns the pipeline phases, progress, disks and its conditions
 //! (field manager `virtrigaud-runner`); both force `phase` and `message`, the last writer wins.
 
-use crd::{Condition, ConditionStatus, Phase, VMMigrationStatus, set_condition};
+use crd::{Condition, ConditionStatus, Phase, PinnedReference, VMMigrationStatus, set_condition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Serialize;
 
@@ -47,6 +47,9 @@ pub struct OperatorStatus {
     /// Only the `Ready` condition.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The references pinned at the first launch.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<PinnedReference>,
 }
 
 impl OperatorStatus {
@@ -67,6 +70,7 @@ impl OperatorStatus {
                 .filter(|c| c.type_ == READY)
                 .cloned()
                 .collect(),
+            references: current.references.clone(),
         }
     }
 
@@ -103,6 +107,7 @@ impl OperatorStatus {
         for c in &self.conditions {
             set_condition(&mut status.conditions, c.clone());
         }
+        status.references = self.references.clone();
     }
 }
 

@@ -175,10 +175,17 @@ impl Admission {
             (crd::GROUP, crd::VERSION, "VMMigration") => {
                 self.admit::<crd::VMMigrationSpec>(request).await
             }
+            (crd::GROUP, crd::VERSION, "Provider") => {
+                self.admit::<crd::ProviderSpec>(request).await
+            }
+            (crd::GROUP, crd::VERSION, "VirtualMachine") => {
+                self.admit::<crd::VirtualMachineSpec>(request).await
+            }
             (group, version, kind) => Verdict::denied(
                 "kind",
                 format!(
-                    "this webhook validates {}/{} VMMigration only, not {group}/{version} {kind}",
+                    "this webhook validates {}/{} VMMigration, Provider and VirtualMachine, not \
+                     {group}/{version} {kind}",
                     crd::GROUP,
                     crd::VERSION
                 ),

@@ -44,6 +44,17 @@ impl Access {
         }
     }
 
+    /// `verb` on a Provider of this API group.
+    pub fn provider(verb: &'static str, namespace: &str, name: &str) -> Self {
+        Access {
+            verb,
+            group: crd::GROUP,
+            resource: "providers",
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
     /// `verb` on a VirtualMachine of this API group.
     pub fn virtual_machine(verb: &'static str, namespace: &str, name: &str) -> Self {
         Access {
@@ -61,6 +72,7 @@ impl std::fmt::Display for Access {
         let kind = match self.resource {
             "secrets" => "Secret",
             "virtualmachines" => "VirtualMachine",
+            "providers" => "Provider",
             other => other,
         };
         write!(f, "{} {kind} {}/{}", self.verb, self.namespace, self.name)

@@ -1,4 +1,4 @@
-//! The VirtRigaud validating admission webhook for `VMMigration`.
+//! The VirtRigaud validating admission webhook for `VMMigration`, `Provider` and `VirtualMachine`.
 //!
 //! [`router`] builds the HTTP service: `POST /validate` takes an AdmissionReview for a VMMigration CREATE
 //! or UPDATE, `/healthz` answers `ok`, `/metrics` renders Prometheus metrics. [`server`] puts it behind
@@ -12,14 +12,16 @@
 
 pub mod admission;
 pub mod cluster;
-pub mod endpoints;
+pub use endpoint_policy as endpoints;
 pub mod error;
 pub mod metrics;
 pub mod names;
+pub mod provider;
 pub mod selfsigned;
 pub mod server;
 pub mod spec;
 pub mod tls;
+pub mod virtualmachine;
 pub mod vmmigration;
 
 use std::sync::Arc;

@@ -613,11 +613,17 @@ pub fn cases() -> Vec<Case> {
             name: "user may not read the target provider's Secret",
             op: Op::Create,
             user: ALICE,
-            edit: |r| s(r, "/spec/targetProviderRef/name", json!("vsphere-locked")),
+            edit: |r| {
+                s(
+                    r,
+                    "/spec/targetProviderRef",
+                    json!({"name": "vsphere-locked", "namespace": "vault"}),
+                )
+            },
             field: "spec.targetProviderRef",
             mentions: &[
                 "may not get Secret vault/locked-credentials",
-                "credentials of Provider default/vsphere-locked",
+                "credentials of Provider vault/vsphere-locked",
             ],
         },
         Case {

@@ -285,7 +285,7 @@ pub fn message(response: &Value) -> String {
 }
 
 /// Objects the rejection cases need besides examples/prerequisites.yaml: a VM that already holds a
-/// target name, a VM whose Provider is gone, and a Provider whose Secret lives in a locked namespace.
+/// target name, a VM whose Provider is gone, and a Provider in a locked namespace (its Secret is there).
 pub const EXTRA_OBJECTS: &str = r#"
 apiVersion: infra.virtrigaud.io/v1beta1
 kind: VirtualMachine
@@ -299,9 +299,9 @@ spec: {providerRef: {name: decommissioned}}
 ---
 apiVersion: infra.virtrigaud.io/v1beta1
 kind: Provider
-metadata: {name: vsphere-locked, namespace: default}
+metadata: {name: vsphere-locked, namespace: vault}
 spec:
   type: vsphere
   endpoint: https://vcenter-locked.example.com
-  credentialSecretRef: {name: locked-credentials, namespace: vault}
+  credentialSecretRef: {name: locked-credentials}
 "#;

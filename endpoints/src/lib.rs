@@ -1,4 +1,6 @@
-//! Storage endpoints: what host a `storage.endpoint` names, and whether the runner may be sent there.
+//! The one endpoint policy: what host an endpoint names, and whether the runner may be sent there.
+//! The webhook applies it when a VMMigration, Provider or VirtualMachine is admitted; the runner
+//! again to every address it connects to; everything that shows an endpoint shows it [`redacted`].
 //!
 //! A VMMigration makes the runner connect to its storage endpoint with the storage credentials, from
 //! inside the cluster. Pointing it at a cloud metadata service or a link-local address would turn the
@@ -77,6 +79,87 @@ pub fn parse_nfs(endpoint: &str) -> Result<Endpoint, String> {
     Ok(Endpoint {
         host: host_of(host),
         port: 2049,
+        plain_http: false,
+    })
+}
+
+/// libvirt transports a Provider may name. The local socket (`qemu:///system`) only when
+/// `allow_local` (it is the runner pod's own host).
+const LIBVIRT_SCHEMES: &[(&str, u16)] =
+    &[("qemu+tcp", 16509), ("qemu+tls", 16514), ("qemu+ssh", 22)];
+
+/// Parses a libvirt Provider endpoint: `qemu+tcp://`, `qemu+tls://` or `qemu+ssh://[user@]host[:port]/system`
+/// (or `/session`). Refused: other transports (`qemu+ext`, `qemu+unix`, ...), any query parameter
+/// (`command=`, `socket=`, `keyfile=`, `no_verify=`... make libvirt run or open things), and a
+/// password in the URL. `Ok(None)` for the local socket `qemu:///system`, allowed only with
+/// `allow_local`.
+pub fn parse_libvirt(endpoint: &str, allow_local: bool) -> Result<Option<Endpoint>, String> {
+    let shown = redacted(endpoint);
+    let url = url::Url::parse(endpoint)
+        .map_err(|e| format!("{shown:?} is not a libvirt URI (qemu+tcp://host/system): {e}"))?;
+    if url.query().is_some() {
+        return Err(format!(
+            "{shown:?} has query parameters: libvirt URI parameters (command, socket, keyfile, no_verify...) \
+             make the runner run or open things; credentials and keys go in the credentials Secret"
+        ));
+    }
+    if url.password().is_some() {
+        return Err(format!(
+            "{shown:?} carries a password in the URI: put credentials in the Secret named by credentialSecretRef"
+        ));
+    }
+    if !matches!(url.path(), "/system" | "/session") {
+        return Err(format!("{shown:?}: the path must be /system or /session"));
+    }
+    if url.scheme() == "qemu" && url.host().is_none() {
+        return match allow_local {
+            true => Ok(None),
+            false => Err(format!(
+                "{shown:?} is the runner's own local libvirt socket: name the hypervisor host \
+                 (qemu+tcp://, qemu+tls:// or qemu+ssh://)"
+            )),
+        };
+    }
+    let Some((_, port)) = LIBVIRT_SCHEMES.iter().find(|(s, _)| *s == url.scheme()) else {
+        let allowed: Vec<&str> = LIBVIRT_SCHEMES.iter().map(|(s, _)| *s).collect();
+        return Err(format!(
+            "transport {:?} is not allowed (allowed: {})",
+            url.scheme(),
+            allowed.join(", ")
+        ));
+    };
+    let host = url.host().ok_or_else(|| format!("{shown:?} has no host"))?;
+    Ok(Some(Endpoint {
+        host: host_of(host.to_owned()),
+        port: url.port().unwrap_or(*port),
+        plain_http: false,
+    }))
+}
+
+/// Parses an `https://host[:port][/path]` endpoint of a hypervisor API (vSphere, Proxmox VE):
+/// https only, no credentials in the URL, no query.
+pub fn parse_api(endpoint: &str, example: &str) -> Result<Endpoint, String> {
+    let shown = redacted(endpoint);
+    let url = url::Url::parse(endpoint)
+        .map_err(|e| format!("{shown:?} is not an https URL (e.g. {example}): {e}"))?;
+    if url.scheme() != "https" {
+        return Err(format!(
+            "{shown:?} must be an https URL (e.g. {example}): the API carries credentials"
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{shown:?} must not have a query or fragment"));
+    }
+    from_url(endpoint, &url)
+}
+
+/// Parses an SSH login host (`host` or an IP address).
+pub fn parse_host(host: &str, port: u16) -> Result<Endpoint, String> {
+    let parsed = url::Host::parse(host)
+        .map_err(|_| format!("{:?} is not a host name or IP address", redacted(host)))?;
+    Ok(Endpoint {
+        host: host_of(parsed),
+        port,
         plain_http: false,
     })
 }
@@ -364,6 +447,61 @@ mod tests {
             assert!(!parse_http(leaky).unwrap_err().contains("secret"));
             assert!(!parse_nfs(leaky).unwrap_err().contains("secret"));
         }
+    }
+
+    #[test]
+    fn libvirt_uris() {
+        let e = parse_libvirt("qemu+tcp://kvm1.example.com/system", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (e.host.to_string(), e.port),
+            ("kvm1.example.com".into(), 16509)
+        );
+        let e = parse_libvirt("qemu+ssh://root@10.0.0.5:2222/system", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.port, 2222);
+        assert_eq!(parse_libvirt("qemu:///system", true).unwrap(), None);
+        for (bad, why) in [
+            ("qemu:///system", "local libvirt socket"),
+            ("qemu+ssh://h/system?command=/bin/sh", "query parameters"),
+            ("qemu+tcp://h/system?socket=/var/run/x", "query parameters"),
+            (
+                "qemu+ssh://h/system?keyfile=/etc/shadow",
+                "query parameters",
+            ),
+            ("qemu+tcp://vrg:hunter2@h/system", "password"),
+            ("qemu+ext://h/system", "transport \"qemu+ext\""),
+            ("qemu+unix:///system", "transport \"qemu+unix\""),
+            ("qemu+tcp://h/other", "/system or /session"),
+        ] {
+            let err = parse_libvirt(bad, false).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn api_endpoints() {
+        let e = parse_api("https://vcenter.example.com", "https://vcenter.example.com").unwrap();
+        assert_eq!(
+            (e.host.to_string(), e.port),
+            ("vcenter.example.com".into(), 443)
+        );
+        let e = parse_api("https://pve:8006", "x").unwrap();
+        assert_eq!(e.port, 8006);
+        for bad in [
+            "http://vcenter/sdk",
+            "https://u:p@vcenter",
+            "https://h/?a=b",
+            "vcenter.example.com",
+        ] {
+            let err = parse_api(bad, "x").unwrap_err();
+            assert!(!err.contains(":p@"), "{err}");
+        }
+        assert!(parse_host("pve1.example.com", 22).is_ok());
+        assert!(parse_host("a b", 22).is_err());
     }
 
     #[test]
