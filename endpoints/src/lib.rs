@@ -224,7 +224,11 @@ fn host_of(host: url::Host<String>) -> Host {
     match host {
         url::Host::Ipv4(ip) => Host::Ip(IpAddr::V4(ip)),
         url::Host::Ipv6(ip) => Host::Ip(IpAddr::V6(ip)),
-        url::Host::Domain(name) => Host::Name(name.trim_end_matches('.').to_ascii_lowercase()),
+        // URLs of non-special schemes (qemu+tcp://) keep IP literals as opaque host strings
+        url::Host::Domain(name) => match name.trim_matches(['[', ']']).parse::<IpAddr>() {
+            Ok(ip) => Host::Ip(ip),
+            Err(_) => Host::Name(name.trim_end_matches('.').to_ascii_lowercase()),
+        },
     }
 }
 

@@ -701,7 +701,7 @@ pub fn cases() -> Vec<Case> {
                 )
             },
             "kind",
-            &["VMMigration only"],
+            &["VMMigration, Provider and VirtualMachine"],
         ),
     ];
     cases.sort_by_key(|c| c.name);
