@@ -87,7 +87,11 @@ impl std::fmt::Display for Upid {
 /// The API base of an endpoint: `https://host[:port]` gets `/api2/json/`.
 pub fn base_url(endpoint: &str) -> Result<Url> {
     // an endpoint with user info is not echoed: it may carry a password
-    let shown = if endpoint.contains('@') { "(with user info)" } else { endpoint };
+    let shown = if endpoint.contains('@') {
+        "(with user info)"
+    } else {
+        endpoint
+    };
     let bad = |why: String| Error::Invalid(format!("Proxmox VE endpoint {shown:?}: {why}"));
     let mut url = Url::parse(endpoint.trim()).map_err(|e| bad(e.to_string()))?;
     if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {

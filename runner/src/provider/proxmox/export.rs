@@ -245,7 +245,7 @@ impl Export {
                 format: DiskFormat::Qcow2,
             };
             let dest = dir.join(format!("{name}.raw"));
-            disk::flatten_snapshot(
+            let flat = disk::flatten_snapshot(
                 &top,
                 snapshot,
                 &chain,
@@ -253,7 +253,11 @@ impl Export {
                 &dest,
                 &Progress::default(),
             )
-            .await
+            .await?;
+            // the file's bytes were counted against the disk's size (a qcow2 file may be a little
+            // larger or much smaller): the disk is complete once converted
+            progress.set_done(progress.total());
+            Ok(flat)
         }
         .await;
         let _ = tokio::fs::remove_dir_all(&chain).await;

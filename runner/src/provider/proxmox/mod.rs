@@ -49,7 +49,7 @@ mod receive;
 mod source;
 pub mod ssh;
 mod target;
-mod transfer;
+pub mod transfer;
 
 pub use api::{Client, TlsOptions, Upid};
 pub use export::{ExportPlan, StorageKind};
