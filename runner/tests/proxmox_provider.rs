@@ -482,26 +482,31 @@ async fn import_session_survives_a_taken_vmid_and_deletes_only_its_own() {
         "upload progress"
     );
 
-    // someone else creates a VM with the reserved VMID first
-    let squatter = proxmox_world::VmGuard {
-        client: client.clone(),
-        node: w.node().into(),
-        vmid: reserved,
-        name: unique("squat"),
-    };
+    // someone else creates a VM with the reserved VMID first (a concurrent test may already
+    // have: then that one is the squatter)
+    let squatter_name = unique("squat");
     let params = [
         ("vmid", reserved.to_string()),
-        ("name", squatter.name.clone()),
+        ("name", squatter_name.clone()),
     ];
-    client
+    let squatted = client
         .run_task(
             Method::POST,
             &["nodes", w.node(), "qemu"],
             &params,
             std::time::Duration::from_secs(60),
         )
-        .await
-        .unwrap();
+        .await;
+    let squatter = match squatted {
+        Ok(()) => Some(proxmox_world::VmGuard {
+            client: client.clone(),
+            node: w.node().into(),
+            vmid: reserved,
+            name: squatter_name.clone(),
+        }),
+        Err(e) if e.to_string().contains("already exists") => None,
+        Err(e) => panic!("squatting on {reserved}: {e}"),
+    };
 
     let created = session.finish().await.unwrap();
     let TargetVmHandle::Proxmox { vmid, .. } = created.clone() else {
@@ -548,13 +553,16 @@ async fn import_session_survives_a_taken_vmid_and_deletes_only_its_own() {
     }));
 
     // the squatter lacks the mark: never deleted
-    let theirs = TargetVmHandle::Proxmox {
-        node: w.node().into(),
-        vmid: reserved,
-        name: squatter.name.clone(),
-    };
-    let e = p.delete_vm(&theirs, &vm.owner).await.unwrap_err();
-    assert_eq!(e.reason(), "NotOwned", "{e}");
+    if let Some(squatter) = &squatter {
+        let theirs = TargetVmHandle::Proxmox {
+            node: w.node().into(),
+            vmid: reserved,
+            name: squatter.name.clone(),
+        };
+        let e = p.delete_vm(&theirs, &vm.owner).await.unwrap_err();
+        assert_eq!(e.reason(), "NotOwned", "{e}");
+        assert!(p.vm_exists(&squatter.name).await.unwrap());
+    }
     let e = p.delete_vm(&created, "uid-someone-else").await.unwrap_err();
     assert_eq!(e.reason(), "NotOwned", "{e}");
     p.delete_vm(&created, &vm.owner).await.unwrap();
@@ -638,4 +646,165 @@ async fn unknown_storage_extension_and_parameter_are_terminal_errors_naming_them
         .unwrap_err();
     assert!(!e.is_retryable(), "{e}");
     assert!(e.to_string().contains("VM 100 already exists"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_vms_of_one_name_are_refused_naming_both() {
+    let w = World::load();
+    let client = w.client().await;
+    let name = unique("twin");
+    let mut guards = Vec::new();
+    for _ in 0..2 {
+        let vmid = proxmox_world::free_vmid(&w);
+        let params = [("vmid", vmid.to_string()), ("name", name.clone())];
+        client
+            .run_task(
+                Method::POST,
+                &["nodes", w.node(), "qemu"],
+                &params,
+                std::time::Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        guards.push(proxmox_world::VmGuard {
+            client: client.clone(),
+            node: w.node().into(),
+            vmid,
+            name: name.clone(),
+        });
+    }
+    let e = w.provider("source").inspect(&name).await.unwrap_err();
+    let text = e.to_string();
+    assert!(!e.is_retryable());
+    for g in &guards {
+        assert!(
+            text.contains(&format!("{} on {}", g.vmid, w.node())),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains("2 VMs named") && text.contains("rename"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn import_files_of_an_earlier_attempt_are_reused_and_a_failed_creation_leaves_no_vm() {
+    let w = World::load();
+    let p = w.provider("target");
+    let client = w.client().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let image = qcow2_image(scratch.path(), 8);
+    let name = unique("reuse");
+    let mut vm = new_vm(&name, None);
+    vm.firmware = Firmware::Uefi;
+    vm.start = true;
+
+    // attempt 1 imports the disk and ends early: the file stays for the next attempt
+    let mut first = p.import(&vm, &[None]).await.unwrap();
+    let handle = first
+        .import_disk(0, ImportInput::File(&image), &Progress::default())
+        .await
+        .unwrap();
+    first.abort().await.unwrap();
+    assert!(!p.vm_exists(&name).await.unwrap(), "abort makes no VM");
+    let files = proxmox_world::import_files(&client, w.node(), "local", &name).await;
+    assert_eq!(files, [format!("local:import/{name}-scsi0.qcow2")]);
+
+    // attempt 2 uses it as it is
+    let second = p.import(&vm, std::slice::from_ref(&handle)).await.unwrap();
+    let created = second.finish().await.unwrap();
+    let TargetVmHandle::Proxmox { vmid, .. } = created.clone() else {
+        panic!()
+    };
+    let _guard = proxmox_world::VmGuard {
+        client: client.clone(),
+        node: w.node().into(),
+        vmid,
+        name: name.clone(),
+    };
+    p.validate(&vm, &created, std::slice::from_ref(&handle))
+        .await
+        .unwrap();
+    let config = proxmox_world::config(&client, w.node(), vmid).await;
+    assert_eq!(config.get("bios"), Some("ovmf"));
+    assert!(
+        config
+            .get("efidisk0")
+            .is_some_and(|e| e.starts_with("local:")),
+        "{config:?}"
+    );
+    assert_eq!(config.bridges(), [Some("vmbr0".to_string())]);
+    assert!(
+        proxmox_world::import_files(&client, w.node(), "local", &name)
+            .await
+            .is_empty()
+    );
+
+    // a later attempt whose file is gone is told so
+    let Err(e) = p.import(&vm, std::slice::from_ref(&handle)).await else {
+        panic!("a vanished import file is refused")
+    };
+    assert!(e.to_string().contains("is gone"), "{e}");
+    p.delete_vm(&created, &vm.owner).await.unwrap();
+
+    // a creation that fails (its import file removed behind its back) leaves no VM
+    let mut third = p.import(&vm, &[None]).await.unwrap();
+    let handle = third
+        .import_disk(0, ImportInput::File(&image), &Progress::default())
+        .await
+        .unwrap()
+        .unwrap();
+    p.delete_disk(&handle).await.unwrap();
+    let e = third.finish().await.unwrap_err();
+    assert!(!e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("qmcreate"), "{e}");
+    assert!(
+        !p.vm_exists(&name).await.unwrap(),
+        "no half-made VM is left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_without_a_storage_is_told_where_to_set_one() {
+    let w = World::load();
+    let mut plan = w.plan();
+    plan.defaults.as_mut().unwrap().datastore = None;
+    let p =
+        ProxmoxProvider::new(&plan, &w.creds("target", Credentials::default()), "target").unwrap();
+    let Err(e) = p.import(&new_vm(&unique("nowhere"), None), &[None]).await else {
+        panic!("no storage is refused")
+    };
+    assert!(
+        e.to_string().contains("targetStorageHint") && e.to_string().contains("defaults.datastore"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_source_removes_only_the_inspected_vm() {
+    let w = World::load();
+    let p = w.provider("source");
+    let vm = copy_of_source(&w, &unique("del"), false).await;
+    let shape = p.inspect(vm.name()).await.unwrap();
+    let mut other = shape.clone();
+    other.id = "99999".into();
+    let e = p.delete(&other).await.unwrap_err();
+    assert!(e.to_string().contains("not deleted"), "{e}");
+    assert!(p.inspect(vm.name()).await.is_ok(), "still there");
+    p.delete(&shape).await.unwrap();
+    assert_eq!(p.inspect(vm.name()).await.unwrap_err().reason(), "NotFound");
+    let client = w.client().await;
+    let volumes: Vec<Value> = client
+        .get(&["nodes", w.node(), "storage", "local-lvm", "content"], &[])
+        .await
+        .unwrap();
+    assert!(
+        !volumes.iter().any(|v| v["volid"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("vm-{}-", vm.vmid()))),
+        "its disks are gone too"
+    );
+    p.delete(&shape).await.expect("an absent VM is fine");
 }

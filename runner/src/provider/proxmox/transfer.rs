@@ -151,6 +151,116 @@ mod tests {
         assert_ne!(boundary("a"), boundary("b"));
     }
 
+    /// A one-route HTTP server: records the upload request, answers it with a UPID and every
+    /// task status with `stopped`/`OK`.
+    async fn fake_pve() -> (
+        String,
+        tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    ) {
+        use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let mut conn = tokio::io::BufReader::new(conn);
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if conn.read_line(&mut line).await.unwrap() == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0u8; len];
+                conn.read_exact(&mut body).await.unwrap();
+                let answer = if head.contains("/upload") {
+                    r#"{"data":"UPID:n:1:1:1:imgcopy::u:"}"#
+                } else {
+                    r#"{"data":{"status":"stopped","exitstatus":"OK"}}"#
+                };
+                let _ = tx.send((head, body));
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+                conn.get_mut().write_all(response.as_bytes()).await.unwrap();
+            }
+        });
+        (format!("http://{addr}"), rx)
+    }
+
+    #[tokio::test]
+    async fn uploads_stream_the_file_with_a_content_length() {
+        let (url, mut requests) = fake_pve().await;
+        let client = Client::new(
+            &url,
+            "root@pam!t",
+            "secret",
+            &super::super::TlsOptions::default(),
+        )
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.qcow2");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let progress = Progress::new(data.len() as u64);
+        upload(
+            &client,
+            "pve1",
+            "local",
+            "web-scsi0.qcow2",
+            &path,
+            "ab12",
+            &progress,
+        )
+        .await
+        .unwrap();
+        assert_eq!(progress.done(), data.len() as u64);
+        let (head, body) = requests.recv().await.unwrap();
+        let lower = head.to_ascii_lowercase();
+        assert!(
+            head.starts_with("POST /api2/json/nodes/pve1/storage/local/upload "),
+            "{head}"
+        );
+        assert!(
+            lower.contains(&format!("content-length: {}\r\n", body.len())),
+            "{head}"
+        );
+        assert!(!lower.contains("transfer-encoding"), "{head}");
+        assert!(
+            lower.contains("authorization: pveapitoken=root@pam!t=secret"),
+            "{head}"
+        );
+        let boundary = lower
+            .split("boundary=")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .to_string();
+        let (frame, tail) = multipart_frame(&boundary, "web-scsi0.qcow2", "ab12");
+        assert!(body.starts_with(frame.as_bytes()));
+        assert!(body.ends_with(tail.as_bytes()));
+        assert_eq!(&body[frame.len()..body.len() - tail.len()], data.as_slice());
+        let (status, _) = requests.recv().await.unwrap();
+        assert!(
+            status.contains("/tasks/UPID:n:1:1:1:imgcopy::u:/status"),
+            "{status}"
+        );
+    }
+
     #[test]
     fn urls_are_scrubbed_from_errors() {
         let url = "http://s3/b/k?X-Amz-Signature=abc";
