@@ -50,7 +50,9 @@ impl std::fmt::Debug for Client {
 /// A task of PVE, from its UPID `UPID:<node>:<pid>:<pstart>:<starttime>:<type>:<id>:<user>:`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upid {
+    /// The whole UPID.
     pub upid: String,
+    /// The node the task runs on (its status is asked there).
     pub node: String,
     /// `qmcreate`, `imgcopy`, `download`...
     pub kind: String,

@@ -23,9 +23,11 @@ pub struct VmConfig {
 /// A disk of a config: its key (`scsi0`), volume ID and options.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Drive {
+    /// Config key (`scsi0`).
     pub key: String,
     /// `local:100/vm-100-disk-0.qcow2`; a host path (`/dev/sdb`) for passed-through devices.
     pub volid: String,
+    /// The other keys of the property string (`size`, `media`, `iothread`...).
     pub options: BTreeMap<String, String>,
 }
 
@@ -269,7 +271,9 @@ pub fn split_volid(volid: &str) -> Option<(&str, &str)> {
 /// `<basevmid>/<basename>/<vmid>/<name>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirImage {
+    /// The owning VM's directory (`images/<vmid>`).
     pub vmid: String,
+    /// File name (`vm-101-disk-0.qcow2`).
     pub name: String,
     /// The base image of a linked clone: (VMID, file name).
     pub base: Option<(String, String)>,

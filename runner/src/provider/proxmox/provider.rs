@@ -23,6 +23,7 @@ pub struct ProxmoxProvider {
     pub(super) inner: Arc<Inner>,
 }
 
+/// What the clones of a provider share.
 pub(super) struct Inner {
     endpoint: String,
     tls: TlsOptions,
@@ -49,15 +50,21 @@ impl std::fmt::Debug for ProxmoxProvider {
 /// A VM as `/cluster/resources?type=vm` lists it.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 pub struct Resource {
+    /// VMID.
     #[serde(deserialize_with = "number")]
     pub vmid: u32,
+    /// VM name.
     #[serde(default)]
     pub name: String,
+    /// Node it is on.
     pub node: String,
+    /// `running`, `stopped`...
     #[serde(default)]
     pub status: String,
+    /// Whether it is a template.
     #[serde(default, deserialize_with = "flag")]
     pub template: bool,
+    /// `qemu` (or `lxc`: containers are not migrated).
     #[serde(rename = "type", default)]
     pub kind: String,
 }
@@ -65,13 +72,18 @@ pub struct Resource {
 /// A storage as `GET /nodes/{node}/storage` lists it.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 pub struct NodeStorage {
+    /// Storage ID.
     pub storage: String,
+    /// Storage type (`dir`, `lvmthin`...).
     #[serde(rename = "type")]
     pub kind: String,
+    /// Content types, comma-separated.
     #[serde(default)]
     pub content: String,
+    /// Whether it is enabled.
     #[serde(default = "yes", deserialize_with = "flag")]
     pub enabled: bool,
+    /// Whether it is active (mounted, reachable).
     #[serde(default = "yes", deserialize_with = "flag")]
     pub active: bool,
 }
@@ -86,10 +98,13 @@ impl NodeStorage {
 /// A volume as `GET .../storage/{storage}/content/{volume}` describes it.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 pub struct VolumeInfo {
+    /// Size as PVE reports it: the virtual size of an image (qcow2, vmdk), a raw file's length.
     #[serde(deserialize_with = "number")]
     pub size: u64,
+    /// Format.
     #[serde(default)]
     pub format: String,
+    /// Its file or device path on the node.
     #[serde(default)]
     pub path: String,
 }

@@ -27,8 +27,11 @@ const MAX_STDERR: usize = 16 * 1024;
 /// Where the SSH login goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SshLogin {
+    /// Host name or address.
     pub host: String,
+    /// Port.
     pub port: u16,
+    /// User.
     pub user: String,
 }
 
