@@ -390,3 +390,50 @@ async fn running_dir_linked_clone_migrates_proxmox_to_proxmox_through_http() {
         "the source is unchanged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_presigns_a_bounded_get_that_needs_no_credentials() {
+    let lw = libvirt_world::World::load();
+    let run = lw.staging(Backend::S3, Credentials::default());
+    let stage = storage::open(&run.spec, &run.creds, &run.options)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("obj.raw");
+    std::fs::write(&src, b"presigned object body\n").unwrap();
+    let key = format!("default/{}/presign.raw", unique("presign"));
+    let object = stage
+        .upload(&key, &src, &runner::progress::Progress::default())
+        .await
+        .unwrap();
+    let presigned = stage.presign(&object).await.unwrap().expect("S3 presigns");
+    assert_eq!(
+        (presigned.size, presigned.sha256.as_str()),
+        (object.size, object.sha256.as_str())
+    );
+    assert!(
+        !format!("{presigned:?}").contains("X-Amz"),
+        "Debug hides the URL"
+    );
+    let url = url::Url::parse(&presigned.url).unwrap();
+    let expires: u64 = url
+        .query_pairs()
+        .find(|(k, _)| k == "X-Amz-Expires")
+        .map(|(_, v)| v.parse().unwrap())
+        .expect("an expiry");
+    assert_eq!(expires, runner::storage::s3::PRESIGN_TTL.as_secs());
+    let body = reqwest::get(url.clone()).await.unwrap();
+    assert_eq!(body.status(), 200);
+    assert_eq!(
+        body.bytes().await.unwrap().as_ref(),
+        b"presigned object body\n"
+    );
+    let mut tampered = url.clone();
+    tampered.set_path(&format!("{}x", url.path()));
+    assert_eq!(
+        reqwest::get(tampered).await.unwrap().status(),
+        403,
+        "the signature covers the key"
+    );
+    stage.delete(&key).await.unwrap();
+}

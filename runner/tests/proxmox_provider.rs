@@ -808,3 +808,20 @@ async fn delete_source_removes_only_the_inspected_vm() {
     );
     p.delete(&shape).await.expect("an absent VM is fine");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_started_after_inspection_is_not_read_without_a_snapshot() {
+    let w = World::load();
+    let p = w.provider("source");
+    let vm = copy_of_source(&w, &unique("late"), false).await;
+    let shape = p.inspect(vm.name()).await.unwrap();
+    proxmox_world::start(&vm.guard).await;
+    let Err(e) = p.export(&shape, None).await else {
+        panic!("a running VM is not read as it runs")
+    };
+    assert!(
+        e.is_retryable(),
+        "a new attempt inspects it again and snapshots it: {e}"
+    );
+    assert!(e.to_string().contains("started after"), "{e}");
+}

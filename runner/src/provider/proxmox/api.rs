@@ -17,6 +17,8 @@ use crate::{Error, Result};
 pub const SHORT_TASK_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// How long a task that moves a disk (upload check, download, create with `import-from`) may run.
 pub const LONG_TASK_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
+/// Failed status polls in a row a task wait tolerates.
+const POLL_HICCUPS: u32 = 5;
 /// Task log lines an error quotes.
 const LOG_LINES: usize = 6;
 
@@ -262,10 +264,27 @@ impl Client {
         })?;
         let deadline = Instant::now() + timeout;
         let mut delay = Duration::from_millis(200);
+        let mut hiccups = 0;
         loop {
-            let status: Value = self
-                .get(&["nodes", &task.node, "tasks", &task.upid, "status"], &[])
-                .await?;
+            let path = [
+                "nodes",
+                task.node.as_str(),
+                "tasks",
+                task.upid.as_str(),
+                "status",
+            ];
+            let status: Value = match self.get(&path, &[]).await {
+                Ok(s) => s,
+                // the task goes on without us: a failed poll is asked again
+                Err(e) if e.is_retryable() && hiccups < POLL_HICCUPS => {
+                    hiccups += 1;
+                    tracing::warn!("polling {task}: {e}; asking again");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            hiccups = 0;
             if status.get("status").and_then(Value::as_str) == Some("stopped") {
                 let exit = status
                     .get("exitstatus")

@@ -88,6 +88,13 @@ impl Source for ProxmoxProvider {
                 (VmConfig::from_json(&data), Some(name.clone()))
             }
             Some(other) => return Err(foreign(other.provider(), "snapshot")),
+            None if self.power_state(&res.node, res.vmid).await? == "running" => {
+                // read without a snapshot, a running disk would not be consistent
+                return Err(Error::transient(
+                    self.client().await?.system(),
+                    format!("VM {} was started after it was inspected stopped", vm.name),
+                ));
+            }
             None => (self.config(&res.node, res.vmid).await?, None),
         };
         Ok(Box::new(Export {
