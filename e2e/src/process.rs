@@ -336,13 +336,13 @@ mod tests {
         assert!(start_time(u32::MAX - 1).is_none());
     }
 
-    /// Needs root (mount namespaces); skipped otherwise.
+    /// Needs root (mount namespaces): the tests run as root.
     #[tokio::test]
     async fn bind_mounts_are_private_to_the_process() {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("SKIP: needs root for mount namespaces");
-            return;
-        }
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "this test needs root for mount namespaces"
+        );
         let dir = tempfile::tempdir().unwrap();
         let vol = dir.path().join("vol");
         std::fs::create_dir_all(&vol).unwrap();

@@ -1,7 +1,7 @@
 //! The process node against the real control plane of the e2e world.
 //!
-//! Needs `e2e/.world/kubeconfig` (e2e/scripts/control-plane-up.sh) and root; each test SKIPs with a
-//! message otherwise. Every test starts its own node (own name, kubelet port and pod CIDR, admin
+//! Needs `e2e/.world/kubeconfig` (e2e/scripts/control-plane-up.sh) and root; each test fails
+//! otherwise. Every test starts its own node (own name, kubelet port and pod CIDR, admin
 //! credentials) from the freshly built `e2e-node` binary and pins its pods to it, so the tests run in
 //! parallel and next to the world's regular node.
 
@@ -60,21 +60,19 @@ fn bind_shim() -> PathBuf {
     .clone()
 }
 
-/// `None` (after printing why) when the world is not there to test against.
-fn world_ready(test: &str) -> Option<PathBuf> {
+/// The world's kubeconfig; fails the test when the world is not there to test against.
+fn world_ready(test: &str) -> PathBuf {
     let kubeconfig = world().join("kubeconfig");
-    if !kubeconfig.exists() {
-        println!(
-            "SKIP {test}: {} is absent (run e2e/scripts/control-plane-up.sh)",
-            kubeconfig.display()
-        );
-        return None;
-    }
-    if !nix::unistd::Uid::effective().is_root() {
-        println!("SKIP {test}: the process node needs root (mount namespaces, pod routes)");
-        return None;
-    }
-    Some(kubeconfig)
+    assert!(
+        kubeconfig.exists(),
+        "{test}: {} is absent (run make e2e-up)",
+        kubeconfig.display()
+    );
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "{test}: the process node needs root (mount namespaces, pod routes)"
+    );
+    kubeconfig
 }
 
 async fn client(kubeconfig: &Path) -> Client {
@@ -365,9 +363,7 @@ fn phase(p: &Pod) -> &str {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn node_runs_a_job_to_completion_and_serves_its_logs() {
-    let Some(kubeconfig) = world_ready("node_runs_a_job_to_completion_and_serves_its_logs") else {
-        return;
-    };
+    let kubeconfig = world_ready("node_runs_a_job_to_completion_and_serves_its_logs");
     let node = TestNode::start(kubeconfig, "job", "10.251.0.0/16").await;
     let jobs: Api<Job> = Api::namespaced(node.client.clone(), &node.namespace);
     let spec = node.pod_spec(
@@ -447,11 +443,7 @@ async fn node_runs_a_job_to_completion_and_serves_its_logs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_containers_report_exit_code_and_termination_message() {
-    let Some(kubeconfig) =
-        world_ready("failing_containers_report_exit_code_and_termination_message")
-    else {
-        return;
-    };
+    let kubeconfig = world_ready("failing_containers_report_exit_code_and_termination_message");
     let node = TestNode::start(kubeconfig, "fail", "10.252.0.0/16").await;
     let pods: Api<Pod> = Api::namespaced(node.client.clone(), &node.namespace);
     let spec = node.pod_spec(
@@ -529,9 +521,7 @@ async fn failing_containers_report_exit_code_and_termination_message() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn secret_volume_and_projected_service_account_token_are_where_programs_expect_them() {
-    let Some(kubeconfig) = world_ready("secret_volume_and_projected_service_account_token") else {
-        return;
-    };
+    let kubeconfig = world_ready("secret_volume_and_projected_service_account_token");
     let node = TestNode::start(kubeconfig, "vol", "10.253.0.0/16").await;
     let secrets: Api<Secret> = Api::namespaced(node.client.clone(), &node.namespace);
     let secret: Secret = obj(json!({
@@ -618,9 +608,7 @@ async fn secret_volume_and_projected_service_account_token_are_where_programs_ex
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_a_running_pod_kills_its_process_and_removes_the_pod() {
-    let Some(kubeconfig) = world_ready("deleting_a_running_pod_kills_its_process") else {
-        return;
-    };
+    let kubeconfig = world_ready("deleting_a_running_pod_kills_its_process");
     let node = TestNode::start(kubeconfig, "del", "10.254.0.0/16").await;
     let pods: Api<Pod> = Api::namespaced(node.client.clone(), &node.namespace);
     let spec = node.pod_spec(
@@ -682,9 +670,7 @@ async fn deleting_a_running_pod_kills_its_process_and_removes_the_pod() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ready_deployment_pod_becomes_a_service_endpoint() {
-    let Some(kubeconfig) = world_ready("a_ready_deployment_pod_becomes_a_service_endpoint") else {
-        return;
-    };
+    let kubeconfig = world_ready("a_ready_deployment_pod_becomes_a_service_endpoint");
     let node = TestNode::start(kubeconfig, "svc", "10.250.0.0/16").await;
     let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
     let mut spec = node.pod_spec(
@@ -780,9 +766,7 @@ async fn a_ready_deployment_pod_becomes_a_service_endpoint() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restarts_follow_the_policy_and_logs_follow_and_keep_the_previous_run() {
-    let Some(kubeconfig) = world_ready("restarts_follow_the_policy_and_logs_follow") else {
-        return;
-    };
+    let kubeconfig = world_ready("restarts_follow_the_policy_and_logs_follow");
     let node = TestNode::start(kubeconfig, "restart", "10.249.0.0/16").await;
     let pods: Api<Pod> = Api::namespaced(node.client.clone(), &node.namespace);
 
@@ -851,9 +835,7 @@ async fn restarts_follow_the_policy_and_logs_follow_and_keep_the_previous_run() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_node_restarts_lost_containers_or_fails_their_pods() {
-    let Some(kubeconfig) = world_ready("a_restarted_node_restarts_lost_containers") else {
-        return;
-    };
+    let kubeconfig = world_ready("a_restarted_node_restarts_lost_containers");
     let mut node = TestNode::start(kubeconfig, "reboot", "10.248.0.0/16").await;
     let pods: Api<Pod> = Api::namespaced(node.client.clone(), &node.namespace);
     for (name, policy) in [("always", "Always"), ("never", "Never")] {

@@ -2,7 +2,7 @@
 //! (`e2e/scripts/world-up.sh`): the operator and webhook installed with `kubectl apply -k
 //! kustomize/default`, runner Jobs run by the process node.
 //!
-//! Every test SKIPS (passes, with a printed message) when `e2e/.world/kubeconfig` does not exist.
+//! Every test fails when `e2e/.world/kubeconfig` does not exist (run `make e2e-up`).
 //!
 //! The runner never reaches a real hypervisor here: both Providers point at a TCP port of this test
 //! that accepts connections and never answers (so a runner stays "running" as long as the test wants),
@@ -39,17 +39,15 @@ fn world() -> PathBuf {
         .unwrap_or_else(|| repo().join("e2e/.world"))
 }
 
-fn kubeconfig() -> Option<PathBuf> {
+/// The world's kubeconfig; fails the test when the world is not up.
+fn kubeconfig() -> PathBuf {
     let path = world().join("kubeconfig");
-    if path.exists() {
-        Some(path)
-    } else {
-        println!(
-            "SKIP: {} does not exist; start the e2e world (e2e/scripts/world-up.sh) to run this test",
-            path.display()
-        );
-        None
-    }
+    assert!(
+        path.exists(),
+        "{} does not exist: start the e2e world (make e2e-up) to run this test",
+        path.display()
+    );
+    path
 }
 
 /// kubectl: $KUBECTL, else the one the world's control-plane.env names, else `kubectl`.
@@ -269,7 +267,7 @@ async fn events(c: &Client, ns: &str, name: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn kustomize_default_installs_a_ready_operator_and_an_answering_webhook() {
-    let Some(path) = kubeconfig() else { return };
+    let path = kubeconfig();
     installed();
     let c = client(&path).await;
     for name in ["virtrigaud-operator", "virtrigaud-webhook"] {
@@ -313,7 +311,7 @@ async fn kustomize_default_installs_a_ready_operator_and_an_answering_webhook() 
 
 #[tokio::test]
 async fn one_job_per_attempt_survives_an_operator_restart_and_the_runner_is_confined() {
-    let Some(path) = kubeconfig() else { return };
+    let path = kubeconfig();
     installed();
     let c = client(&path).await;
     let silent = Silent::start();
@@ -432,7 +430,7 @@ async fn installed_again(c: &Client, old: &[String]) {
 
 #[tokio::test]
 async fn killing_the_runner_pod_yields_attempt_2_after_the_backoff() {
-    let Some(path) = kubeconfig() else { return };
+    let path = kubeconfig();
     installed();
     let c = client(&path).await;
     let silent = Silent::start();
@@ -488,7 +486,7 @@ async fn killing_the_runner_pod_yields_attempt_2_after_the_backoff() {
 
 #[tokio::test]
 async fn deleting_a_running_migration_stops_it_runs_cleanup_and_removes_its_objects() {
-    let Some(path) = kubeconfig() else { return };
+    let path = kubeconfig();
     installed();
     let c = client(&path).await;
     let silent = Silent::start();

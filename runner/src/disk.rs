@@ -211,6 +211,63 @@ pub async fn flatten_snapshot(
     convert_with(top, &["-l", &option], format, dest, progress).await
 }
 
+/// [`flatten`] from a blocking thread (a provider whose library blocks).
+pub fn flatten_blocking(
+    top: &LocalImage,
+    dir: &Path,
+    format: DiskFormat,
+    dest: &Path,
+) -> Result<LocalImage> {
+    tokio::runtime::Handle::current().block_on(flatten(
+        top,
+        dir,
+        format,
+        dest,
+        &Progress::default(),
+    ))
+}
+
+/// Points `image` at `backing` as its backing file, changing nothing but the header (`qemu-img
+/// rebase -u`): for a chain downloaded file by file, whose images still name the host's paths.
+pub async fn rebase(image: &LocalImage, backing: &LocalImage) -> Result<()> {
+    if image.format != DiskFormat::Qcow2 {
+        return Err(Error::Invalid(format!(
+            "{} is {}: only qcow2 images are rebased",
+            image.path.display(),
+            image.format
+        )));
+    }
+    let name = backing
+        .path
+        .file_name()
+        .ok_or_else(|| tool_error(format!("{} has no file name", backing.path.display())))?;
+    let out = Command::new(QEMU_IMG)
+        .args([
+            "rebase",
+            "-u",
+            "-f",
+            "qcow2",
+            "-F",
+            backing.format.as_str(),
+            "-b",
+        ])
+        .arg(name)
+        .arg(&image.path)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(spawn_error)?;
+    if !out.status.success() {
+        return Err(tool_error(last_line(&out.stderr)));
+    }
+    Ok(())
+}
+
+/// [`rebase`] from a blocking thread.
+pub fn rebase_blocking(image: &LocalImage, backing: &LocalImage) -> Result<()> {
+    tokio::runtime::Handle::current().block_on(rebase(image, backing))
+}
+
 /// `qemu-img info --backing-chain` of `top`: every image, backing file and VMDK extent is a file
 /// inside `dir`.
 async fn check_chain(top: &LocalImage, dir: &Path) -> Result<()> {

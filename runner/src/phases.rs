@@ -214,6 +214,8 @@ impl Pipeline {
         disk::ensure_space(&dir, self.scratch_needed(&disks, format))?;
         self.record_disks(&disks, format).await?;
         let new_vm = self.new_vm(&vm, &disks, format)?;
+        let target = &*self.target;
+        with_retries("target placement", tries, || target.preflight(&new_vm)).await?;
         self.overall = Overall::new(disks.iter().map(|d| d.source.virtual_size));
         let message = self.validated_message(&vm, &disks, format);
         self.status

@@ -632,3 +632,81 @@ async fn interrupted_snapshot_work_is_picked_up_by_a_retry() {
         ));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn linked_clone_disks_export_flattened_and_the_chain_is_left_as_it_was() {
+    let world = World::load();
+    let p = world.provider("source");
+    let pool = world.pool_dir();
+    for running in [true, false] {
+        let name = unique(if running {
+            "lvt-clone-run"
+        } else {
+            "lvt-clone-off"
+        });
+        let refs = tempfile::tempdir().unwrap();
+        let _guard = world.make_linked_clone_vm(&name, running, refs.path());
+        let base = pool.join(format!("{name}-base.qcow2"));
+        let base_sum = sha256_file(&base);
+        let live_before = dump(&world, &name, false);
+
+        let vm = p.inspect(&name).await.unwrap();
+        let label = format!("vrg-{name}");
+        let snap = p.snapshot(&vm, &label).await.unwrap();
+        assert_eq!(snap.is_some(), running);
+        if running {
+            // the guest writes while the frozen chain is exported
+            guest_write(&world, &name, 0, 0x66);
+        }
+        let out = tempfile::tempdir().unwrap();
+        for (disk, reference) in vm.disks.iter().zip(["vda.raw", "vdb.raw"]) {
+            let image = export_one(
+                &p,
+                &vm,
+                snap.as_ref(),
+                disk,
+                out.path(),
+                &Progress::default(),
+            )
+            .await
+            .unwrap();
+            assert!(
+                same_content(&image.path, &refs.path().join(reference)),
+                "{name}: exported {} differs from the clone's guest content",
+                disk.name
+            );
+        }
+        if let Some(snap) = &snap {
+            p.delete_snapshot(snap).await.unwrap();
+        }
+        assert_eq!(
+            dump(&world, &name, false),
+            live_before,
+            "{name}: definition restored"
+        );
+        assert_eq!(
+            sha256_file(&base),
+            base_sum,
+            "{name}: the shared base image is untouched"
+        );
+        let vda = pool.join(format!("{name}-vda.qcow2"));
+        let info = std::process::Command::new("qemu-img")
+            .args(["info", "-U", "--output=json"])
+            .arg(&vda)
+            .output()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(
+            info["backing-filename"].as_str(),
+            Some(base.to_str().unwrap()),
+            "{name}: the clone still sits on its base"
+        );
+        if running {
+            let bytes = guest_bytes(&vda, out.path());
+            assert!(
+                bytes[..MIB as usize].iter().all(|b| *b == 0x66),
+                "the guest's write went into the clone's overlay"
+            );
+        }
+    }
+}

@@ -298,7 +298,7 @@ async fn wrong_password_unknown_datastore_and_name_clash_fail_naming_the_object(
     assert!(message.contains("vSphere"), "{message}");
     assert!(!format!("{:?}", rec.writes()).contains("not-the-password"));
 
-    // unknown datastore: terminal when the import starts; no VM of the name is left
+    // unknown datastore: refused in Validating, before any disk moves; no VM of the name is left
     let creds = vsphere_creds(&vw, "target", lw.creds("source"));
     let run = lw.staging(Backend::Http, creds);
     let mut p = plan(&name, lw.plan_for(lw.uri()), vsphere_plan(&vw), &run);
@@ -309,8 +309,14 @@ async fn wrong_password_unknown_datastore_and_name_clash_fail_naming_the_object(
     assert!(err.to_string().contains("NoSuchDatastore"), "{err}");
     assert_eq!(rec.last().phase, Some(Phase::Failed));
     assert_eq!(
-        condition(&rec.last(), "Imported").status,
+        condition(&rec.last(), "Validated").status,
         ConditionStatus::False
+    );
+    assert!(
+        rec.writes()
+            .iter()
+            .all(|s| s.snapshot.is_none() && s.disks.iter().all(|d| d.staged_url.is_none())),
+        "nothing was snapshotted or staged"
     );
     assert!(matches!(
         client.find_vm(&p.target_name).await,
@@ -328,4 +334,13 @@ async fn wrong_password_unknown_datastore_and_name_clash_fail_naming_the_object(
         condition(&rec.last(), "Validated").status,
         ConditionStatus::False
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_vm_whose_disk_needs_nfc_is_snapshotted_for_the_lease() {
+    let rec = vsphere_to_libvirt(&[DiskKind::Stream, DiskKind::NfcOnly], false, Backend::S3).await;
+    let last = rec.last();
+    let snap = condition(&last, "Snapshotted");
+    assert_eq!(snap.reason.as_deref(), Some("Snapshotted"), "{snap:?}");
+    assert_eq!(last.snapshot, None, "removed once the disks were staged");
 }

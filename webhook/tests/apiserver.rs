@@ -5,7 +5,7 @@
 //! kubectl's error naming the field (and, for the webhook's denials, the reason); every example
 //! migration must pass `kubectl apply --dry-run=server`.
 //!
-//! SKIPS (passes, with a printed message) when `e2e/.world/kubeconfig` does not exist.
+//! Fails when `e2e/.world/kubeconfig` does not exist (run `make e2e-up`).
 
 mod common;
 
@@ -67,17 +67,15 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn kubeconfig() -> Option<PathBuf> {
+/// The world's kubeconfig; fails the test when the world is not up.
+fn kubeconfig() -> PathBuf {
     let path = repo().join("e2e/.world/kubeconfig");
-    if path.exists() {
-        Some(path)
-    } else {
-        println!(
-            "SKIP: {} does not exist; start the e2e world (e2e/scripts/world-up.sh) to run this test",
-            path.display()
-        );
-        None
-    }
+    assert!(
+        path.exists(),
+        "{} does not exist: start the e2e world (make e2e-up) to run this test",
+        path.display()
+    );
+    path
 }
 
 /// kubectl: $KUBECTL, else the one the world's control-plane.env names, else `kubectl`.
@@ -307,9 +305,7 @@ fn names_accepts_a_parent_rule_naming_the_field() {
 
 #[test]
 fn rejection_cases_through_the_apiserver_name_the_field() {
-    if kubeconfig().is_none() {
-        return;
-    }
+    kubeconfig();
     install();
     world();
 

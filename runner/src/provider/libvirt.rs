@@ -257,6 +257,14 @@ impl Target for LibvirtProvider {
         .await
     }
 
+    async fn preflight(&self, vm: &NewVm) -> Result<()> {
+        let pool = vm
+            .storage_hint
+            .clone()
+            .unwrap_or_else(|| self.default_pool.clone());
+        self.run(move |h| h.pool_by_name(&pool).map(|_| ())).await
+    }
+
     async fn import(
         &self,
         vm: &NewVm,

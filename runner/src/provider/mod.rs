@@ -274,6 +274,12 @@ pub trait Target: Send + Sync {
     /// Whether a VM of this name exists (target-name check).
     async fn vm_exists(&self, name: &str) -> Result<bool>;
 
+    /// Checks, in Validating, that `vm` can be placed: the storage, networks and other names it
+    /// needs exist. Errors name what is missing; the import would fail the same way much later.
+    async fn preflight(&self, _vm: &NewVm) -> Result<()> {
+        Ok(())
+    }
+
     /// Opens the import of `vm`. `imported[i]` is disk `i`'s handle when an earlier attempt already
     /// imported it (the session uses it as it is).
     async fn import(

@@ -137,6 +137,21 @@ impl World {
     /// Defines the two-disk source domain `name` with e2e/fixtures/libvirt/make-source-vm.sh and
     /// writes its reference images (vda.raw, vdb.raw) to `ref_dir`.
     pub fn make_source_vm(&self, name: &str, running: bool, ref_dir: &Path) -> DomainGuard<'_> {
+        self.make_vm(name, running, false, ref_dir)
+    }
+
+    /// As [`World::make_source_vm`], with vda a linked clone: a qcow2 overlay (`<name>-vda.qcow2`)
+    /// with writes of its own on a base image (`<name>-base.qcow2`).
+    pub fn make_linked_clone_vm(
+        &self,
+        name: &str,
+        running: bool,
+        ref_dir: &Path,
+    ) -> DomainGuard<'_> {
+        self.make_vm(name, running, true, ref_dir)
+    }
+
+    fn make_vm(&self, name: &str, running: bool, clone: bool, ref_dir: &Path) -> DomainGuard<'_> {
         let mut cmd = Command::new("bash");
         cmd.arg(repo_root().join("e2e/fixtures/libvirt/make-source-vm.sh"))
             .arg(name)
@@ -145,6 +160,9 @@ impl World {
             .envs(&self.env);
         if !running {
             cmd.arg("--stopped");
+        }
+        if clone {
+            cmd.arg("--linked-clone");
         }
         let out = cmd.output().expect("make-source-vm.sh");
         assert!(

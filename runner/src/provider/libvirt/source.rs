@@ -25,6 +25,8 @@ use crate::{Error, Result};
 const COMMIT_STALL: Duration = Duration::from_secs(600);
 /// Pivot attempts, [`POLL`] apart, while libvirt waits for the commit job's ready event.
 const PIVOT_TRIES: u32 = 150;
+/// Longest backing chain exported.
+const MAX_CHAIN: usize = 16;
 
 /// The handle of snapshot `name` of `vm`.
 fn handle(vm: &VmShape, name: String) -> SnapshotHandle {
@@ -98,13 +100,6 @@ impl Host<'_> {
                     disk.name
                 ))
             })?;
-            if let Some(backing) = &d.backing {
-                return Err(Error::Invalid(format!(
-                    "disk {} runs on an overlay of {backing}: the runner snapshots disks without backing \
-                     chains (commit them with `virsh blockcommit` first)",
-                    disk.name
-                )));
-            }
             let base = self.disk_path(d)?;
             let vol = self.volume_at(&base)?;
             let pool = StoragePool::lookup_by_volume(&vol)
@@ -127,7 +122,14 @@ impl Host<'_> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             if let Ok(stale) = StorageVol::lookup_by_name(&pool, &overlay_name) {
-                // not in use: the domain's disks have no backing chain (checked above)
+                if d.backing.as_deref() == Some(overlay.as_str()) {
+                    return Err(Error::Invalid(format!(
+                        "disk {} runs on {overlay}, a snapshot overlay of an earlier migration: \
+                         commit it first",
+                        disk.name
+                    )));
+                }
+                // not in use: the disk neither writes to it nor reads through it
                 stale
                     .delete(0)
                     .map_err(|e| self.err(format_args!("deleting the stale {overlay}"), e))?;
@@ -265,17 +267,11 @@ impl Host<'_> {
         progress: &Progress,
     ) -> Result<LocalImage> {
         let (path, format) = self.export_source(vm, disk, snapshot)?;
-        let vol = self.volume_at(&path)?;
-        // (a raw image may hold anything, also what a format probe takes for a backing file)
-        if format != DiskFormat::Raw
-            && let Some(backing) = self.volume_info(&vol)?.backing
-        {
-            return Err(Error::Invalid(format!(
-                "disk {} ({path}) is an overlay of {backing}: the runner exports images without backing \
-                 chains (commit or flatten it first)",
-                disk.name
-            )));
+        let chain = self.chain(&path, format)?;
+        if chain.len() > 1 {
+            return self.export_chain(disk, &chain, dir, progress);
         }
+        let vol = self.volume_at(&path)?;
         let physical = vol
             .get_info_flags(sys::VIR_STORAGE_VOL_GET_PHYSICAL)
             .map_err(|e| self.err(format_args!("reading volume {path}"), e))?
@@ -293,6 +289,94 @@ impl Host<'_> {
             started.elapsed().as_secs_f64()
         );
         Ok(LocalImage { path: out, format })
+    }
+
+    /// The image at `path` and its backing chain (linked clones, earlier overlays), top first, each
+    /// a pool volume. A raw image ends the chain (it may hold anything, also what a format probe
+    /// takes for a backing file).
+    fn chain(&self, path: &str, format: DiskFormat) -> Result<Vec<(String, DiskFormat)>> {
+        let mut chain = vec![(path.to_string(), format)];
+        while chain.len() <= MAX_CHAIN {
+            let (top, top_format) = chain.last().cloned().expect("not empty");
+            if top_format == DiskFormat::Raw {
+                return Ok(chain);
+            }
+            let info = self.volume_info(&self.volume_at(&top)?)?;
+            let Some(backing) = info.backing else {
+                return Ok(chain);
+            };
+            let format = match info.backing_format.as_deref() {
+                Some(f) => disk_format(f, &backing)?,
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "{top} names no format for its backing file {backing}: the runner does \
+                         not probe formats"
+                    )));
+                }
+            };
+            chain.push((backing, format));
+        }
+        Err(Error::Invalid(format!(
+            "{path} has a backing chain longer than {MAX_CHAIN} images"
+        )))
+    }
+
+    /// Downloads every image of `chain` into a private directory, points each at the local copy of
+    /// its backing file, and flattens the chain into one raw image: the disk's guest content.
+    fn export_chain(
+        &self,
+        disk: &SourceDisk,
+        chain: &[(String, DiskFormat)],
+        dir: PathBuf,
+        progress: &Progress,
+    ) -> Result<LocalImage> {
+        let names: Vec<&str> = chain.iter().map(|(p, _)| p.as_str()).collect();
+        tracing::info!(
+            "disk {}: exporting a chain of {} images ({}), flattened locally",
+            disk.name,
+            chain.len(),
+            names.join(" <- ")
+        );
+        let local = dir.join(format!("{}.chain", file_safe(&disk.name)));
+        std::fs::create_dir_all(&local)
+            .map_err(|e| Error::io(format!("creating {}", local.display()), e))?;
+        let result = self
+            .fetch_chain(chain, &local, progress)
+            .and_then(|images| {
+                let dest = dir.join(format!("{}.raw", file_safe(&disk.name)));
+                crate::disk::flatten_blocking(&images[0], &local, DiskFormat::Raw, &dest)
+            });
+        let _ = std::fs::remove_dir_all(&local);
+        result
+    }
+
+    /// The chain's images as local files `f<i>.<format>`, each rebased onto the next.
+    fn fetch_chain(
+        &self,
+        chain: &[(String, DiskFormat)],
+        local: &Path,
+        progress: &Progress,
+    ) -> Result<Vec<LocalImage>> {
+        let mut total = 0;
+        let mut images = Vec::new();
+        for (i, (path, format)) in chain.iter().enumerate() {
+            let vol = self.volume_at(path)?;
+            total += vol
+                .get_info_flags(sys::VIR_STORAGE_VOL_GET_PHYSICAL)
+                .map_err(|e| self.err(format_args!("reading volume {path}"), e))?
+                .allocation;
+            progress.set_total(total);
+            let out = local.join(format!("f{i}.{format}"));
+            self.download(&vol, path, &out, progress)?;
+            images.push(LocalImage {
+                path: out,
+                format: *format,
+            });
+        }
+        for pair in images.windows(2) {
+            crate::disk::rebase_blocking(&pair[0], &pair[1])?;
+        }
+        Ok(images)
     }
 
     /// Streams `vol` into the file `out`, keeping holes. Returns (data bytes, hole bytes).

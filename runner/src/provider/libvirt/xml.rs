@@ -205,6 +205,8 @@ pub struct VolumeInfo {
     pub capacity: u64,
     /// Backing image, if the volume is an overlay.
     pub backing: Option<String>,
+    /// Its `<format type>`.
+    pub backing_format: Option<String>,
 }
 
 /// Parses a storage volume's XML (`virStorageVolGetXMLDesc`).
@@ -224,6 +226,10 @@ pub fn parse_volume(xml: &str) -> ParseResult<VolumeInfo> {
             .ok_or("volume XML: bad <capacity>")?,
         backing: child(root, "backingStore")
             .and_then(|b| child_text(b, "path"))
+            .map(str::to_string),
+        backing_format: child(root, "backingStore")
+            .and_then(|b| child(b, "format"))
+            .and_then(|f| f.attribute("type"))
             .map(str::to_string),
     })
 }

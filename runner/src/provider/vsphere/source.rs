@@ -42,12 +42,18 @@ impl Source for VsphereProvider {
     }
 
     async fn snapshot(&self, vm: &VmShape, label: &str) -> Result<Option<SnapshotHandle>> {
-        if !vm.running {
-            return Ok(None);
-        }
         let client = self.client().await?;
         let moref = vm_ref(&vm.id);
         let info = client.vm_info(&moref).await?;
+        if !vm.running {
+            match self.needs_nfc(&info).await? {
+                None => return Ok(None),
+                Some(why) => tracing::info!(
+                    "{why}: taking snapshot {label} of the stopped VM so that an NFC lease can \
+                     export it"
+                ),
+            }
+        }
         let snapshot = match info.snapshot_named(label) {
             Some(s) => {
                 tracing::info!("reusing snapshot {label} from an earlier attempt");
@@ -178,6 +184,83 @@ impl VsphereProvider {
     }
 }
 
+/// How a disk's files can be read over the datastore file interface.
+enum Layout {
+    /// A single-file sparse VMDK without parent: taken as it is.
+    Sparse,
+    /// One flat extent without parent: the guest's bytes.
+    Flat(descriptor::Extent),
+    /// Text descriptors with a parent chain (or sparse extents): downloaded and flattened.
+    Chain,
+    /// Not through the file interface: why.
+    Unusable(String),
+}
+
+impl VsphereProvider {
+    /// Reads the top file of `d` to decide how its bytes can be fetched.
+    async fn layout(&self, dc: &Datacenter, d: &Disk) -> Result<Layout> {
+        let top = &d.backing.file_name;
+        let (ds, path) = split_datastore_path(top)?;
+        let head = match self.head(dc, ds, path).await {
+            Ok(h) => h,
+            Err(e) if !e.is_retryable() => {
+                return Ok(Layout::Unusable(format!(
+                    "the datastore file interface refuses {top} ({e})"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        if head.starts_with(SPARSE_MAGIC) {
+            return Ok(match d.parents.is_empty() {
+                true => Layout::Sparse,
+                false => Layout::Unusable(format!("{top} is a binary sparse delta")),
+            });
+        }
+        let desc = match Descriptor::parse(&String::from_utf8_lossy(&head)) {
+            Ok(desc) => desc,
+            Err(why) => return Ok(Layout::Unusable(format!("{top}: {why}"))),
+        };
+        if let Some(e) = desc.extents.iter().find(|e| !e.is_readable()) {
+            return Ok(Layout::Unusable(format!(
+                "{top} has a {} extent, which is not a plain file",
+                e.kind
+            )));
+        }
+        Ok(match (desc.single_flat(), d.parents.is_empty()) {
+            (Some(extent), true) => Layout::Flat(extent.clone()),
+            _ => Layout::Chain,
+        })
+    }
+
+    /// The first bytes of a datastore file (a descriptor is all of it).
+    async fn head(&self, dc: &Datacenter, ds: &str, path: &str) -> Result<Vec<u8>> {
+        let client = self.client().await?;
+        let mut body = client.ds_get(dc, ds, path, 0).await?.bytes_stream();
+        let mut head = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| Error::transient(client.system(), e))?;
+            head.extend_from_slice(&chunk);
+            if head.len() >= MAX_DESCRIPTOR {
+                break;
+            }
+        }
+        head.truncate(MAX_DESCRIPTOR);
+        Ok(head)
+    }
+
+    /// Why a stopped VM needs a snapshot after all: a disk the file interface cannot read goes
+    /// through an NFC lease, and ExportSnapshot is the export every server offers.
+    async fn needs_nfc(&self, vm: &VmInfo) -> Result<Option<String>> {
+        let dc = self.datacenter_of(&vm.moref).await?;
+        for d in &vm.disks {
+            if let Layout::Unusable(why) = self.layout(&dc, d).await? {
+                return Ok(Some(why));
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// The migration's view of a vSphere VM. Disks are named after their device key (`disk-2000`).
 fn shape(vm: &VmInfo) -> VmShape {
     VmShape {
@@ -287,65 +370,25 @@ impl Export {
     ) -> Result<Folder> {
         let top = &d.backing.file_name;
         let (ds, path) = split_datastore_path(top)?;
-        let head = match self.head(ds, path).await {
-            Ok(h) => h,
-            Err(e) if !e.is_retryable() => {
-                return Ok(Folder::Unusable(format!(
-                    "the datastore file interface refuses {top} ({e})"
-                )));
+        match self.provider.layout(&self.dc, d).await? {
+            Layout::Sparse => {
+                tracing::info!(
+                    "{}: reading {top} over the datastore file interface (a single-file sparse VMDK)",
+                    disk.name
+                );
+                let out = dir.join(format!("{}.vmdk", disk.name));
+                let client = self.provider.client().await?;
+                progress.set_total(client.ds_head(&self.dc, ds, path).await?);
+                self.fetch(ds, path, &out, false, progress).await?;
+                Ok(Folder::Image(LocalImage {
+                    path: out,
+                    format: crd::DiskFormat::Vmdk,
+                }))
             }
-            Err(e) => return Err(e),
-        };
-        if head.starts_with(SPARSE_MAGIC) && d.parents.is_empty() {
-            tracing::info!(
-                "{}: reading {top} over the datastore file interface (a single-file sparse VMDK)",
-                disk.name
-            );
-            let out = dir.join(format!("{}.vmdk", disk.name));
-            progress.set_total(
-                self.provider
-                    .client()
-                    .await?
-                    .ds_head(&self.dc, ds, path)
-                    .await?,
-            );
-            self.fetch(ds, path, &out, false, progress).await?;
-            return Ok(Folder::Image(LocalImage {
-                path: out,
-                format: crd::DiskFormat::Vmdk,
-            }));
+            Layout::Flat(extent) => self.flat(disk, path, ds, &extent, dir, progress).await,
+            Layout::Chain => self.chain(d, disk, dir, progress).await,
+            Layout::Unusable(why) => Ok(Folder::Unusable(why)),
         }
-        let text = String::from_utf8_lossy(&head).into_owned();
-        let desc = match Descriptor::parse(&text) {
-            Ok(desc) => desc,
-            Err(why) => return Ok(Folder::Unusable(format!("{top}: {why}"))),
-        };
-        if let Some(unreadable) = desc.extents.iter().find(|e| !e.is_readable()) {
-            return Ok(Folder::Unusable(format!(
-                "{top} has a {} extent, which is not a plain file",
-                unreadable.kind
-            )));
-        }
-        match (desc.single_flat(), d.parents.is_empty()) {
-            (Some(extent), true) => self.flat(disk, path, ds, extent, dir, progress).await,
-            _ => self.chain(d, disk, dir, progress).await,
-        }
-    }
-
-    /// The first bytes of a datastore file (a descriptor is all of it).
-    async fn head(&self, ds: &str, path: &str) -> Result<Vec<u8>> {
-        let client = self.provider.client().await?;
-        let mut body = client.ds_get(&self.dc, ds, path, 0).await?.bytes_stream();
-        let mut head = Vec::new();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| Error::transient(client.system(), e))?;
-            head.extend_from_slice(&chunk);
-            if head.len() >= MAX_DESCRIPTOR {
-                break;
-            }
-        }
-        head.truncate(MAX_DESCRIPTOR);
-        Ok(head)
     }
 
     /// A flat extent: the guest's bytes, streamed into a sparse raw image.
@@ -449,7 +492,7 @@ impl Export {
         let mut total = 0;
         for (i, name) in files.iter().enumerate() {
             let (ds, path) = split_datastore_path(name)?;
-            let head = self.head(ds, path).await?;
+            let head = self.provider.head(&self.dc, ds, path).await?;
             let desc = match Descriptor::parse(&String::from_utf8_lossy(&head)) {
                 Ok(desc) if desc.extents.iter().all(|e| e.is_readable()) => desc,
                 Ok(_) => return Ok(Some(format!("{name} has extents that are not plain files"))),

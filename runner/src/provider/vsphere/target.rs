@@ -42,6 +42,16 @@ impl Target for VsphereProvider {
         }
     }
 
+    async fn preflight(&self, vm: &NewVm) -> Result<()> {
+        let place = self.placement(vm).await?;
+        tracing::info!(
+            "the VM will go to datastore {} ({} network(s))",
+            place.datastore_name,
+            place.networks.len()
+        );
+        Ok(())
+    }
+
     async fn import(
         &self,
         vm: &NewVm,
