@@ -602,6 +602,31 @@ async fn unknown_storage_extension_and_parameter_are_terminal_errors_naming_them
     };
     assert_eq!(e.reason(), "NotFound", "{e}");
     assert!(e.to_string().contains("nosuch"), "{e}");
+    // Validating finds it first
+    let e = p
+        .preflight(&new_vm(&unique("nostore"), Some("nosuch")))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("nosuch"), "{e}");
+    p.preflight(&new_vm(&unique("fine"), Some("local-lvm")))
+        .await
+        .unwrap();
+    let mut plan = w.plan();
+    plan.defaults.as_mut().unwrap().network = None;
+    let no_bridge =
+        ProxmoxProvider::new(&plan, &w.creds("target", Credentials::default()), "target").unwrap();
+    let mut vm = new_vm(&unique("nobridge"), None);
+    vm.networks = vec![crd::NetworkHint {
+        name: "eth0".into(),
+        network: Some("VM Network".into()),
+        bridge: None,
+    }];
+    let e = no_bridge.preflight(&vm).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("targetNetworkHints[0] (eth0) names no bridge"),
+        "{e}"
+    );
 
     let client = w.client().await;
     let scratch = tempfile::tempdir().unwrap();

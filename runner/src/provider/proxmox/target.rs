@@ -41,6 +41,25 @@ impl Target for ProxmoxProvider {
         Ok(!self.vms_named(name).await?.is_empty())
     }
 
+    /// The node, the storage (holding VM disks), an import storage and every NIC's bridge.
+    async fn preflight(&self, vm: &NewVm) -> Result<()> {
+        let place = self.placement(vm).await?;
+        let bridges = bridges(vm, self.inner.defaults.network.as_deref())?;
+        tracing::info!(
+            "VM {} will go to storage {} on node {} (through {}), NICs on {}",
+            vm.name,
+            place.storage,
+            place.node,
+            place.import_storage,
+            if bridges.is_empty() {
+                "none".to_string()
+            } else {
+                bridges.join(", ")
+            }
+        );
+        Ok(())
+    }
+
     async fn import(
         &self,
         vm: &NewVm,
