@@ -95,18 +95,18 @@ impl NodeStorage {
     }
 }
 
-/// A volume as `GET .../storage/{storage}/content/{volume}` describes it.
+/// A volume as the storage's content listing (`GET .../storage/{storage}/content`) shows it.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 pub struct VolumeInfo {
-    /// Size as PVE reports it: the virtual size of an image (qcow2, vmdk), a raw file's length.
+    /// Volume ID.
+    pub volid: String,
+    /// Size as the listing reports it: an image's virtual size (`images`), a file's length
+    /// (`import`, as pve-storage's `get_subdir_files` lists it).
     #[serde(deserialize_with = "number")]
     pub size: u64,
     /// Format.
     #[serde(default)]
     pub format: String,
-    /// Its file or device path on the node.
-    #[serde(default)]
-    pub path: String,
 }
 
 fn yes() -> bool {
@@ -353,16 +353,25 @@ impl ProxmoxProvider {
             })
     }
 
-    /// A volume's size and path, `None` when it does not exist.
+    /// A volume's size and format from its storage's content listing, `None` when it does not
+    /// exist. (The listing, not `GET .../content/{volume}`: an absent volume is then no error to
+    /// interpret.)
     pub(super) async fn volume(&self, node: &str, volid: &str) -> Result<Option<VolumeInfo>> {
-        let (storage, _) = super::config::split_volid(volid)
+        let (storage, volname) = super::config::split_volid(volid)
             .ok_or_else(|| Error::Invalid(format!("{volid:?} is not a Proxmox VE volume ID")))?;
-        let path = ["nodes", node, "storage", storage, "content", volid];
-        match self.client().await?.get(&path, &[]).await {
-            Ok(info) => Ok(Some(info)),
-            Err(Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        let content = match volname.starts_with("import/") {
+            true => "import",
+            false => "images",
+        };
+        let list: Vec<VolumeInfo> = self
+            .client()
+            .await?
+            .get(
+                &["nodes", node, "storage", storage, "content"],
+                &[("content", content.into())],
+            )
+            .await?;
+        Ok(list.into_iter().find(|v| v.volid == volid))
     }
 
     /// Deletes a volume (a task on newer PVE, synchronous on older ones).

@@ -263,7 +263,7 @@ struct Import {
     place: Placement,
     /// Reserved when the session started; another may be taken if a creator beat this one to it.
     vmid: u32,
-    /// Each disk's import file (volume ID, size as PVE reports it) once imported.
+    /// Each disk's import file (volume ID, file length) once imported.
     volumes: Vec<Option<(String, u64)>>,
 }
 
@@ -287,8 +287,8 @@ impl ImportSession for Import {
         let volid = format!("{}:import/{filename}", self.place.import_storage);
         self.remove_leftover(&volid).await?;
         let started = std::time::Instant::now();
-        self.transfer(input, &filename, progress).await?;
-        let size = self.check_file(&volid, disk.virtual_size).await?;
+        let sent = self.transfer(input, &filename, progress).await?;
+        let size = self.check_file(&volid, sent).await?;
         tracing::info!(
             "{}: {volid} imported in {:.1}s",
             disk.name,
@@ -348,18 +348,19 @@ impl Import {
         Ok(())
     }
 
-    /// The bytes into the import storage: uploaded from scratch, or fetched by PVE.
+    /// The bytes into the import storage: uploaded from scratch, or fetched by PVE. Returns the
+    /// file's length.
     async fn transfer(
         &self,
         input: ImportInput<'_>,
         filename: &str,
         progress: &Progress,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let client = self.provider.client().await?;
         let (node, storage) = (&self.place.node, &self.place.import_storage);
         match input {
             ImportInput::File(image) => {
-                let (_, sha256) = stream::hash_file(&image.path, Progress::default()).await?;
+                let (len, sha256) = stream::hash_file(&image.path, Progress::default()).await?;
                 tracing::info!(
                     "uploading {} to {storage} on {node} as {filename}",
                     image.path.display()
@@ -373,7 +374,8 @@ impl Import {
                     &sha256,
                     progress,
                 )
-                .await
+                .await?;
+                Ok(len)
             }
             ImportInput::Url(object) => {
                 tracing::info!(
@@ -382,24 +384,24 @@ impl Import {
                 );
                 transfer::download_url(client, node, storage, filename, object).await?;
                 progress.set_done(object.size);
-                Ok(())
+                Ok(object.size)
             }
         }
     }
 
-    /// The imported file as PVE sees it: present, of the disk's virtual size. A wrong one is
-    /// removed.
-    async fn check_file(&self, volid: &str, virtual_size: u64) -> Result<u64> {
+    /// The imported file as PVE lists it: present, of the length sent (its SHA-256 PVE checked
+    /// itself). A wrong one is removed.
+    async fn check_file(&self, volid: &str, len: u64) -> Result<u64> {
         let node = &self.place.node;
         let info = self.provider.volume(node, volid).await?.ok_or_else(|| {
             Error::Invalid(format!(
                 "{volid} is not on node {node} after its import task succeeded"
             ))
         })?;
-        if info.size != virtual_size {
+        if info.size != len {
             let _ = self.provider.delete_volume(node, volid).await;
             return Err(Error::Invalid(format!(
-                "{volid} holds a disk of {} bytes, the source disk has {virtual_size}",
+                "{volid} has {} bytes on node {node}, {len} were sent",
                 info.size
             )));
         }
