@@ -70,6 +70,10 @@ async fn migrate(plan: &RunnerPlan, run: &Run) -> (runner::Result<String>, Recor
     let result = Pipeline::new(plan.clone(), source, target, stage, status, scratch.path())
         .run()
         .await;
+    if result.is_err() {
+        // what the operator runs for an abandoned migration: staged objects, snapshot, target
+        clean_up(plan, run, &recorder.last()).await;
+    }
     eprintln!(
         "{} -> {} through {:?}: {:.1}s",
         plan.source.type_,
@@ -78,6 +82,18 @@ async fn migrate(plan: &RunnerPlan, run: &Run) -> (runner::Result<String>, Recor
         started.elapsed().as_secs_f64()
     );
     (result, recorder)
+}
+
+/// The runner's cleanup mode for a failed migration, so a failing test leaves nothing behind.
+async fn clean_up(plan: &RunnerPlan, run: &Run, status: &VMMigrationStatus) {
+    let source = provider::source(&plan.source, &run.creds).unwrap();
+    let target = provider::target(&plan.target, &run.creds).unwrap();
+    let stage = storage::open(&plan.storage, &run.creds, &run.options)
+        .await
+        .unwrap();
+    if let Err(e) = runner::phases::cleanup(plan, status, &*source, &*target, &*stage).await {
+        eprintln!("cleanup after the failed migration: {e}");
+    }
 }
 
 /// The migration succeeded: Ready, with the target id recorded; no snapshot left recorded.
@@ -436,4 +452,43 @@ async fn s3_presigns_a_bounded_get_that_needs_no_credentials() {
         "the signature covers the key"
     );
     stage.delete(&key).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_pve_refuses_fails_terminally_naming_it_and_leaves_no_import_files() {
+    let (lw, pw) = (libvirt_world::World::load(), World::load());
+    let name = libvirt_world::unique("l2p-bad");
+    let refs = tempfile::tempdir().unwrap();
+    let _source = lw.make_source_vm(&name, false, refs.path());
+    let run = lw.staging(Backend::Http, pw.creds("target", lw.creds("source")));
+    let mut plan = plan(&name, &name, lw.plan_for(lw.uri()), pw.plan(), &run);
+    // PVE wants a DNS name; the import file name may have the underscore
+    plan.target_name = format!("{}_copy", name.replace('-', "_"));
+
+    let (result, rec) = migrate(&plan, &run).await;
+    let e = result.expect_err("PVE refuses the name");
+    assert!(!e.is_retryable(), "{e}");
+    assert!(e.to_string().contains(r#"parameter "name""#), "{e}");
+    let last = rec.last();
+    assert_eq!(last.phase, Some(Phase::Failed));
+    assert!(
+        rec.writes()
+            .iter()
+            .flat_map(|s| &s.disks)
+            .any(|d| matches!(d.target_disk, Some(crd::TargetDiskHandle::Proxmox { .. }))),
+        "the import files were recorded"
+    );
+    assert!(
+        last.disks.iter().all(|d| d.target_disk.is_none()),
+        "and forgotten once deleted"
+    );
+    let client = pw.client().await;
+    assert!(
+        proxmox_world::import_files(&client, pw.node(), "local", &plan.target_name)
+            .await
+            .is_empty(),
+        "the terminal failure removed the import files"
+    );
+    let target = provider::target(&plan.target, &run.creds).unwrap();
+    assert!(!target.vm_exists(&plan.target_name).await.unwrap());
 }

@@ -456,6 +456,11 @@ async fn import_session_survives_a_taken_vmid_and_deletes_only_its_own() {
     let p = w.provider("target");
     let client = w.client().await;
     let name = unique("imp");
+    let _files = proxmox_world::ImportFilesGuard {
+        client: client.clone(),
+        node: w.node().into(),
+        prefix: name.clone(),
+    };
     let vm = new_vm(&name, Some("local-lvm"));
     let scratch = tempfile::tempdir().unwrap();
     let image = qcow2_image(scratch.path(), 8);
@@ -720,6 +725,11 @@ async fn import_files_of_an_earlier_attempt_are_reused_and_a_failed_creation_lea
     let scratch = tempfile::tempdir().unwrap();
     let image = qcow2_image(scratch.path(), 8);
     let name = unique("reuse");
+    let _files = proxmox_world::ImportFilesGuard {
+        client: client.clone(),
+        node: w.node().into(),
+        prefix: name.clone(),
+    };
     let mut vm = new_vm(&name, None);
     vm.firmware = Firmware::Uefi;
     vm.start = true;

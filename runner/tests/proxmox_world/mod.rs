@@ -263,6 +263,34 @@ impl Drop for VmGuard {
 
 const TASK: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// Deletes the import files whose names start with `prefix` (a test's VM name) when dropped.
+pub struct ImportFilesGuard {
+    pub client: Arc<Client>,
+    pub node: String,
+    pub prefix: String,
+}
+
+impl Drop for ImportFilesGuard {
+    fn drop(&mut self) {
+        block_on(async {
+            for volid in import_files(&self.client, &self.node, "local", &self.prefix).await {
+                let path = [
+                    "nodes",
+                    self.node.as_str(),
+                    "storage",
+                    "local",
+                    "content",
+                    volid.as_str(),
+                ];
+                let deleted: Result<Value, _> = self.client.delete(&path, &[]).await;
+                if let Err(e) = deleted {
+                    eprintln!("cleanup: deleting {volid}: {e}");
+                }
+            }
+        });
+    }
+}
+
 /// Which storage a test VM's disk is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Store {
