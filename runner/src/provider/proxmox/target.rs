@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::api::{LONG_TASK_TIMEOUT, SHORT_TASK_TIMEOUT, as_u64};
 use super::config::{self, TAG, VmConfig, split_volid};
-use super::provider::{ProxmoxProvider, foreign};
+use super::provider::{NodeStorage, ProxmoxProvider, foreign};
 use super::transfer;
 use crate::progress::Progress;
 use crate::provider::{Firmware, ImportInput, ImportSession, NewVm, Target};
@@ -67,13 +67,16 @@ impl Target for ProxmoxProvider {
     ) -> Result<Box<dyn ImportSession>> {
         let place = self.placement(vm).await?;
         let mut volumes = Vec::new();
-        for (i, handle) in imported.iter().enumerate() {
+        for (disk, handle) in vm
+            .disks
+            .iter()
+            .zip(imported.iter().chain(std::iter::repeat(&None)))
+        {
             volumes.push(match handle {
                 None => None,
-                Some(h) => Some(self.reusable(h, &place.node, &vm.disks[i].name).await?),
+                Some(h) => Some(self.reusable(h, &place.node, &disk.name).await?),
             });
         }
-        volumes.resize(vm.disks.len(), None);
         let vmid = self.next_vmid().await?;
         tracing::info!(
             "importing VM {} into storage {} on node {} (VMID {vmid} reserved; disks pass through {})",
@@ -189,19 +192,7 @@ impl ProxmoxProvider {
                 target.content
             )));
         }
-        let import_storage = match target.has("import") {
-            true => storage.clone(),
-            false => storages
-                .iter()
-                .find(|s| s.has("import") && s.enabled && s.active)
-                .map(|s| s.storage.clone())
-                .ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "node {node} has no storage with import content to upload disks to: \
-                         enable `import` on a file-based storage"
-                    ))
-                })?,
-        };
+        let import_storage = import_storage(&storages, target, &node)?;
         Ok(Placement {
             node,
             storage,
@@ -254,6 +245,24 @@ impl ProxmoxProvider {
             .and_then(|n| u32::try_from(n).ok())
             .ok_or_else(|| Error::Invalid(format!("/cluster/nextid answered {id}, not a VMID")))
     }
+}
+
+/// The storage disks are uploaded to: `target` itself when it takes `import` content, else the
+/// node's first enabled, active one that does.
+fn import_storage(storages: &[NodeStorage], target: &NodeStorage, node: &str) -> Result<String> {
+    if target.has("import") {
+        return Ok(target.storage.clone());
+    }
+    storages
+        .iter()
+        .find(|s| s.has("import") && s.enabled && s.active)
+        .map(|s| s.storage.clone())
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "node {node} has no storage with import content to upload disks to: enable \
+                 `import` on a file-based storage"
+            ))
+        })
 }
 
 /// The import of one VM: the files, then the VM.
