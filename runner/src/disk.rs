@@ -132,6 +132,17 @@ pub async fn convert(
     dest: &Path,
     progress: &Progress,
 ) -> Result<LocalImage> {
+    convert_with(src, &[], format, dest, progress).await
+}
+
+/// [`convert`] with extra source options (`-l snapshot.name=...`).
+async fn convert_with(
+    src: &LocalImage,
+    source_options: &[&str],
+    format: DiskFormat,
+    dest: &Path,
+    progress: &Progress,
+) -> Result<LocalImage> {
     let mut cmd = Command::new(QEMU_IMG);
     cmd.args([
         "convert",
@@ -141,6 +152,7 @@ pub async fn convert(
         "-O",
         format.as_str(),
     ]);
+    cmd.args(source_options);
     match format {
         DiskFormat::Vmdk => {
             cmd.args(["-o", "subformat=streamOptimized"]);
@@ -173,6 +185,30 @@ pub async fn flatten(
 ) -> Result<LocalImage> {
     check_chain(top, dir).await?;
     convert(top, format, dest, progress).await
+}
+
+/// [`flatten`] of the internal snapshot `snapshot` of the qcow2 image `top` (`qemu-img convert -l
+/// snapshot.name=<snapshot>`): the guest's content as of that snapshot, read through the backing
+/// chain laid out in `dir`.
+pub async fn flatten_snapshot(
+    top: &LocalImage,
+    snapshot: &str,
+    dir: &Path,
+    format: DiskFormat,
+    dest: &Path,
+    progress: &Progress,
+) -> Result<LocalImage> {
+    if top.format != DiskFormat::Qcow2 || snapshot.is_empty() || snapshot.contains([',', '=']) {
+        return Err(Error::Invalid(format!(
+            "cannot read snapshot {snapshot:?} of {} ({}): internal snapshots are qcow2 only, \
+             named without `,` and `=`",
+            top.path.display(),
+            top.format
+        )));
+    }
+    check_chain(top, dir).await?;
+    let option = format!("snapshot.name={snapshot}");
+    convert_with(top, &["-l", &option], format, dest, progress).await
 }
 
 /// [`flatten`] from a blocking thread (a provider whose library blocks).

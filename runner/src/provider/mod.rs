@@ -9,12 +9,13 @@
 //! pipeline records in the status at once, so a later attempt resumes with it and cleanup removes
 //! exactly it. The pipeline ([`crate::phases`]) knows no hypervisor.
 //!
-//! Implementations: [`libvirt`] and [`vsphere`] (both roles); a file-backed double for tests behind
+//! Implementations: [`libvirt`], [`vsphere`] and [`proxmox`] (both roles); a file-backed double for tests behind
 //! the `test-doubles` feature.
 
 #[cfg(feature = "test-doubles")]
 pub mod file;
 pub mod libvirt;
+pub mod proxmox;
 pub mod vsphere;
 
 use std::path::{Path, PathBuf};
@@ -25,10 +26,10 @@ use crd::{
     DiskFormat, NetworkHint, ProviderType, SnapshotHandle, TargetDiskHandle, TargetVmHandle,
 };
 
+use crate::Result;
 use crate::credentials::Credentials;
 use crate::progress::Progress;
 use crate::storage::PresignedObject;
-use crate::{Error, Result};
 
 /// Which end of the migration a provider is; names the credential scope (`source.*`, `target.*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +61,11 @@ pub fn source(plan: &ProviderPlan, credentials: &Credentials) -> Result<Box<dyn 
             credentials,
             Side::Source.scope(),
         )?)),
-        other => Err(unsupported(other)),
+        ProviderType::Proxmox => Ok(Box::new(proxmox::ProxmoxProvider::new(
+            plan,
+            credentials,
+            Side::Source.scope(),
+        )?)),
     }
 }
 
@@ -77,14 +82,12 @@ pub fn target(plan: &ProviderPlan, credentials: &Credentials) -> Result<Box<dyn 
             credentials,
             Side::Target.scope(),
         )?)),
-        other => Err(unsupported(other)),
+        ProviderType::Proxmox => Ok(Box::new(proxmox::ProxmoxProvider::new(
+            plan,
+            credentials,
+            Side::Target.scope(),
+        )?)),
     }
-}
-
-fn unsupported(kind: ProviderType) -> Error {
-    Error::Invalid(format!(
-        "provider type {kind} is not supported by this runner build"
-    ))
 }
 
 /// Firmware of a VM, where the source says.

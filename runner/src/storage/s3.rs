@@ -24,6 +24,9 @@
 //! and hand them in order to a writing thread that hashes ([`FileSink`]): a bounded reorder window
 //! of `CONCURRENCY + 2` buffers. (The alternative, positional writes with a second reader hashing
 //! behind the written frontier, would read every byte twice.)
+//!
+//! A target that downloads by itself (Proxmox VE's `download-url`) gets a presigned GET
+//! ([`Stage::presign`]), valid for [`PRESIGN_TTL`]; the URL carries a signature and is never logged.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -39,6 +42,7 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
@@ -52,8 +56,8 @@ use tokio::task::JoinSet;
 use url::Url;
 
 use super::{
-    CREDENTIAL_SCOPE, Stage, StageOptions, StagedObject, parse_sidecar, partial_path, prefixed,
-    sidecar_body, sidecar_key, validate_key,
+    CREDENTIAL_SCOPE, PresignedObject, Stage, StageOptions, StagedObject, parse_sidecar,
+    partial_path, prefixed, sidecar_body, sidecar_key, validate_key,
 };
 use crate::credentials::Credentials;
 use crate::error::with_retries;
@@ -73,6 +77,8 @@ pub const CONCURRENCY: usize = 4;
 pub const MAX_BUFFERED_PART: u64 = 8 * MIB;
 /// Size of one ranged GET.
 pub const RANGE_SIZE: u64 = 8 * MIB;
+/// How long a presigned GET URL is valid.
+pub const PRESIGN_TTL: Duration = Duration::from_secs(30 * 60);
 /// Default region when the spec names none (also what S3-compatible servers usually expect).
 const DEFAULT_REGION: &str = "us-east-1";
 
@@ -1031,6 +1037,33 @@ impl Stage for S3Stage {
         self.abort_uploads(&full).await?;
         self.delete_object(&full).await?;
         self.delete_object(&sidecar_key(&full)).await
+    }
+
+    /// A presigned GET of the object, valid for [`PRESIGN_TTL`] (a target starts its download
+    /// at once; S3 checks the signature when the request starts, so a long download is fine).
+    async fn presign(&self, object: &StagedObject) -> Result<Option<PresignedObject>> {
+        let full = self.full_key(&object.key)?;
+        let config = PresigningConfig::expires_in(PRESIGN_TTL)
+            .map_err(|e| Error::Invalid(format!("{}: presigning: {e}", self.system())))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .presigned(config)
+            .await
+            .map_err(|e| self.error(&format!("presigning GET {full}"), e))?;
+        tracing::info!(
+            "{}: presigned a GET of {} for {}s",
+            self.system(),
+            self.url(&full),
+            PRESIGN_TTL.as_secs()
+        );
+        Ok(Some(PresignedObject {
+            url: request.uri().to_string(),
+            size: object.size,
+            sha256: object.sha256.clone(),
+        }))
     }
 }
 
