@@ -7,7 +7,7 @@ export VRG_CACHE ?= $(HOME)/.cache/virtrigaud
 export CARGO_TARGET_DIR ?= $(VRG_CACHE)/target
 CARGO ?= cargo
 
-.PHONY: all build test deps unit lint fmt crds crds-check demo e2e-up e2e-down e2e-check bench toolchain
+.PHONY: all build test deps unit lint fmt crds crds-check demo e2e-up e2e-down e2e-check bench matrix toolchain
 
 all: build
 
@@ -54,6 +54,10 @@ e2e-down:
 
 e2e-check:
 	bash e2e/scripts/endpoints-check.sh
+
+## The nine source x target pairs through the cluster, one staging backend each (rotated); prints the table.
+matrix: build e2e-up
+	$(CARGO) test -p runner --test matrix -- --nocapture
 
 ## Benchmarks: the runner's engine vs standalone tools, ratios printed per figure.
 bench:

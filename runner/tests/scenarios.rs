@@ -5,14 +5,16 @@
 //! Each test has its own namespace; hypervisor objects get unique names, so tests run in parallel.
 
 mod cluster_world;
+mod fleet;
 mod libvirt_world;
+mod proxmox_world;
 mod vsphere_world;
 
 use std::path::Path;
 use std::time::Duration;
 
 use cluster_world::{Cluster, adapt, virtual_machine};
-use crd::{Phase, StorageSpec, StorageType, VMMigration};
+use crd::{Phase, ProviderType, StorageSpec, StorageType, VMMigration};
 use runner::credentials::Credentials;
 use runner::provider::vsphere::PowerState;
 use runner::storage::{self, StageOptions};
@@ -324,4 +326,83 @@ async fn wrong_password_unknown_datastore_and_name_clash_fail_naming_the_object(
         other.vm,
         "the VM of that name is untouched"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scenario_2_vsphere_to_proxmox_through_nfs() {
+    let cluster = Cluster::load().await;
+    let ns = "e2e-scenario-2";
+    cluster.fresh_namespace(ns).await;
+    cluster.apply(&cluster.objects(ns));
+    let source = unique("windows-server");
+    let target = unique("windows-server-pve");
+    let src = fleet::source(ProviderType::Vsphere, &source).await;
+    cluster.apply(&virtual_machine(ns, &source, "vsphere-prod"));
+    // the guide's YAML as it is, but for the names
+    let yaml = adapt(
+        "vsphere-to-proxmox.yaml",
+        ns,
+        &[
+            ("/spec/sourceName", json!(source)),
+            ("/spec/targetName", json!(target)),
+        ],
+    );
+    assert!(yaml.contains("targetStorageHint: local-lvm") && yaml.contains("type: nfs"));
+    cluster.apply(&yaml);
+    let m = cluster.wait_done(ns, "vsphere-to-proxmox", TIMEOUT).await;
+    ready(&cluster, &m);
+    let _target =
+        fleet::check_target(&cluster, &m, ProviderType::Proxmox, &target, &src.refs).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scenario_3_proxmox_to_libvirt_through_http() {
+    let cluster = Cluster::load().await;
+    let ns = "e2e-scenario-3";
+    cluster.fresh_namespace(ns).await;
+    cluster.apply(&cluster.objects(ns));
+    let source = unique("database-server");
+    let target = libvirt_world::unique("database-server-kvm");
+    let src = fleet::source(ProviderType::Proxmox, &source).await;
+    cluster.apply(&virtual_machine(ns, &source, "proxmox-cluster"));
+    let yaml = adapt(
+        "proxmox-to-libvirt.yaml",
+        ns,
+        &[
+            ("/spec/sourceName", json!(source)),
+            ("/spec/targetName", json!(target)),
+            ("/spec/storage/endpoint", json!(cluster.var("VRG_HTTP_URL"))),
+            (
+                "/spec/targetStorageHint",
+                json!(cluster.var("VRG_LIBVIRT_POOL")),
+            ),
+        ],
+    );
+    cluster.apply(&yaml);
+    let m = cluster.wait_done(ns, "proxmox-to-kvm", TIMEOUT).await;
+    ready(&cluster, &m);
+    let _target =
+        fleet::check_target(&cluster, &m, ProviderType::Libvirt, &target, &src.refs).await;
+    let world = proxmox_world::World::load();
+    let client = world.client().await;
+    let vmid = client_vmid(&world, &source).await;
+    assert!(
+        proxmox_world::snapshots(&client, world.node(), vmid)
+            .await
+            .is_empty(),
+        "no snapshot left on the Proxmox source"
+    );
+}
+
+/// The VMID of the Proxmox VM named `name`.
+async fn client_vmid(world: &proxmox_world::World, name: &str) -> u32 {
+    let client = world.client().await;
+    let vms: Vec<serde_json::Value> = client
+        .get(&["cluster", "resources"], &[("type", "vm".into())])
+        .await
+        .unwrap();
+    vms.iter()
+        .find(|v| v["name"] == name)
+        .and_then(|v| v["vmid"].as_u64())
+        .unwrap_or_else(|| panic!("no Proxmox VM {name}")) as u32
 }
