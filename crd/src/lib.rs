@@ -8,6 +8,7 @@ pub mod duration;
 pub mod handles;
 pub mod plan;
 pub mod provider;
+pub mod quantity;
 pub mod references;
 pub mod virtualmachine;
 pub mod vmmigration;

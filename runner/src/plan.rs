@@ -100,38 +100,10 @@ pub fn write_outcome(path: &Path, outcome: &RunnerOutcome) -> Result<()> {
     std::fs::write(path, json).map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
-/// Bytes of a Kubernetes memory quantity (`8Gi`, `512Mi`, `2G`, `1.5Gi`, `1073741824`).
+/// Bytes of a memory quantity (the parser the webhook admits with: [`crd::quantity`]).
 pub fn quantity_bytes(q: &Quantity) -> Result<u64> {
-    let s = q.0.trim();
-    let bad = || {
-        Error::Invalid(format!(
-            "memory quantity {s:?} is not a size like 8Gi or 512Mi"
-        ))
-    };
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, suffix) = s.split_at(split);
-    let factor: f64 = match suffix {
-        "" => 1.0,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        _ => return Err(bad()),
-    };
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let bytes = (value * factor).round();
-    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
-        return Err(bad());
-    }
-    Ok(bytes as u64)
+    crd::quantity::memory_bytes(&q.0)
+        .map_err(|e| Error::Invalid(format!("targetResources.memory: {e}")))
 }
 
 #[cfg(test)]
@@ -174,15 +146,18 @@ mod tests {
     }
 
     #[test]
-    fn memory_quantities() {
+    fn memory_quantities_are_the_webhooks() {
         let q = |s: &str| quantity_bytes(&Quantity(s.into()));
         assert_eq!(q("8Gi").unwrap(), 8 << 30);
-        assert_eq!(q("512Mi").unwrap(), 512 << 20);
-        assert_eq!(q("2G").unwrap(), 2_000_000_000);
-        assert_eq!(q("1.5Gi").unwrap(), 3 << 29);
-        assert_eq!(q("1073741824").unwrap(), 1 << 30);
-        assert!(q("8GB").is_err());
-        assert!(q("-1Gi").is_err());
-        assert!(q("0").is_err());
+        assert_eq!(
+            q("1e9").unwrap(),
+            1_000_000_000,
+            "admitted by the webhook, taken here"
+        );
+        let err = q("8GB").unwrap_err().to_string();
+        assert!(
+            err.starts_with("targetResources.memory: \"8GB\" is not a Kubernetes quantity"),
+            "{err}"
+        );
     }
 }

@@ -18,8 +18,6 @@ pub const MIGRATION_NAME_MAX: usize = 63;
 pub const MAX_ATTEMPTS: std::ops::RangeInclusive<i32> = 1..=10;
 /// Allowed range of `targetResources.cpu`.
 pub const CPU: std::ops::RangeInclusive<u32> = 1..=768;
-/// Smallest `targetResources.memory`, in bytes (1Mi).
-pub const MEMORY_MIN_BYTES: f64 = 1024.0 * 1024.0;
 
 /// Checks everything that needs no I/O: metadata, names, storage syntax and literal endpoint addresses
 /// (under `addresses`), retry policy, resources. Warns about risky but legal choices.
@@ -152,65 +150,11 @@ fn check_resources(v: &mut Verdict, spec: &VMMigrationSpec) {
             ),
         );
     }
-    if let Some(memory) = &resources.memory {
-        match quantity_value(&memory.0) {
-            Some(bytes) if bytes >= MEMORY_MIN_BYTES => {}
-            Some(_) => v.deny(
-                "spec.targetResources.memory",
-                format!("{:?} is too small (at least 1Mi)", memory.0),
-            ),
-            None => v.deny(
-                "spec.targetResources.memory",
-                format!(
-                    "{:?} is not a Kubernetes quantity (e.g. 8Gi, 512Mi, 4G; allowed suffixes: Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P, E)",
-                    memory.0
-                ),
-            ),
-        }
+    if let Some(memory) = &resources.memory
+        && let Err(why) = crd::quantity::memory_bytes(&memory.0)
+    {
+        v.deny("spec.targetResources.memory", why.to_string());
     }
-}
-
-/// The value of a Kubernetes quantity (`8Gi`, `512M`, `1.5Gi`, `1e9`), or `None` when it is not one or is
-/// negative.
-pub fn quantity_value(text: &str) -> Option<f64> {
-    let unsigned = text.strip_prefix('+').unwrap_or(text);
-    let number_len = unsigned
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(unsigned.len());
-    let (number, suffix) = unsigned.split_at(number_len);
-    if number.is_empty() || number == "." || number.matches('.').count() > 1 {
-        return None;
-    }
-    let number: f64 = number.parse().ok()?;
-    let multiplier = match suffix {
-        "" => 1.0,
-        "Ki" => 1024f64,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        exponent => {
-            let digits = exponent
-                .strip_prefix('e')
-                .or_else(|| exponent.strip_prefix('E'))?;
-            let signless = digits.strip_prefix(['+', '-']).unwrap_or(digits);
-            if signless.is_empty() || !signless.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            10f64.powi(digits.parse().ok()?)
-        }
-    };
-    Some(number * multiplier)
 }
 
 /// The endpoint of a storage spec, parsed for its type: `None` when there is none to check.
@@ -389,18 +333,6 @@ mod tests {
             check("default", "m", &spec(), &AddressPolicy::default()),
             Verdict::default()
         );
-    }
-
-    #[test]
-    fn quantities() {
-        assert_eq!(quantity_value("8Gi"), Some(8.0 * 1024f64.powi(3)));
-        assert_eq!(quantity_value("512M"), Some(512e6));
-        assert_eq!(quantity_value("1.5Gi"), Some(1.5 * 1024f64.powi(3)));
-        assert_eq!(quantity_value("1e9"), Some(1e9));
-        assert_eq!(quantity_value("+1Ki"), Some(1024.0));
-        for bad in ["", "8GB", "-1Gi", "Gi", "1..2", "e9", "1e", "1ex", "eight"] {
-            assert_eq!(quantity_value(bad), None, "{bad}");
-        }
     }
 
     #[test]
