@@ -43,6 +43,11 @@ fn namespace(m: &VMMigration) -> Result<String> {
     m.namespace().ok_or(Error::MissingMetadata("namespace"))
 }
 
+/// UID of the migration: the controller owner of everything it creates.
+pub fn owner_uid(m: &VMMigration) -> Result<String> {
+    m.uid().ok_or(Error::MissingMetadata("uid"))
+}
+
 fn max_attempts(m: &VMMigration) -> i32 {
     m.spec.retry_policy.max_attempts.max(1)
 }
@@ -236,7 +241,7 @@ pub async fn create_run(
     )?;
     objects::create(&Api::<Secret>::namespaced(ctx.client.clone(), &ns), &secret).await?;
     let job = builder::runner_job(m, &ctx.settings, kind)?;
-    Ok(objects::create(&Api::<Job>::namespaced(ctx.client.clone(), &ns), &job).await?)
+    objects::create(&Api::<Job>::namespaced(ctx.client.clone(), &ns), &job).await
 }
 
 /// Launches the Job of the current attempt.
@@ -296,7 +301,22 @@ async fn launch(
         )
         .await;
     }
-    if create_run(m, ctx, &resolved, kind).await? == Created::New {
+    let created = match create_run(m, ctx, &resolved, kind).await {
+        Err(e @ Error::NotOwned { .. }) => {
+            let why = e.to_string();
+            return fail(
+                m,
+                ctx,
+                status,
+                "ObjectConflict",
+                &why,
+                format!("cannot start: {why}"),
+            )
+            .await;
+        }
+        other => other?,
+    };
+    if created == Created::New {
         ctx.metrics.job_launched("migrate");
         ctx.event_about(
             m,
@@ -371,6 +391,7 @@ async fn delete_attempt_secret(
     objects::delete(
         &secrets,
         &names::attempt_secret(&m.name_any(), attempt),
+        &owner_uid(m)?,
         PropagationPolicy::Background,
     )
     .await

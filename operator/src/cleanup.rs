@@ -19,7 +19,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
-use crate::apply::{create_run, until};
+use crate::apply::{create_run, owner_uid, until};
 use crate::builder::{self, COMPONENT_RUNNER, JobKind};
 use crate::error::{Error, Result};
 use crate::events::{action, reason};
@@ -138,7 +138,7 @@ async fn stop_runners(
     }
     for job in active {
         if job.metadata.deletion_timestamp.is_none() {
-            objects::delete(api, &job.name_any(), PropagationPolicy::Foreground).await?;
+            objects::delete_object(api, job, &owner_uid(m)?, PropagationPolicy::Foreground).await?;
             ctx.event_about(
                 m,
                 Some(crate::apply::job_ref(m, &job.name_any())),
@@ -200,7 +200,7 @@ async fn launch_cleanup(m: &VMMigration, ctx: &Context) -> Result<bool> {
             Ok(true)
         }
         Ok(Created::Existing) => Ok(true),
-        Err(e) if forbidden(&e) => skip(e.to_string()).await,
+        Err(e) if forbidden(&e) || matches!(e, Error::NotOwned { .. }) => skip(e.to_string()).await,
         Err(e) => Err(e),
     }
 }
@@ -216,38 +216,24 @@ async fn delete_owned(
 ) -> Result<()> {
     let name = m.name_any();
     let ns = m.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let owner = owner_uid(m)?;
     let background = || PropagationPolicy::Background;
     for job in jobs {
-        objects::delete(jobs_api, &job.name_any(), background()).await?;
+        objects::delete_object(jobs_api, job, &owner, background()).await?;
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     if let Some(attempt) = attempt {
-        objects::delete(
-            &secrets,
-            &names::attempt_secret(&name, attempt),
-            background(),
-        )
-        .await?;
+        let secret = names::attempt_secret(&name, attempt);
+        objects::delete(&secrets, &secret, &owner, background()).await?;
     }
-    objects::delete(&secrets, &names::cleanup(&name), background()).await?;
+    objects::delete(&secrets, &names::cleanup(&name), &owner, background()).await?;
     let identity = names::runner_identity(&name);
-    objects::delete(
-        &Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns),
-        &identity,
-        background(),
-    )
-    .await?;
-    objects::delete(
-        &Api::<Role>::namespaced(ctx.client.clone(), &ns),
-        &identity,
-        background(),
-    )
-    .await?;
-    objects::delete(
-        &Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns),
-        &identity,
-        background(),
-    )
-    .await?;
+    let client = || ctx.client.clone();
+    let rolebindings = Api::<RoleBinding>::namespaced(client(), &ns);
+    objects::delete(&rolebindings, &identity, &owner, background()).await?;
+    let roles = Api::<Role>::namespaced(client(), &ns);
+    objects::delete(&roles, &identity, &owner, background()).await?;
+    let accounts = Api::<ServiceAccount>::namespaced(client(), &ns);
+    objects::delete(&accounts, &identity, &owner, background()).await?;
     Ok(())
 }

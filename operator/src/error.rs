@@ -21,6 +21,16 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// An object of the name the migration needs exists and is not the migration's (no controller
+    /// reference to it): it is never adopted.
+    #[error("{kind} {name} exists and is not owned by this VMMigration: remove or rename it")]
+    NotOwned {
+        /// Kind of the object.
+        kind: String,
+        /// Its name.
+        name: String,
+    },
+
     /// A flag or setting is invalid.
     #[error("configuration: {0}")]
     Config(String),
@@ -45,6 +55,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::MissingMetadata(_) => "missing_metadata",
             Error::Serialize { .. } => "serialize",
+            Error::NotOwned { .. } => "not_owned",
             Error::Config(_) => "config",
             Error::LeaderElection(_) | Error::LeaseLost => "leader_election",
             Error::Server(_) => "server",

@@ -342,14 +342,90 @@ pub fn pin_patch(m: &VMMigration) -> Call {
         .ok(migration_json(m))
 }
 
+/// The controller reference to [`migration`] that everything the operator makes carries.
+pub fn owner_reference() -> Value {
+    json!({"apiVersion": "infra.virtrigaud.io/v1beta1", "kind": "VMMigration", "name": "mig",
+           "uid": "uid-1", "controller": true})
+}
+
+/// An object as the API returns it: owned by [`migration`], or by someone else.
+pub fn object(api_version: &str, kind: &str, name: &str, ours: bool) -> Value {
+    let owners = if ours {
+        json!([owner_reference()])
+    } else {
+        json!([])
+    };
+    json!({"apiVersion": api_version, "kind": kind,
+           "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                        "ownerReferences": owners}})
+}
+
+/// Where an object of the migration is read, and its `apiVersion` and kind.
+pub fn location(kind: &str, name: &str) -> (String, &'static str) {
+    match kind {
+        "Secret" => (format!("/api/v1/namespaces/default/secrets/{name}"), "v1"),
+        "ServiceAccount" => (
+            format!("/api/v1/namespaces/default/serviceaccounts/{name}"),
+            "v1",
+        ),
+        "Role" => (
+            format!("/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/{name}"),
+            "rbac.authorization.k8s.io/v1",
+        ),
+        "RoleBinding" => (
+            format!("/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/{name}"),
+            "rbac.authorization.k8s.io/v1",
+        ),
+        "Job" => (
+            format!("/apis/batch/v1/namespaces/default/jobs/{name}"),
+            "batch/v1",
+        ),
+        other => panic!("no location for {other}"),
+    }
+}
+
+/// A create of `kind name` that finds the migration's own object (409, then the GET of it).
+pub fn found(create: Call, kind: &str, name: &str) -> Vec<Call> {
+    let (uri, api_version) = location(kind, name);
+    vec![
+        create.exists(),
+        Call::get(uri).ok(object(api_version, kind, name, true)),
+    ]
+}
+
+/// The deletion of `kind name`: read (owned by the migration), then deleted on that UID.
+pub fn deleted(kind: &str, name: &str, propagation: &str) -> Vec<Call> {
+    vec![read_owned(kind, name), delete_of(kind, name, propagation)]
+}
+
+/// The GET of `kind name`, owned by the migration.
+pub fn read_owned(kind: &str, name: &str) -> Call {
+    let (uri, api_version) = location(kind, name);
+    Call::get(uri).ok(object(api_version, kind, name, true))
+}
+
+/// The DELETE of `kind name` read before, on its UID.
+pub fn delete_of(kind: &str, name: &str, propagation: &str) -> Call {
+    let (uri, _) = location(kind, name);
+    Call::delete(format!("{uri}?")).includes(json!({
+        "propagationPolicy": propagation, "preconditions": {"uid": format!("uid-{name}")}
+    }))
+}
+
+/// The deletion of `kind name` that finds nothing.
+pub fn absent(kind: &str, name: &str) -> Call {
+    Call::get(location(kind, name).0).not_found()
+}
+
 /// A Job of attempt `attempt` with `status`.
 pub fn job(name: &str, component: &str, attempt: i32, status: Value) -> Value {
     json!({
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": name, "namespace": "default", "labels": {
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "labels": {
             "virtrigaud.io/migration": "mig", "virtrigaud.io/component": component,
             "virtrigaud.io/attempt": attempt.to_string(),
-            "app.kubernetes.io/managed-by": "virtrigaud-operator"}},
+            "app.kubernetes.io/managed-by": "virtrigaud-operator"},
+            "ownerReferences": [owner_reference()]},
         "spec": {"template": {"spec": {"containers": []}}},
         "status": status,
     })
@@ -423,22 +499,29 @@ mod scenarios {
                                "lastTransitionTime": at(-50)}]})
     }
 
-    /// The SA, Role, RoleBinding, Secret and Job creates of attempt `attempt`.
-    fn launch_calls(attempt: i32, identity_exists: bool) -> Vec<Call> {
-        let identity = |c: Call| if identity_exists { c.exists() } else { c };
-        vec![
-            identity(Call::post("/api/v1/namespaces/default/serviceaccounts?").includes(json!({
+    /// The SA, Role, RoleBinding, Secret and Job creates of attempt `attempt`; the first `existing`
+    /// of them find the migration's own object.
+    fn launch_calls(attempt: i32, existing: usize) -> Vec<Call> {
+        let names = [
+            ("ServiceAccount", "mig-runner".to_string()),
+            ("Role", "mig-runner".to_string()),
+            ("RoleBinding", "mig-runner".to_string()),
+            ("Secret", format!("mig-runner-a{attempt}")),
+            ("Job", format!("mig-a{attempt}")),
+        ];
+        let creates = vec![
+            (Call::post("/api/v1/namespaces/default/serviceaccounts?").includes(json!({
                 "metadata": {"name": "mig-runner", "ownerReferences": [{"kind": "VMMigration", "name": "mig", "uid": "uid-1", "controller": true}]},
                 "automountServiceAccountToken": false
             }))),
-            identity(Call::post("/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles?").includes(json!({
+            (Call::post("/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles?").includes(json!({
                 "metadata": {"name": "mig-runner"},
                 "rules": [
                     {"apiGroups": ["infra.virtrigaud.io"], "resources": ["vmmigrations"], "resourceNames": ["mig"], "verbs": ["get"]},
                     {"apiGroups": ["infra.virtrigaud.io"], "resources": ["vmmigrations/status"], "resourceNames": ["mig"], "verbs": ["patch"]},
                 ]
             }))),
-            identity(Call::post("/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings?").includes(json!({
+            (Call::post("/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings?").includes(json!({
                 "metadata": {"name": "mig-runner"},
                 "roleRef": {"kind": "Role", "name": "mig-runner"},
                 "subjects": [{"kind": "ServiceAccount", "name": "mig-runner", "namespace": "default"}]
@@ -459,7 +542,16 @@ mod scenarios {
                          "template": {"spec": {"serviceAccountName": "mig-runner",
                                                "containers": [{"args": ["migrate"], "image": "virtrigaud/runner:dev"}]}}}
             })),
-        ]
+        ];
+        creates
+            .into_iter()
+            .zip(names)
+            .enumerate()
+            .flat_map(|(i, (c, (kind, name)))| match i < existing {
+                true => found(c, kind, &name),
+                false => vec![c],
+            })
+            .collect()
     }
 
     #[tokio::test]
@@ -478,7 +570,7 @@ mod scenarios {
         ];
         calls.extend(resolve_calls());
         calls.push(pin_patch(&m));
-        calls.extend(launch_calls(1, false));
+        calls.extend(launch_calls(1, 0));
         calls.push(
             Call::event("JobLaunched", "Normal")
                 .includes(json!({"note": "attempt 1 of 3: runner Job mig-a1"})),
@@ -524,7 +616,7 @@ mod scenarios {
         let m = migration(status);
         let mut calls = vec![Call::get(format!("{JOBS}/mig-a1")).not_found()];
         calls.extend(resolve_calls());
-        calls.extend(launch_calls(1, true).into_iter().map(Call::exists));
+        calls.extend(launch_calls(1, 5));
         let action = scenario(m, calls).await;
         assert_eq!(action, Action::requeue(crate::apply::RECHECK));
     }
@@ -540,17 +632,20 @@ mod scenarios {
             "attempt {attempt} of 5 failed (StorageUnavailable: S3 answered 503); attempt {next} starts at {}",
             at(backoff_secs)
         );
-        let action = scenario(
-            m.clone(),
-            vec![
+        let mut calls = vec![
                 Call::event("Transferring", "Normal"),
                 Call::get(format!("{JOBS}/mig-a{attempt}")).ok(job(&format!("mig-a{attempt}"), "runner", attempt, failed())),
                 Call::get(format!(
                     "/api/v1/namespaces/default/pods?&labelSelector=virtrigaud.io%2Fmigration%3Dmig%2Cvirtrigaud.io%2Fcomponent%3Drunner%2Cvirtrigaud.io%2Fattempt%3D{attempt}"
                 ))
                 .ok(pods(1, outcome(false, true, "StorageUnavailable", "S3 answered 503"))),
-                Call::delete(format!("/api/v1/namespaces/default/secrets/mig-runner-a{attempt}?"))
-                    .includes(json!({"propagationPolicy": "Background"})),
+            ];
+        calls.extend(deleted(
+            "Secret",
+            &format!("mig-runner-a{attempt}"),
+            "Background",
+        ));
+        calls.extend([
                 Call::patch(STATUS_PATCH)
                     .includes(json!({"status": {
                         "phase": "Pending", "startTime": at(-50), "attempt": next,
@@ -566,9 +661,8 @@ mod scenarios {
                     "attempt {attempt} of 5 failed (StorageUnavailable: S3 answered 503); attempt {next} in {}",
                     crd::format_duration(Duration::from_secs(backoff_secs as u64))
                 )})),
-            ],
-        )
-        .await;
+            ]);
+        let action = scenario(m.clone(), calls).await;
         assert_eq!(
             action,
             Action::requeue(Duration::from_secs(backoff_secs as u64))
@@ -601,7 +695,7 @@ mod scenarios {
         let m = migration(status);
         let mut calls = vec![Call::get(format!("{JOBS}/mig-a2")).not_found()];
         calls.extend(resolve_calls());
-        calls.extend(launch_calls(2, true));
+        calls.extend(launch_calls(2, 3));
         calls.push(
             Call::event("JobLaunched", "Normal")
                 .includes(json!({"note": "attempt 2 of 3: runner Job mig-a2"})),
@@ -627,7 +721,7 @@ mod scenarios {
         let mut calls = vec![Call::get(format!("{JOBS}/mig-a2")).not_found()];
         calls.extend(repointed_resolve_calls());
         calls.extend([
-            Call::delete("/api/v1/namespaces/default/secrets/mig-runner-a2?").not_found(),
+            absent("Secret", "mig-runner-a2"),
             Call::patch(STATUS_PATCH)
                 .includes(json!({"status": {
                     "phase": "Failed", "completionTime": NOW,
@@ -648,6 +742,36 @@ mod scenarios {
     }
 
     #[tokio::test]
+    async fn an_object_of_the_runners_name_made_by_someone_else_is_not_adopted() {
+        // A tenant made `mig-runner-a1` (a Secret with a plan of their own) before attempt 1.
+        let mut status = pending_status(1);
+        status["references"] = pinned();
+        let m = migration(status);
+        let mut calls = vec![Call::get(format!("{JOBS}/mig-a1")).not_found()];
+        calls.extend(resolve_calls());
+        let mut launch = launch_calls(1, 3);
+        let secret = launch.remove(6).exists();
+        calls.extend(launch.into_iter().take(6));
+        calls.extend([
+            secret,
+            Call::get("/api/v1/namespaces/default/secrets/mig-runner-a1")
+                .ok(object("v1", "Secret", "mig-runner-a1", false)),
+            // fail() removes the attempt's Secret only when it is the migration's: it is not
+            Call::get("/api/v1/namespaces/default/secrets/mig-runner-a1")
+                .ok(object("v1", "Secret", "mig-runner-a1", false)),
+            Call::patch(STATUS_PATCH)
+                .includes(json!({"status": {"phase": "Failed", "conditions": [
+                    {"type": "Ready", "status": "False", "reason": "ObjectConflict",
+                     "message": "cannot start: Secret mig-runner-a1 exists and is not owned by this VMMigration: remove or rename it"}
+                ]}}))
+                .ok(migration_json(&m)),
+            Call::event("Failed", "Warning"),
+        ]);
+        let action = scenario(m, calls).await;
+        assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test]
     async fn terminal_failure_ends_failed_without_retry() {
         let m = migration(running_status(1, "Validating"));
         let action = scenario(
@@ -657,7 +781,8 @@ mod scenarios {
                 Call::get(format!("{JOBS}/mig-a1")).ok(job("mig-a1", "runner", 1, failed())),
                 Call::get("/api/v1/namespaces/default/pods?&labelSelector=virtrigaud.io%2Fmigration%3Dmig%2Cvirtrigaud.io%2Fcomponent%3Drunner%2Cvirtrigaud.io%2Fattempt%3D1")
                     .ok(pods(2, outcome(false, false, "StorageAuthFailed", "Storage authentication failed: SignatureDoesNotMatch"))),
-                Call::delete("/api/v1/namespaces/default/secrets/mig-runner-a1?"),
+                read_owned("Secret", "mig-runner-a1"),
+                delete_of("Secret", "mig-runner-a1", "Background"),
                 Call::patch(STATUS_PATCH)
                     .includes(json!({"status": {
                         "phase": "Failed", "attempt": 1, "completionTime": NOW,
@@ -684,7 +809,8 @@ mod scenarios {
                 // The pod was killed and is gone: no termination state, a retryable loss.
                 Call::get("/api/v1/namespaces/default/pods?&labelSelector=virtrigaud.io%2Fmigration%3Dmig%2Cvirtrigaud.io%2Fcomponent%3Drunner%2Cvirtrigaud.io%2Fattempt%3D3")
                     .ok(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []})),
-                Call::delete("/api/v1/namespaces/default/secrets/mig-runner-a3?"),
+                read_owned("Secret", "mig-runner-a3"),
+                delete_of("Secret", "mig-runner-a3", "Background"),
                 Call::patch(STATUS_PATCH)
                     .includes(json!({"status": {
                         "phase": "Failed", "attempt": 3, "completionTime": NOW,
@@ -725,7 +851,8 @@ mod scenarios {
                     .ok(json!({"apiVersion": "infra.virtrigaud.io/v1beta1", "kind": "VirtualMachine",
                                "metadata": {"name": "migrated-vm", "namespace": "default"},
                                "spec": {"providerRef": {"name": "vsphere"}}, "status": {"id": "vm-77"}})),
-                Call::delete("/api/v1/namespaces/default/secrets/mig-runner-a1?"),
+                read_owned("Secret", "mig-runner-a1"),
+                delete_of("Secret", "mig-runner-a1", "Background"),
                 Call::patch(STATUS_PATCH)
                     .includes(json!({"status": {
                         "phase": "Ready", "completionTime": NOW, "attempt": 1,
@@ -775,7 +902,7 @@ mod scenarios {
             vec![
                 Call::get(format!("{JOBS}/mig-a1")).not_found(),
                 Call::get(base).not_found(),
-                Call::delete("/api/v1/namespaces/default/secrets/mig-runner-a1?").not_found(),
+                absent("Secret", "mig-runner-a1"),
                 Call::patch(STATUS_PATCH)
                     .includes(json!({"status": {"phase": "Failed", "lastError": "VirtualMachine default/src-vm not found",
                                                 "conditions": [{"reason": "ReferenceNotFound"}]}}))
@@ -802,8 +929,9 @@ mod scenarios {
             deleting(running_status(1, "Transferring")),
             vec![
                 Call::get(JOB_LIST).ok(job_list(vec![job("mig-a1", "runner", 1, running())])),
-                Call::delete(format!("{JOBS}/mig-a1?"))
-                    .includes(json!({"propagationPolicy": "Foreground"})),
+                Call::delete(format!("{JOBS}/mig-a1?")).includes(
+                    json!({"propagationPolicy": "Foreground", "preconditions": {"uid": "uid-mig-a1"}}),
+                ),
                 Call::event("StoppingRunner", "Normal"),
             ],
         )
@@ -826,10 +954,23 @@ mod scenarios {
     /// The calls that launch the cleanup run, after the Job list.
     fn cleanup_launch() -> Vec<Call> {
         let mut calls = resolve_calls();
+        for (create, kind) in [
+            (
+                "/api/v1/namespaces/default/serviceaccounts?",
+                "ServiceAccount",
+            ),
+            (
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles?",
+                "Role",
+            ),
+            (
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings?",
+                "RoleBinding",
+            ),
+        ] {
+            calls.extend(found(Call::post(create), kind, "mig-runner"));
+        }
         calls.extend([
-            Call::post("/api/v1/namespaces/default/serviceaccounts?").exists(),
-            Call::post("/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles?").exists(),
-            Call::post("/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings?").exists(),
             Call::post("/api/v1/namespaces/default/secrets?")
                 .includes(json!({"metadata": {"name": "mig-cleanup", "labels": {"virtrigaud.io/component": "cleanup"}}}))
                 .check(|body| {
@@ -891,18 +1032,21 @@ mod scenarios {
         let mut calls: Vec<Call> = jobs
             .iter()
             .map(|j| {
-                Call::delete(format!("{JOBS}/{j}?"))
-                    .includes(json!({"propagationPolicy": "Background"}))
+                Call::delete(format!("{JOBS}/{j}?")).includes(
+                    json!({"propagationPolicy": "Background", "preconditions": {"uid": format!("uid-{j}")}}),
+                )
             })
             .collect();
         calls.extend([
-            Call::delete("/api/v1/namespaces/default/secrets/mig-runner-a1?").not_found(),
-            Call::delete("/api/v1/namespaces/default/secrets/mig-cleanup?"),
-            Call::delete(
-                "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/mig-runner?",
-            ),
-            Call::delete("/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/mig-runner?"),
-            Call::delete("/api/v1/namespaces/default/serviceaccounts/mig-runner?"),
+            absent("Secret", "mig-runner-a1"),
+            read_owned("Secret", "mig-cleanup"),
+            delete_of("Secret", "mig-cleanup", "Background"),
+            read_owned("RoleBinding", "mig-runner"),
+            delete_of("RoleBinding", "mig-runner", "Background"),
+            read_owned("Role", "mig-runner"),
+            delete_of("Role", "mig-runner", "Background"),
+            read_owned("ServiceAccount", "mig-runner"),
+            delete_of("ServiceAccount", "mig-runner", "Background"),
             Call::patch(format!("{VMM}/mig?"))
                 .includes(json!({"metadata": {"finalizers": [], "resourceVersion": "7"}}))
                 .ok(migration_json(&migration(Value::Null))),
