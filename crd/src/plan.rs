@@ -72,6 +72,10 @@ pub struct RunnerPlan {
     /// The storage spec, credentials removed (they are files next to the plan).
     pub storage: StorageSpec,
     pub cleanup_policy: CleanupPolicy,
+    /// Loopback endpoints (and libvirt's local socket) may be connected to: the operator runs with
+    /// `--allow-loopback-endpoints` (local test worlds only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_loopback_endpoints: bool,
 }
 
 /// Identifies the VMMigration.

@@ -5,10 +5,12 @@
 //! A VMMigration makes the runner connect to its storage endpoint with the storage credentials, from
 //! inside the cluster. Pointing it at a cloud metadata service or a link-local address would turn the
 //! operator into a proxy for those, so such endpoints are refused, both as literals and as names that
-//! resolve to them. Loopback is refused too (it would be the runner pod itself) unless the webhook runs
-//! with `--allow-loopback-endpoints` (the local test world puts its storage on 127.0.0.1).
+//! resolve to them. Loopback is refused too (it would be the runner pod itself) unless webhook and
+//! operator run with `--allow-loopback-endpoints` (the local test world puts everything on 127.0.0.1).
 //!
-//! Only the spec is checked: an `endpoint` key inside the credentials Secret is never read here.
+//! Admission sees only the objects it admits; what it never sees (an S3 Secret's `endpoint` key, the
+//! host of a vSphere NFC device URL) and what a name resolves to at connect time are judged by the
+//! runner (`runner::endpoint`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -290,7 +292,7 @@ impl AddressPolicy {
         }
         if ip.is_loopback() && !self.allow_loopback {
             return Err(format!(
-                "{ip} is a loopback address (the runner pod itself; allowed only when the webhook runs with --allow-loopback-endpoints)"
+                "{ip} is a loopback address (the runner pod itself; allowed only in installs run with --allow-loopback-endpoints)"
             ));
         }
         Ok(())
@@ -304,7 +306,7 @@ impl AddressPolicy {
         }
         if (name == "localhost" || name.ends_with(".localhost")) && !self.allow_loopback {
             return Err(format!(
-                "{name} is a loopback name (the runner pod itself; allowed only when the webhook runs with --allow-loopback-endpoints)"
+                "{name} is a loopback name (the runner pod itself; allowed only in installs run with --allow-loopback-endpoints)"
             ));
         }
         Ok(())

@@ -230,7 +230,7 @@ pub async fn create_run(
 ) -> Result<Created> {
     let ns = namespace(m)?;
     ensure_identity(m, ctx).await?;
-    let plan = builder::runner_plan(m, resolved, kind.attempt, kind.mode)?;
+    let plan = builder::runner_plan(m, resolved, kind, &ctx.settings)?;
     let secret = builder::runner_secret(
         m,
         kind.secret.clone(),

@@ -160,8 +160,8 @@ fn provider_plan(p: &Provider) -> ProviderPlan {
 pub fn runner_plan(
     m: &VMMigration,
     r: &Resolved,
-    attempt: i32,
-    mode: RunnerMode,
+    kind: &JobKind,
+    settings: &Settings,
 ) -> Result<RunnerPlan> {
     let ids = ids(m)?;
     let spec = &m.spec;
@@ -173,8 +173,8 @@ pub fn runner_plan(
             name: ids.name,
             uid: m.meta().uid.clone().ok_or(Error::MissingMetadata("uid"))?,
         },
-        attempt,
-        mode,
+        attempt: kind.attempt,
+        mode: kind.mode,
         source: provider_plan(&r.source_provider),
         source_vm: VmPlan {
             name: r.source_vm.name_any(),
@@ -188,6 +188,7 @@ pub fn runner_plan(
         target_resources: spec.target_resources.clone(),
         storage,
         cleanup_policy: spec.cleanup_policy.clone(),
+        allow_loopback_endpoints: settings.allow_loopback_endpoints,
     })
 }
 
@@ -646,8 +647,24 @@ mod tests {
     fn plan_has_no_credentials_and_names_everything_resolved() {
         let m =
             migration(json!({"type": "s3", "bucket": "b", "credentialsSecretRef": {"name": "s3"}}));
-        let plan = runner_plan(&m, &resolved(), 2, RunnerMode::Migrate).unwrap();
+        let plan = runner_plan(
+            &m,
+            &resolved(),
+            &JobKind::migrate("mig", 2),
+            &Settings::default(),
+        )
+        .unwrap();
         assert_eq!(plan.attempt, 2);
+        assert!(
+            !plan.allow_loopback_endpoints,
+            "refused unless the operator allows them"
+        );
+        let local = Settings {
+            allow_loopback_endpoints: true,
+            ..Settings::default()
+        };
+        let planned = runner_plan(&m, &resolved(), &JobKind::migrate("mig", 2), &local).unwrap();
+        assert!(planned.allow_loopback_endpoints);
         assert_eq!(plan.migration.uid, "uid-1");
         assert_eq!(plan.source.name, "infra/vc");
         assert_eq!(plan.source.type_, ProviderType::Vsphere);

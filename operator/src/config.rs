@@ -69,6 +69,11 @@ pub struct Args {
     /// Identity of this replica in the Lease and in Events (the pod name).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+
+    /// Let runners connect to loopback endpoints (and libvirt's local socket): local test worlds
+    /// only, where every hypervisor and store listens on 127.0.0.1. Production installs refuse them.
+    #[arg(long, env = "VRG_ALLOW_LOOPBACK_ENDPOINTS", default_value_t = false)]
+    pub allow_loopback_endpoints: bool,
 }
 
 /// Where the runner keeps temporary disk images.
@@ -106,6 +111,8 @@ pub struct Settings {
     pub cleanup_deadline: Duration,
     /// How long a missing reference is waited for.
     pub reference_grace: Duration,
+    /// Runners may connect to loopback endpoints.
+    pub allow_loopback_endpoints: bool,
 }
 
 impl Default for Settings {
@@ -117,6 +124,7 @@ impl Default for Settings {
             job_deadline: Duration::from_secs(24 * 3600),
             cleanup_deadline: Duration::from_secs(30 * 60),
             reference_grace: Duration::from_secs(120),
+            allow_loopback_endpoints: false,
         }
     }
 }
@@ -161,6 +169,7 @@ impl Settings {
             cleanup_deadline: duration_flag("cleanup-deadline", &args.cleanup_deadline)?,
             reference_grace: crd::parse_duration(&args.reference_grace)
                 .map_err(|e| Error::Config(format!("--reference-grace: {e}")))?,
+            allow_loopback_endpoints: args.allow_loopback_endpoints,
         })
     }
 }

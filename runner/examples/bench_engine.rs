@@ -9,6 +9,7 @@
 //!   --endpoint 127.0.0.1:9000 --bucket bench --credentials creds/ --work /tmp/w --key ns/m/vda.vmdk
 //! ```
 
+use runner::endpoint::Guard;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -65,7 +66,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         credentials_secret_ref: None,
     };
     let credentials = Credentials::load(&args.credentials)?;
-    let stage = storage::open(&spec, &credentials, &StageOptions::default()).await?;
+    let stage = storage::open(
+        &spec,
+        &credentials,
+        &StageOptions {
+            guard: Guard::new(true),
+            ..StageOptions::default()
+        },
+    )
+    .await?;
     std::fs::create_dir_all(&args.work)?;
     let converted = args.work.join(format!("converted.{}", args.format));
     let fetched = args.work.join(format!("fetched.{}", args.format));

@@ -6,6 +6,7 @@
 //!  cargo run -q -p runner --example vsphere_vm -- <vm name> [--destroy]` (`--destroy` removes the
 //! VM instead, when it exists: the demo's reset).
 
+use runner::endpoint::Guard;
 use runner::progress::human_bytes;
 use runner::provider::vsphere::{Client, OWNER_KEY, TlsOptions};
 
@@ -23,7 +24,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         insecure_skip_verify: false,
         ca_pem,
     };
-    let client = Client::connect(&env("VSPHERE_URL")?, tls).await?;
+    let client = Client::connect(&env("VSPHERE_URL")?, tls, Guard::new(true)).await?;
     client
         .login(&env("VSPHERE_USER")?, &env("VSPHERE_PASSWORD")?)
         .await?;

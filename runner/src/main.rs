@@ -6,6 +6,7 @@ use crd::VMMigration;
 use crd::plan::{RunnerMode, RunnerPlan};
 use kube::Api;
 use runner::credentials::Credentials;
+use runner::endpoint::Guard;
 use runner::phases::{self, Pipeline};
 use runner::plan::{self, Paths};
 use runner::provider::{self, Source, Target};
@@ -125,8 +126,13 @@ async fn run(mode: Mode, paths: &Paths) -> Result<Option<String>> {
 type Connected = (Box<dyn Source>, Box<dyn Target>, Box<dyn storage::Stage>);
 
 async fn connect(plan: &RunnerPlan, credentials: &Credentials) -> Result<Connected> {
-    let source = provider::source(&plan.source, credentials)?;
-    let target = provider::target(&plan.target, credentials)?;
-    let stage = storage::open(&plan.storage, credentials, &StageOptions::default()).await?;
+    let guard = Guard::for_plan(plan);
+    let source = provider::source(&plan.source, credentials, guard)?;
+    let target = provider::target(&plan.target, credentials, guard)?;
+    let options = StageOptions {
+        guard,
+        ..StageOptions::default()
+    };
+    let stage = storage::open(&plan.storage, credentials, &options).await?;
     Ok((source, target, stage))
 }

@@ -31,7 +31,7 @@ use crate::provider::{
 };
 use crate::status::StatusWriter;
 use crate::storage::{Stage, StagedObject, object_key};
-use crate::{Error, Result, disk, endpoint, plan, stream};
+use crate::{Error, Result, disk, plan, stream};
 
 /// In-process tries of a provider operation failing transiently, before the attempt is reported
 /// retryable. Stages retry inside ([`crate::storage::StageOptions`]), so their calls are not wrapped.
@@ -185,7 +185,6 @@ impl Pipeline {
             ),
         )
         .await?;
-        self.check_endpoints().await?;
         let (source, plan, tries) = (&*self.source, &self.plan, self.tries);
         with_retries("source check", tries, || source.check()).await?;
         let vm = with_retries("source inspect", tries, || {
@@ -228,26 +227,6 @@ impl Pipeline {
             dir,
             new_vm,
         })
-    }
-
-    /// Refuses endpoints that resolve to link-local or metadata addresses.
-    async fn check_endpoints(&self) -> Result<()> {
-        let plan = &self.plan;
-        for endpoint in [
-            Some(plan.source.endpoint.as_str()),
-            Some(plan.target.endpoint.as_str()),
-            // NFS is mounted by the kubelet, not reached by the runner.
-            plan.storage
-                .endpoint
-                .as_deref()
-                .filter(|_| plan.storage.type_ != crd::StorageType::Nfs),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            endpoint::check(endpoint).await?;
-        }
-        Ok(())
     }
 
     /// The format to stage and import: the spec's, else the target's native one; refused when the

@@ -6,6 +6,7 @@
 
 mod libvirt_world;
 
+use runner::endpoint::Guard;
 use std::io::Write as _;
 use std::time::Instant;
 
@@ -57,6 +58,7 @@ async fn volume_stream_throughput() {
             &world.plan_for(&uri),
             &runner::credentials::Credentials::default(),
             "target",
+            Guard::new(true),
         )
         .unwrap(),
         Err(_) => world.provider("target"),

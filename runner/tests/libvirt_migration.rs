@@ -7,6 +7,7 @@
 
 mod libvirt_world;
 
+use runner::endpoint::Guard;
 use std::path::Path;
 
 use crd::plan::{MigrationRef, RunnerMode, RunnerPlan, VmPlan};
@@ -59,9 +60,10 @@ async fn migrate(via: Backend, format: Option<DiskFormat>) {
         }),
         storage: run.spec.clone(),
         cleanup_policy: CleanupPolicy::default(),
+        allow_loopback_endpoints: true,
     };
-    let source = provider::source(&plan.source, &run.creds).unwrap();
-    let target = provider::target(&plan.target, &run.creds).unwrap();
+    let source = provider::source(&plan.source, &run.creds, Guard::new(true)).unwrap();
+    let target = provider::target(&plan.target, &run.creds, Guard::new(true)).unwrap();
     let stage = storage::open(&plan.storage, &run.creds, &run.options)
         .await
         .unwrap();

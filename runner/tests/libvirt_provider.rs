@@ -4,6 +4,7 @@
 
 mod libvirt_world;
 
+use runner::endpoint::Guard;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
@@ -431,13 +432,25 @@ async fn terminal_errors_are_clear() {
     let mut bad = Credentials::default()
         .with("source", "username", world.var("VRG_LIBVIRT_USER"))
         .with("source", "password", "wrong-password");
-    let wrong = LibvirtProvider::new(&world.plan_for(world.uri()), &bad, "source").unwrap();
+    let wrong = LibvirtProvider::new(
+        &world.plan_for(world.uri()),
+        &bad,
+        "source",
+        Guard::new(true),
+    )
+    .unwrap();
     let err = Source::check(&wrong).await.unwrap_err();
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
     assert!(!err.to_string().contains("wrong-password"), "{err}");
     assert!(!err.is_retryable());
     bad = Credentials::default();
-    let none = LibvirtProvider::new(&world.plan_for(world.uri()), &bad, "source").unwrap();
+    let none = LibvirtProvider::new(
+        &world.plan_for(world.uri()),
+        &bad,
+        "source",
+        Guard::new(true),
+    )
+    .unwrap();
     let err = none.vm_exists("x").await.unwrap_err();
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
 }
@@ -513,7 +526,13 @@ async fn ssh_endpoint_with_key_and_known_hosts() {
     let creds = Credentials::default()
         .with("source", "ssh-privatekey", key.clone())
         .with("source", "known_hosts", known.clone());
-    let p = LibvirtProvider::new(&world.plan_for(&endpoint), &creds, "source").unwrap();
+    let p = LibvirtProvider::new(
+        &world.plan_for(&endpoint),
+        &creds,
+        "source",
+        Guard::new(true),
+    )
+    .unwrap();
     Source::check(&p).await.unwrap();
     assert!(!p.vm_exists("no-such-domain-vrg").await.unwrap());
 
@@ -532,7 +551,13 @@ async fn ssh_endpoint_with_key_and_known_hosts() {
     let creds = Credentials::default()
         .with("source", "ssh-privatekey", key)
         .with("source", "known_hosts", other);
-    let p = LibvirtProvider::new(&world.plan_for(&endpoint), &creds, "source").unwrap();
+    let p = LibvirtProvider::new(
+        &world.plan_for(&endpoint),
+        &creds,
+        "source",
+        Guard::new(true),
+    )
+    .unwrap();
     let err = Source::check(&p).await.unwrap_err();
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
 }
@@ -709,4 +734,59 @@ async fn linked_clone_disks_export_flattened_and_the_chain_is_left_as_it_was() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoints_are_judged_and_names_pinned_to_the_judged_address() {
+    let world = World::load();
+    // the world's libvirtd by name: judged, then connected at the address judged for it
+    let by_name = world.uri().replace("127.0.0.1", "localhost");
+    let local = LibvirtProvider::new(
+        &world.plan_for(&by_name),
+        &world.creds("source"),
+        "source",
+        Guard::new(true),
+    )
+    .unwrap();
+    Source::check(&local).await.unwrap();
+    // outside a test world loopback is refused, literally and by name, before anything is sent
+    for endpoint in [world.uri(), by_name.as_str()] {
+        let strict = LibvirtProvider::new(
+            &world.plan_for(endpoint),
+            &world.creds("source"),
+            "source",
+            Guard::default(),
+        )
+        .unwrap();
+        let err = Source::check(&strict).await.unwrap_err();
+        assert!(
+            matches!(err, Error::ForbiddenEndpoint(_)),
+            "{endpoint}: {err}"
+        );
+        assert!(!err.to_string().contains(world.var("VRG_LIBVIRT_PASSWORD")));
+    }
+    // SSH by name: the known_hosts lines for the name vouch for the judged address
+    let endpoint = format!(
+        "qemu+ssh://{}@localhost:{}/system",
+        world.var("VRG_SSH_USER"),
+        world.var("VRG_SSH_PORT")
+    );
+    let key = std::fs::read_to_string(world.var("VRG_SSH_KEY")).unwrap();
+    let known = std::fs::read_to_string(world.var("VRG_SSH_KNOWN_HOSTS")).unwrap();
+    let for_name: String = known
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(_, key)| format!("[localhost]:{} {key}\n", world.var("VRG_SSH_PORT")))
+        .collect();
+    let creds = Credentials::default()
+        .with("source", "ssh-privatekey", key)
+        .with("source", "known_hosts", for_name);
+    let p = LibvirtProvider::new(
+        &world.plan_for(&endpoint),
+        &creds,
+        "source",
+        Guard::new(true),
+    )
+    .unwrap();
+    Source::check(&p).await.unwrap();
 }

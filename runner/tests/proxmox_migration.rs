@@ -11,6 +11,7 @@ mod libvirt_world;
 mod proxmox_world;
 mod vsphere_world;
 
+use runner::endpoint::Guard;
 use std::path::{Path, PathBuf};
 
 use crd::plan::{MigrationRef, ProviderPlan, RunnerMode, RunnerPlan, VmPlan};
@@ -53,13 +54,14 @@ fn plan(
         target_resources: None,
         storage: run.spec.clone(),
         cleanup_policy: CleanupPolicy::default(),
+        allow_loopback_endpoints: true,
     }
 }
 
 /// Runs the pipeline with the plan's providers; returns the result and the status writes.
 async fn migrate(plan: &RunnerPlan, run: &Run) -> (runner::Result<String>, Recorder) {
-    let source = provider::source(&plan.source, &run.creds).unwrap();
-    let target = provider::target(&plan.target, &run.creds).unwrap();
+    let source = provider::source(&plan.source, &run.creds, Guard::new(true)).unwrap();
+    let target = provider::target(&plan.target, &run.creds, Guard::new(true)).unwrap();
     let stage = storage::open(&plan.storage, &run.creds, &run.options)
         .await
         .unwrap();
@@ -86,8 +88,8 @@ async fn migrate(plan: &RunnerPlan, run: &Run) -> (runner::Result<String>, Recor
 
 /// The runner's cleanup mode for a failed migration, so a failing test leaves nothing behind.
 async fn clean_up(plan: &RunnerPlan, run: &Run, status: &VMMigrationStatus) {
-    let source = provider::source(&plan.source, &run.creds).unwrap();
-    let target = provider::target(&plan.target, &run.creds).unwrap();
+    let source = provider::source(&plan.source, &run.creds, Guard::new(true)).unwrap();
+    let target = provider::target(&plan.target, &run.creds, Guard::new(true)).unwrap();
     let stage = storage::open(&plan.storage, &run.creds, &run.options)
         .await
         .unwrap();
@@ -489,6 +491,6 @@ async fn a_name_pve_refuses_fails_terminally_naming_it_and_leaves_no_import_file
             .is_empty(),
         "the terminal failure removed the import files"
     );
-    let target = provider::target(&plan.target, &run.creds).unwrap();
+    let target = provider::target(&plan.target, &run.creds, Guard::new(true)).unwrap();
     assert!(!target.vm_exists(&plan.target_name).await.unwrap());
 }

@@ -6,6 +6,7 @@
 
 mod proxmox_world;
 
+use runner::endpoint::Guard;
 use std::path::Path;
 
 use crd::{DiskFormat, SnapshotHandle, TargetDiskHandle, TargetVmHandle};
@@ -359,7 +360,7 @@ async fn bad_tokens_privileges_and_host_keys_are_authentication_errors() {
     let wrong =
         w.creds("source", Credentials::default())
             .with("source", "token_secret", "not-the-secret");
-    let p = ProxmoxProvider::new(&w.plan(), &wrong, "source").unwrap();
+    let p = ProxmoxProvider::new(&w.plan(), &wrong, "source", Guard::new(true)).unwrap();
     let e = Source::check(&p).await.unwrap_err();
     assert_eq!(e.reason(), "AuthenticationFailed", "{e}");
     assert!(
@@ -375,7 +376,7 @@ async fn bad_tokens_privileges_and_host_keys_are_authentication_errors() {
             "token_secret",
             w.var("VRG_PVE_READONLY_TOKEN_SECRET"),
         );
-    let p = ProxmoxProvider::new(&w.plan(), &readonly, "source").unwrap();
+    let p = ProxmoxProvider::new(&w.plan(), &readonly, "source", Guard::new(true)).unwrap();
     let vm = copy_of_source(&w, &unique("ro"), true).await;
     let shape = p.inspect(vm.name()).await.expect("PVEAuditor may read");
     let e = p.snapshot(&shape, "vrg-ro").await.unwrap_err();
@@ -390,7 +391,7 @@ async fn bad_tokens_privileges_and_host_keys_are_authentication_errors() {
     let creds = w
         .creds("source", Credentials::default())
         .with("source", "known_hosts", other_key);
-    let p = ProxmoxProvider::new(&w.plan(), &creds, "source").unwrap();
+    let p = ProxmoxProvider::new(&w.plan(), &creds, "source", Guard::new(true)).unwrap();
     let e = Source::check(&p).await.unwrap_err();
     assert_eq!(e.reason(), "AuthenticationFailed", "{e}");
     assert!(e.to_string().contains("host key"), "{e}");
@@ -405,7 +406,7 @@ async fn bad_tokens_privileges_and_host_keys_are_authentication_errors() {
                 .unwrap(),
         );
     }
-    let p = ProxmoxProvider::new(&w.plan(), &creds, "source").unwrap();
+    let p = ProxmoxProvider::new(&w.plan(), &creds, "source", Guard::new(true)).unwrap();
     let e = Source::check(&p).await.unwrap_err();
     assert_eq!(e.reason(), "InvalidPlan", "{e}");
     assert!(
@@ -617,8 +618,13 @@ async fn unknown_storage_extension_and_parameter_are_terminal_errors_naming_them
         .unwrap();
     let mut plan = w.plan();
     plan.defaults.as_mut().unwrap().network = None;
-    let no_bridge =
-        ProxmoxProvider::new(&plan, &w.creds("target", Credentials::default()), "target").unwrap();
+    let no_bridge = ProxmoxProvider::new(
+        &plan,
+        &w.creds("target", Credentials::default()),
+        "target",
+        Guard::new(true),
+    )
+    .unwrap();
     let mut vm = new_vm(&unique("nobridge"), None);
     vm.networks = vec![crd::NetworkHint {
         name: "eth0".into(),
@@ -804,8 +810,13 @@ async fn a_target_without_a_storage_is_told_where_to_set_one() {
     let w = World::load();
     let mut plan = w.plan();
     plan.defaults.as_mut().unwrap().datastore = None;
-    let p =
-        ProxmoxProvider::new(&plan, &w.creds("target", Credentials::default()), "target").unwrap();
+    let p = ProxmoxProvider::new(
+        &plan,
+        &w.creds("target", Credentials::default()),
+        "target",
+        Guard::new(true),
+    )
+    .unwrap();
     let Err(e) = p.import(&new_vm(&unique("nowhere"), None), &[None]).await else {
         panic!("no storage is refused")
     };

@@ -10,6 +10,7 @@ mod libvirt_world;
 mod proxmox_world;
 mod vsphere_world;
 
+use runner::endpoint::Guard;
 use std::path::Path;
 use std::time::Duration;
 
@@ -132,9 +133,16 @@ async fn scenario_1_libvirt_to_vsphere_through_s3() {
     let creds = Credentials::default()
         .with("storage", "accessKey", cluster.var("VRG_S3_ACCESS_KEY"))
         .with("storage", "secretKey", cluster.var("VRG_S3_SECRET_KEY"));
-    let stage = storage::open(&spec, &creds, &StageOptions::default())
-        .await
-        .unwrap();
+    let stage = storage::open(
+        &spec,
+        &creds,
+        &StageOptions {
+            guard: Guard::new(true),
+            ..StageOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     for d in &m.status.as_ref().unwrap().disks {
         let key = storage::object_key(ns, "kvm-to-vsphere", &d.name, crd::DiskFormat::Vmdk);
         assert!(

@@ -234,3 +234,50 @@ async fn credentials_in_an_endpoint_are_refused_and_never_echoed() {
     let (_, events) = cluster.kubectl(&["-n", ns, "get", "events", "-o", "yaml"], None);
     assert!(!events.contains(&password));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_s3_endpoint_the_webhook_never_sees_is_judged_where_the_runner_connects() {
+    let cluster = Cluster::load().await;
+    let ns = "e2e-tenant-metadata";
+    cluster.fresh_namespace(ns).await;
+    let secret_key = planted("s3-secret");
+    let uri = cluster.var("VRG_LIBVIRT_URI").to_string();
+    let (user, pass) = (
+        cluster.var("VRG_LIBVIRT_USER"),
+        cluster.var("VRG_LIBVIRT_PASSWORD"),
+    );
+    // the spec names the world's S3 server; the Secret's endpoint key (which takes precedence and
+    // which admission never reads) names the cloud metadata service
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: kvm, namespace: {ns}}}\n\
+         stringData: {{username: {user}, password: {pass}}}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: s3, namespace: {ns}}}\n\
+         stringData: {{accessKey: tenant, secretKey: {secret_key}, endpoint: \"http://169.254.169.254\"}}\n---\n\
+         apiVersion: infra.virtrigaud.io/v1beta1\nkind: Provider\nmetadata: {{name: mine, namespace: {ns}}}\n\
+         spec: {{type: libvirt, endpoint: \"{uri}\", credentialSecretRef: {{name: kvm}}}}\n---\n\
+         apiVersion: infra.virtrigaud.io/v1beta1\nkind: VirtualMachine\nmetadata: {{name: vm1, namespace: {ns}}}\n\
+         spec: {{providerRef: {{name: mine}}}}\n---\n\
+         apiVersion: infra.virtrigaud.io/v1beta1\nkind: VMMigration\nmetadata: {{name: m, namespace: {ns}}}\n\
+         spec:\n  sourceName: vm1\n  targetProviderRef: {{name: mine}}\n  targetName: vm1-copy\n  \
+         storage: {{type: s3, bucket: vm-migrations, endpoint: \"{}\", credentialsSecretRef: {{name: s3}}}}\n  \
+         retryPolicy: {{maxAttempts: 3, backoffDuration: 20s, maxBackoffDuration: 1m}}\n",
+        cluster.var("VRG_S3_ENDPOINT").trim_start_matches("http://")
+    ));
+    let m = cluster.wait_done(ns, "m", TIMEOUT).await;
+    let status = m.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    assert_eq!(status.attempt, Some(1), "terminal: no retry is scheduled");
+    let (reason, message) = ready_reason(&m);
+    assert_eq!(reason.as_deref(), Some("ForbiddenEndpoint"), "{message}");
+    assert!(
+        message.contains("169.254.169.254") && message.contains("link-local"),
+        "{message}"
+    );
+    let seen = exposure(&cluster, ns).await;
+    assert!(
+        !seen
+            .replace(&format!("secretKey={secret_key}"), "")
+            .contains(&secret_key),
+        "the S3 secret key leaked outside its Secret"
+    );
+}

@@ -5,6 +5,7 @@ mod storage_support;
 use crd::{DiskFormat, StorageType};
 use runner::Error;
 use runner::credentials::Credentials;
+use runner::endpoint::Guard;
 use runner::progress::Progress;
 use runner::storage::{HttpStage, Stage, StageOptions, object_key};
 use storage_support::{Nginx, flip_a_byte, random_file, sha256_of, spec};
@@ -12,6 +13,7 @@ use storage_support::{Nginx, flip_a_byte, random_file, sha256_of, spec};
 fn options() -> StageOptions {
     StageOptions {
         attempts: 2,
+        guard: Guard::new(true),
         ..StageOptions::default()
     }
 }

@@ -5,6 +5,7 @@ mod storage_support;
 use crd::{DiskFormat, StorageType};
 use runner::Error;
 use runner::credentials::Credentials;
+use runner::endpoint::Guard;
 use runner::progress::Progress;
 use runner::storage::{NfsStage, Stage, StageOptions, object_key};
 use storage_support::{flip_a_byte, random_file, sha256_of, spec};
@@ -16,6 +17,7 @@ fn nfs_stage(root: &std::path::Path) -> NfsStage {
         &spec,
         &StageOptions {
             nfs_root: root.to_path_buf(),
+            guard: Guard::new(true),
             ..StageOptions::default()
         },
     )
@@ -144,6 +146,7 @@ async fn keys_cannot_escape_the_mount() {
         &Credentials::default(),
         &StageOptions {
             nfs_root: mount.path().to_path_buf(),
+            guard: Guard::new(true),
             ..StageOptions::default()
         },
     )

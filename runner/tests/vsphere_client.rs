@@ -7,6 +7,7 @@
 
 mod vsphere_world;
 
+use runner::endpoint::Guard;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,26 +95,32 @@ async fn wrong_password_is_refused_without_echoing_it() {
 #[tokio::test]
 async fn tls_is_verified_against_the_ca_or_skipped_when_asked() {
     let world = World::load();
-    let e = Client::connect(world.url(), TlsOptions::default())
+    let e = Client::connect(world.url(), TlsOptions::default(), Guard::new(true))
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Invalid(_)), "{e:?}");
     assert!(e.to_string().contains("TLS certificate not trusted"), "{e}");
     assert!(!e.is_retryable());
 
-    let verified = Client::connect(world.url(), world.tls()).await.unwrap();
+    let verified = Client::connect(world.url(), world.tls(), Guard::new(true))
+        .await
+        .unwrap();
     assert_eq!(verified.service_content().api_type, "VirtualCenter");
     let insecure = TlsOptions {
         insecure_skip_verify: true,
         ca_pem: None,
     };
-    let skipped = Client::connect(world.url(), insecure).await.unwrap();
+    let skipped = Client::connect(world.url(), insecure, Guard::new(true))
+        .await
+        .unwrap();
     skipped.login(world.user(), world.password()).await.unwrap();
     skipped.logout().await.unwrap();
 
     // the /sdk path is implied
     let base = world.url().trim_end_matches("/sdk");
-    let implied = Client::connect(base, world.tls()).await.unwrap();
+    let implied = Client::connect(base, world.tls(), Guard::new(true))
+        .await
+        .unwrap();
     assert_eq!(implied.sdk_url().as_str(), world.url());
 
     let bad_ca = TlsOptions {
@@ -121,7 +128,9 @@ async fn tls_is_verified_against_the_ca_or_skipped_when_asked() {
         ca_pem: Some("not a certificate".into()),
     };
     assert!(matches!(
-        Client::connect(world.url(), bad_ca).await.unwrap_err(),
+        Client::connect(world.url(), bad_ca, Guard::new(true))
+            .await
+            .unwrap_err(),
         Error::Invalid(_)
     ));
 }

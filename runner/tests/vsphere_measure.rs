@@ -6,6 +6,7 @@
 
 mod vsphere_world;
 
+use runner::endpoint::Guard;
 use std::time::Instant;
 
 use crd::plan::ProviderPlan;
@@ -48,8 +49,8 @@ async fn vsphere_transfer_throughput() {
             .with(scope, "password", world.password())
             .with(scope, "ca.crt", world.ca_pem())
     };
-    let source = VsphereProvider::new(&plan, &creds("source"), "source").unwrap();
-    let target = VsphereProvider::new(&plan, &creds("target"), "target").unwrap();
+    let source = VsphereProvider::new(&plan, &creds("source"), "source", Guard::new(true)).unwrap();
+    let target = VsphereProvider::new(&plan, &creds("target"), "target", Guard::new(true)).unwrap();
     let started = Instant::now();
     let vm = source_vm(
         &client,

@@ -19,6 +19,7 @@
 
 mod connection;
 mod ffi;
+mod known_hosts;
 mod source;
 mod target;
 mod xml;
@@ -43,6 +44,7 @@ use super::{
     VmShape,
 };
 use crate::credentials::Credentials;
+use crate::endpoint::Guard;
 use crate::progress::Progress;
 use crate::{Error, Result};
 
@@ -57,6 +59,7 @@ const POLL: std::time::Duration = std::time::Duration::from_millis(200);
 #[derive(Clone)]
 pub struct LibvirtProvider {
     endpoint: Arc<Endpoint>,
+    guard: Guard,
     default_pool: String,
     default_bridge: Option<String>,
     /// The open connection, shared by concurrent calls; reopened when it died.
@@ -73,13 +76,25 @@ impl std::fmt::Debug for LibvirtProvider {
 }
 
 impl LibvirtProvider {
-    /// A provider for `plan`, authenticating with the `scope` (`source` or `target`) credentials.
-    /// Nothing is contacted until the first call.
-    pub fn new(plan: &ProviderPlan, creds: &Credentials, scope: &str) -> Result<Self> {
-        let endpoint = Endpoint::new(&plan.endpoint, plan.insecure_skip_verify, creds, scope)?;
+    /// A provider for `plan`, authenticating with the `scope` (`source` or `target`) credentials;
+    /// every connection goes to an address `guard` judged. Nothing is contacted until the first call.
+    pub fn new(
+        plan: &ProviderPlan,
+        creds: &Credentials,
+        scope: &str,
+        guard: Guard,
+    ) -> Result<Self> {
+        let endpoint = Endpoint::new(
+            &plan.endpoint,
+            plan.insecure_skip_verify,
+            creds,
+            scope,
+            guard.allows_local(),
+        )?;
         let defaults = plan.defaults.as_ref();
         Ok(LibvirtProvider {
             endpoint: Arc::new(endpoint),
+            guard,
             default_pool: defaults
                 .and_then(|d| d.datastore.clone())
                 .unwrap_or_else(|| DEFAULT_POOL.to_string()),
@@ -98,8 +113,12 @@ impl LibvirtProvider {
                 return Ok(c.clone());
             }
         }
+        let pinned = match self.endpoint.remote() {
+            Some(remote) => Some(self.guard.pin(remote, self.endpoint.shown()).await?),
+            None => None,
+        };
         let endpoint = self.endpoint.clone();
-        let conn = Arc::new(blocking(move || endpoint.open()).await?);
+        let conn = Arc::new(blocking(move || endpoint.open(pinned.as_ref())).await?);
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         Ok(conn)
     }
@@ -125,7 +144,6 @@ impl LibvirtProvider {
 
     /// Connects and logs the daemon's version (both roles' `check`).
     async fn connect_and_log(&self) -> Result<()> {
-        crate::endpoint::check(self.endpoint.shown()).await?;
         let (version, hostname) = self
             .run(|h| {
                 let v = h

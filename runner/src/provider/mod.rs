@@ -28,6 +28,7 @@ use crd::{
 
 use crate::Result;
 use crate::credentials::Credentials;
+use crate::endpoint::Guard;
 use crate::progress::Progress;
 use crate::storage::PresignedObject;
 
@@ -49,43 +50,57 @@ impl Side {
 }
 
 /// The source end the plan names, with the `source.*` credentials. Nothing is contacted yet.
-pub fn source(plan: &ProviderPlan, credentials: &Credentials) -> Result<Box<dyn Source>> {
+pub fn source(
+    plan: &ProviderPlan,
+    credentials: &Credentials,
+    guard: Guard,
+) -> Result<Box<dyn Source>> {
     match plan.type_ {
         ProviderType::Libvirt => Ok(Box::new(libvirt::LibvirtProvider::new(
             plan,
             credentials,
             Side::Source.scope(),
+            guard,
         )?)),
         ProviderType::Vsphere => Ok(Box::new(vsphere::VsphereProvider::new(
             plan,
             credentials,
             Side::Source.scope(),
+            guard,
         )?)),
         ProviderType::Proxmox => Ok(Box::new(proxmox::ProxmoxProvider::new(
             plan,
             credentials,
             Side::Source.scope(),
+            guard,
         )?)),
     }
 }
 
 /// The target end the plan names, with the `target.*` credentials. Nothing is contacted yet.
-pub fn target(plan: &ProviderPlan, credentials: &Credentials) -> Result<Box<dyn Target>> {
+pub fn target(
+    plan: &ProviderPlan,
+    credentials: &Credentials,
+    guard: Guard,
+) -> Result<Box<dyn Target>> {
     match plan.type_ {
         ProviderType::Libvirt => Ok(Box::new(libvirt::LibvirtProvider::new(
             plan,
             credentials,
             Side::Target.scope(),
+            guard,
         )?)),
         ProviderType::Vsphere => Ok(Box::new(vsphere::VsphereProvider::new(
             plan,
             credentials,
             Side::Target.scope(),
+            guard,
         )?)),
         ProviderType::Proxmox => Ok(Box::new(proxmox::ProxmoxProvider::new(
             plan,
             credentials,
             Side::Target.scope(),
+            guard,
         )?)),
     }
 }

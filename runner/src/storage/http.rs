@@ -72,8 +72,8 @@ impl std::fmt::Debug for HttpStage {
 impl HttpStage {
     /// The stage the spec names: `endpoint` (an http/https URL), optional `path` prefix, and the
     /// `storage.token` or `storage.username`/`storage.password` credentials, `storage.ca.crt` for a
-    /// private CA. The endpoint host is resolved once, refused if link-local or metadata, and pinned
-    /// for every later request; redirects are not followed.
+    /// private CA. The endpoint and every address its name resolves to are judged by the endpoint
+    /// policy ([`crate::endpoint::Guard`]); redirects are not followed.
     pub async fn from_spec(
         spec: &StorageSpec,
         credentials: &Credentials,
@@ -101,19 +101,15 @@ impl HttpStage {
             let joined = prefixed(prefix, "");
             push_segments(&mut base, joined.trim_end_matches('/'));
         }
-        let addrs = crate::endpoint::check(endpoint).await?;
-
-        let mut builder = reqwest::Client::builder()
+        options.guard.pin_url(&base).await?;
+        let mut builder = options
+            .guard
+            .http_client(reqwest::Client::builder())
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(Duration::from_secs(120))
             .tcp_nodelay(true)
             .user_agent(concat!("virtrigaud-runner/", env!("CARGO_PKG_VERSION")));
-        if let Some(url::Host::Domain(host)) = base.host()
-            && !addrs.is_empty()
-        {
-            builder = builder.resolve_to_addrs(host, &addrs);
-        }
         if let Some(pem) = credentials.optional(CREDENTIAL_SCOPE, "ca.crt") {
             let ca = reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|e| {
                 Error::Invalid(format!(

@@ -26,6 +26,7 @@ pub use nfs::NfsStage;
 pub use s3::S3Stage;
 
 use crate::credentials::Credentials;
+use crate::endpoint::Guard;
 use crate::progress::Progress;
 use crate::stream::Tally;
 use crate::{Error, Result};
@@ -43,6 +44,8 @@ pub struct StageOptions {
     pub nfs_root: PathBuf,
     /// In-process tries of a transient failure ([`RETRY_ATTEMPTS`]).
     pub attempts: u32,
+    /// The endpoint policy for every connection to the storage (strict by default).
+    pub guard: Guard,
 }
 
 impl Default for StageOptions {
@@ -50,12 +53,13 @@ impl Default for StageOptions {
         StageOptions {
             nfs_root: PathBuf::from(crd::plan::NFS_MOUNT_DIR),
             attempts: RETRY_ATTEMPTS,
+            guard: Guard::default(),
         }
     }
 }
 
-/// Builds the backend the spec names, with the `storage.*` credentials. Endpoints are resolved and
-/// refused when they point at link-local or metadata addresses ([`crate::endpoint::check`]).
+/// Builds the backend the spec names, with the `storage.*` credentials. Every connection to an
+/// S3 or HTTP endpoint goes through [`StageOptions::guard`].
 pub async fn open(
     spec: &StorageSpec,
     credentials: &Credentials,

@@ -45,6 +45,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_smithy_http_client::tls;
 use bytes::Bytes;
 use crd::StorageSpec;
 use futures::StreamExt;
@@ -160,8 +161,8 @@ pub fn endpoint_url(spec: Option<&str>, secret: Option<&str>) -> Result<Option<U
 
 impl S3Stage {
     /// The stage the spec names, with `storage.accessKey`, `storage.secretKey` and optional
-    /// `storage.sessionToken` / `storage.endpoint`. A custom endpoint is resolved first and refused
-    /// if it points at a link-local or metadata address.
+    /// `storage.sessionToken` / `storage.endpoint`. The endpoint (the spec's or the Secret's) and
+    /// every address the client resolves are judged by the endpoint policy ([`StageOptions::guard`]).
     pub async fn from_spec(
         spec: &StorageSpec,
         credentials: &Credentials,
@@ -177,7 +178,7 @@ impl S3Stage {
             credentials.optional(CREDENTIAL_SCOPE, "endpoint"),
         )?;
         if let Some(url) = &endpoint {
-            crate::endpoint::check(url.as_str()).await?;
+            options.guard.pin_url(url).await?;
         }
         let access_key = credentials.get(CREDENTIAL_SCOPE, "accessKey")?;
         let secret_key = credentials.get(CREDENTIAL_SCOPE, "secretKey")?;
@@ -187,8 +188,14 @@ impl S3Stage {
             .clone()
             .unwrap_or_else(|| DEFAULT_REGION.to_string());
 
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_with_resolver(options.guard.resolver());
         let mut config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
+            .http_client(http)
             .region(Region::new(region.clone()))
             .credentials_provider(aws_sdk_s3::config::Credentials::new(
                 access_key,

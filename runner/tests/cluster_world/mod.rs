@@ -176,7 +176,8 @@ impl Cluster {
         ));
     }
 
-    /// Waits until VMMigration `ns/name` is Ready or Failed (terminally: no retry pending).
+    /// Waits until VMMigration `ns/name` is Ready or Failed (terminally: no retry pending) and the
+    /// operator's Ready condition says so (the runner writes the phase, the operator the condition).
     pub async fn wait_done(&self, ns: &str, name: &str, timeout: Duration) -> VMMigration {
         let api: Api<VMMigration> = Api::namespaced(self.client.clone(), ns);
         let deadline = Instant::now() + timeout;
@@ -195,7 +196,14 @@ impl Cluster {
                 println!("  {ns}/{name}: {line}");
                 last = line;
             }
-            if matches!(status.phase, Some(Phase::Ready | Phase::Failed)) {
+            let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+            let reason = ready.and_then(|c| c.reason.as_deref());
+            let settled = match status.phase {
+                Some(Phase::Ready) => ready.is_some_and(|c| c.status == crd::ConditionStatus::True),
+                Some(Phase::Failed) => !matches!(reason, None | Some("Pending" | "RetryScheduled")),
+                _ => false,
+            };
+            if settled {
                 return m;
             }
             assert!(

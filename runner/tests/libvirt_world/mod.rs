@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
+use runner::endpoint::Guard;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -108,7 +109,13 @@ impl World {
 
     /// A provider on the world's libvirtd.
     pub fn provider(&self, scope: &str) -> LibvirtProvider {
-        LibvirtProvider::new(&self.plan_for(self.uri()), &self.creds(scope), scope).unwrap()
+        LibvirtProvider::new(
+            &self.plan_for(self.uri()),
+            &self.creds(scope),
+            scope,
+            Guard::new(true),
+        )
+        .unwrap()
     }
 
     /// Runs virsh against the world's libvirtd.
@@ -404,7 +411,10 @@ impl World {
                 creds: creds
                     .with("storage", "accessKey", self.var("VRG_S3_ACCESS_KEY"))
                     .with("storage", "secretKey", self.var("VRG_S3_SECRET_KEY")),
-                options: StageOptions::default(),
+                options: StageOptions {
+                    guard: Guard::new(true),
+                    ..StageOptions::default()
+                },
                 _nfs_dir: None,
             },
             Backend::Http => Run {
@@ -414,7 +424,10 @@ impl World {
                     ..none
                 },
                 creds: creds.with("storage", "token", self.var("VRG_HTTP_TOKEN")),
-                options: StageOptions::default(),
+                options: StageOptions {
+                    guard: Guard::new(true),
+                    ..StageOptions::default()
+                },
                 _nfs_dir: None,
             },
             Backend::Nfs => {
@@ -429,6 +442,7 @@ impl World {
                     creds,
                     options: StageOptions {
                         nfs_root: dir.path().to_path_buf(),
+                        guard: Guard::new(true),
                         ..StageOptions::default()
                     },
                     _nfs_dir: Some(dir),

@@ -323,6 +323,7 @@ impl World {
                 credentials_secret_ref: None,
             },
             cleanup_policy: CleanupPolicy::default(),
+            allow_loopback_endpoints: true,
         };
         World {
             scratch: root.join("scratch"),

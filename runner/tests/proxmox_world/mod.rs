@@ -10,6 +10,7 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
+use runner::endpoint::Guard;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -147,6 +148,7 @@ impl World {
             &self.plan(),
             &self.creds(scope, Credentials::default()),
             scope,
+            Guard::new(true),
         )
         .unwrap()
     }
@@ -162,6 +164,7 @@ impl World {
             self.var("VRG_PVE_TOKEN_ID"),
             self.var("VRG_PVE_TOKEN_SECRET"),
             &tls,
+            Guard::new(true),
         )
         .await
         .unwrap();

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
+use runner::endpoint::Guard;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -95,7 +96,7 @@ impl World {
 
     /// A client connected (CA-verified) but not logged in.
     pub async fn connect(&self) -> Client {
-        Client::connect(self.url(), self.tls())
+        Client::connect(self.url(), self.tls(), Guard::new(true))
             .await
             .unwrap_or_else(|e| {
                 panic!(

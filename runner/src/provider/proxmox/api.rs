@@ -11,6 +11,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::errors::{self, Kind};
+use crate::endpoint::Guard;
 use crate::{Error, Result};
 
 /// How long a short task (snapshot, start, stop, delete) may run.
@@ -90,12 +91,7 @@ impl std::fmt::Display for Upid {
 
 /// The API base of an endpoint: `https://host[:port]` gets `/api2/json/`.
 pub fn base_url(endpoint: &str) -> Result<Url> {
-    // an endpoint with user info is not echoed: it may carry a password
-    let shown = if endpoint.contains('@') {
-        "(with user info)"
-    } else {
-        endpoint
-    };
+    let shown = crate::endpoint::redacted(endpoint);
     let bad = |why: String| Error::Invalid(format!("Proxmox VE endpoint {shown:?}: {why}"));
     let mut url = Url::parse(endpoint.trim()).map_err(|e| bad(e.to_string()))?;
     if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
@@ -148,11 +144,12 @@ impl Client {
         token_id: &str,
         secret: &str,
         tls: &TlsOptions,
+        guard: Guard,
     ) -> Result<Client> {
         let base = base_url(endpoint)?;
         let auth = token_header(token_id, secret)?;
-        let addrs = crate::endpoint::check(base.as_str()).await?;
-        let http = http_client(&base, &addrs, tls)?;
+        guard.pin_url(&base).await?;
+        let http = http_client(&base, guard, tls)?;
         let mut shown = base.clone();
         shown.set_path("");
         let system = format!("Proxmox VE {}", shown.as_str().trim_end_matches('/'));
@@ -412,23 +409,15 @@ pub fn scrub(text: &str, secrets: &[&str]) -> String {
         .fold(text.to_string(), |t, s| t.replace(s, "<redacted>"))
 }
 
-/// The HTTP client: certificate checks as `tls` says, the resolved addresses pinned, no redirects.
-fn http_client(
-    base: &Url,
-    addrs: &[std::net::SocketAddr],
-    tls: &TlsOptions,
-) -> Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
+/// The HTTP client: certificate checks as `tls` says, names resolved through `guard`, no redirects.
+fn http_client(base: &Url, guard: Guard, tls: &TlsOptions) -> Result<reqwest::Client> {
+    let mut builder = guard
+        .http_client(reqwest::Client::builder())
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(15))
         .read_timeout(Duration::from_secs(300))
         .tcp_nodelay(true)
         .user_agent(concat!("virtrigaud-runner/", env!("CARGO_PKG_VERSION")));
-    if let Some(url::Host::Domain(host)) = base.host()
-        && !addrs.is_empty()
-    {
-        builder = builder.resolve_to_addrs(host, addrs);
-    }
     if tls.insecure_skip_verify {
         builder = builder.danger_accept_invalid_certs(true);
     }
@@ -514,6 +503,7 @@ mod tests {
             "root@pam!t",
             "s",
             &TlsOptions::default(),
+            Guard::new(true),
         )
         .await
         .unwrap();

@@ -14,6 +14,7 @@ use super::api::{Client, SHORT_TASK_TIMEOUT, TlsOptions, as_u64};
 use super::config::VmConfig;
 use super::ssh::{Ssh, SshLogin, missing_known_hosts};
 use crate::credentials::Credentials;
+use crate::endpoint::Guard;
 use crate::{Error, Result};
 
 /// A Proxmox VE cluster (reached through one node's API) as a migration source and target. Cheap
@@ -27,6 +28,7 @@ pub struct ProxmoxProvider {
 pub(super) struct Inner {
     endpoint: String,
     tls: TlsOptions,
+    guard: Guard,
     token_id: String,
     token_secret: String,
     pub(super) defaults: ProviderDefaults,
@@ -129,7 +131,13 @@ impl ProxmoxProvider {
     /// `token_secret`, optional `ca.crt` and, for exports, `ssh-privatekey` and `known_hosts`.
     /// The SSH login is the plan's `ssh` (default `root@<endpoint host>:22`). Nothing is
     /// contacted until the first call.
-    pub fn new(plan: &ProviderPlan, creds: &Credentials, scope: &str) -> Result<Self> {
+    /// Every connection (API and SSH) goes to an address `guard` judged.
+    pub fn new(
+        plan: &ProviderPlan,
+        creds: &Credentials,
+        scope: &str,
+        guard: Guard,
+    ) -> Result<Self> {
         let login = ssh_login(plan)?;
         Ok(ProxmoxProvider {
             inner: Arc::new(Inner {
@@ -138,6 +146,7 @@ impl ProxmoxProvider {
                     insecure_skip_verify: plan.insecure_skip_verify,
                     ca_pem: creds.optional(scope, "ca.crt").map(str::to_string),
                 },
+                guard,
                 token_id: creds.get(scope, "token_id")?.to_string(),
                 token_secret: creds.get(scope, "token_secret")?.to_string(),
                 defaults: plan.defaults.clone().unwrap_or_default(),
@@ -161,7 +170,8 @@ impl ProxmoxProvider {
         let i = &self.inner;
         i.client
             .get_or_try_init(|| async {
-                let c = Client::new(&i.endpoint, &i.token_id, &i.token_secret, &i.tls).await?;
+                let c =
+                    Client::new(&i.endpoint, &i.token_id, &i.token_secret, &i.tls, i.guard).await?;
                 Ok(Arc::new(c))
             })
             .await
@@ -173,11 +183,6 @@ impl ProxmoxProvider {
         let i = &self.inner;
         i.ssh
             .get_or_try_init(|| async {
-                let endpoint = match i.login.host.contains(':') {
-                    true => format!("[{}]:{}", i.login.host, i.login.port),
-                    false => format!("{}:{}", i.login.host, i.login.port),
-                };
-                crate::endpoint::check(&endpoint).await?;
                 let key = i.ssh_key.as_deref().ok_or_else(|| {
                     Error::Plan(format!(
                         "credential {} missing: a Proxmox VE source reads disks over SSH ({})",
@@ -189,7 +194,13 @@ impl ProxmoxProvider {
                     .known_hosts
                     .as_deref()
                     .ok_or_else(|| missing_known_hosts(&i.login))?;
-                Ok(Arc::new(Ssh::new(i.login.clone(), key, known)?))
+                let host = endpoint_policy::parse_host(&i.login.host, i.login.port)
+                    .map_err(|why| Error::Invalid(format!("Proxmox VE ssh host: {why}")))?;
+                let shown = format!("SSH {}:{}", i.login.host, i.login.port);
+                let pinned = i.guard.pin(&host, &shown).await?;
+                Ok(Arc::new(
+                    Ssh::new(i.login.clone(), key, known)?.pinned(&pinned),
+                ))
             })
             .await
     }
@@ -393,14 +404,10 @@ pub fn ssh_login(plan: &ProviderPlan) -> Result<SshLogin> {
     let ssh = plan.ssh.clone().unwrap_or_default();
     let host = match ssh.host {
         Some(h) => h,
-        None => crate::endpoint::host_port(&plan.endpoint)?
-            .map(|(h, _)| h)
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "Proxmox VE endpoint {:?} names no host for the SSH login",
-                    plan.endpoint
-                ))
-            })?,
+        None => endpoint_policy::parse_api(&plan.endpoint, "https://pve.example.com:8006")
+            .map_err(|why| Error::Invalid(format!("Proxmox VE endpoint: {why}")))?
+            .host
+            .to_string(),
     };
     Ok(SshLogin {
         host,
@@ -455,10 +462,10 @@ mod tests {
     #[test]
     fn needs_the_token_and_shows_no_secret() {
         let creds = Credentials::default().with("source", "token_id", "root@pam!t");
-        let e = ProxmoxProvider::new(&plan(None), &creds, "source").unwrap_err();
+        let e = ProxmoxProvider::new(&plan(None), &creds, "source", Guard::default()).unwrap_err();
         assert!(e.to_string().contains("token_secret"), "{e}");
         let creds = creds.with("source", "token_secret", "s3cr3t");
-        let p = ProxmoxProvider::new(&plan(None), &creds, "source").unwrap();
+        let p = ProxmoxProvider::new(&plan(None), &creds, "source", Guard::default()).unwrap();
         assert!(!format!("{p:?}").contains("s3cr3t"));
     }
 
@@ -467,18 +474,24 @@ mod tests {
         let creds = Credentials::default()
             .with("source", "token_id", "root@pam!t")
             .with("source", "token_secret", "s");
-        let p = ProxmoxProvider::new(&plan(None), &creds, "source").unwrap();
+        let p = ProxmoxProvider::new(&plan(None), &creds, "source", Guard::default()).unwrap();
         // the endpoint host does not resolve here: use a literal address
         let mut pl = plan(None);
         pl.endpoint = "https://127.0.0.1:8006".into();
-        let p2 = ProxmoxProvider::new(&pl, &creds, "source").unwrap();
+        let p2 = ProxmoxProvider::new(&pl, &creds, "source", Guard::default()).unwrap();
         let e = p2.ssh().await.unwrap_err();
         assert!(e.to_string().contains("source.ssh-privatekey"), "{e}");
         let creds = creds.with("source", "ssh-privatekey", "KEY");
-        let p3 = ProxmoxProvider::new(&pl, &creds, "source").unwrap();
+        let p3 = ProxmoxProvider::new(&pl, &creds, "source", Guard::default()).unwrap();
         let e = p3.ssh().await.unwrap_err();
         assert!(e.to_string().contains("known_hosts"), "{e}");
         assert!(!e.is_retryable());
+        // with both, the login host is judged: loopback is refused outside test worlds
+        let creds = creds.with("source", "known_hosts", "127.0.0.1 ssh-ed25519 AAAA");
+        let p4 = ProxmoxProvider::new(&pl, &creds, "source", Guard::default()).unwrap();
+        let e = p4.ssh().await.unwrap_err();
+        assert!(matches!(e, Error::ForbiddenEndpoint(_)), "{e}");
+        assert!(e.to_string().contains("SSH 127.0.0.1:22"), "{e}");
         drop(p);
     }
 

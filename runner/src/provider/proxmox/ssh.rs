@@ -9,6 +9,7 @@
 //! buffered whole; stderr is kept for the error message.
 
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt as _;
 use tokio::process::{Child, ChildStdout, Command};
 
+use crate::endpoint::Pinned;
 use crate::{Error, Result};
 
 /// Seconds to wait for the TCP connection and the SSH handshake.
@@ -49,6 +51,9 @@ pub struct Ssh {
     _dir: tempfile::TempDir,
     key: PathBuf,
     known_hosts: PathBuf,
+    /// The judged address ssh connects to, when the login names a host; its key is still looked
+    /// up under the name (`HostKeyAlias`).
+    address: Option<IpAddr>,
     system: String,
 }
 
@@ -91,8 +96,29 @@ impl Ssh {
             _dir: dir,
             key,
             known_hosts,
+            address: None,
             system,
         })
+    }
+
+    /// Connects to the address judged for the login's host ([`Pinned`]) instead of resolving the
+    /// name again; the host key is still verified under the name.
+    pub fn pinned(mut self, pinned: &Pinned) -> Ssh {
+        self.address = pinned.name().map(|_| pinned.address());
+        self
+    }
+
+    /// Where ssh connects, and the `HostKeyAlias` that keeps the known_hosts lookup on the name
+    /// (spelled as ssh spells it: `[host]:port` off port 22).
+    fn destination(&self) -> (String, Option<String>) {
+        let Some(address) = self.address else {
+            return (self.login.host.clone(), None);
+        };
+        let alias = match self.login.port {
+            22 => self.login.host.clone(),
+            port => format!("[{}]:{port}", self.login.host),
+        };
+        (address.to_string(), Some(alias))
     }
 
     /// `SSH user@host:port`: how errors name this login.
@@ -130,6 +156,10 @@ impl Ssh {
         ] {
             cmd.arg("-o").arg(option);
         }
+        let (destination, alias) = self.destination();
+        if let Some(alias) = alias {
+            cmd.arg("-o").arg(format!("HostKeyAlias={alias}"));
+        }
         cmd.arg("-o")
             .arg(format!("ConnectTimeout={CONNECT_TIMEOUT}"))
             .arg("-p")
@@ -137,7 +167,7 @@ impl Ssh {
             .arg("-l")
             .arg(&self.login.user)
             .arg("--")
-            .arg(&self.login.host)
+            .arg(destination)
             .arg(command_line(argv));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -378,6 +408,35 @@ mod tests {
         assert_eq!(
             command_line(&["pvesm", "export", "local:1/a b.raw", "raw+size", "-"]),
             "pvesm export 'local:1/a b.raw' raw+size -"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pinned_login_connects_to_the_address_and_checks_the_names_key() {
+        let login = SshLogin {
+            host: "localhost".into(),
+            port: 2222,
+            user: "root".into(),
+        };
+        let host = endpoint_policy::parse_host("localhost", 2222).unwrap();
+        let pinned = crate::endpoint::Guard::new(true)
+            .pin(&host, "SSH localhost:2222")
+            .await
+            .unwrap();
+        let ssh = Ssh::new(login, "KEY", "[localhost]:2222 ssh-ed25519 AAAA")
+            .unwrap()
+            .pinned(&pinned);
+        let args: Vec<String> = ssh
+            .command(&["true"])
+            .as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("HostKeyAlias=[localhost]:2222"), "{joined}");
+        assert!(
+            joined.contains(&format!("-- {} true", pinned.address())),
+            "{joined}"
         );
     }
 

@@ -206,6 +206,7 @@ mod tests {
             "root@pam!t",
             "secret",
             &super::super::TlsOptions::default(),
+            crate::endpoint::Guard::new(true),
         )
         .await
         .unwrap();

@@ -11,6 +11,7 @@ use url::Url;
 use super::soap::{self, Fault, Reply};
 use super::types::MoRef;
 use super::xml::{Elem, Xml};
+use crate::endpoint::Guard;
 use crate::{Error, Result};
 
 /// The session cookie vSphere (and vcsim) set on Login.
@@ -58,6 +59,8 @@ pub struct Client {
     pub(super) authority: String,
     pub(super) system: String,
     pub(super) content: ServiceContent,
+    /// Judges the hosts of device URLs.
+    pub(super) guard: Guard,
     /// `vmware_soap_session=<value>` once logged in.
     pub(super) session: Mutex<Option<String>>,
     pub(super) request_timeout: Option<Duration>,
@@ -79,10 +82,11 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Connects to `endpoint` (`https://host[:port]`, `/sdk` implied when there is no path) and
     /// reads the service content. Nothing is logged in yet: see [`Client::login`].
-    pub async fn connect(endpoint: &str, tls: TlsOptions) -> Result<Client> {
+    /// Every connection goes to an address `guard` judged (device URLs of other hosts too).
+    pub async fn connect(endpoint: &str, tls: TlsOptions, guard: Guard) -> Result<Client> {
         let sdk = sdk_url(endpoint)?;
-        let addrs = crate::endpoint::check(sdk.as_str()).await?;
-        let http = http_client(&sdk, &addrs, &tls)?;
+        guard.pin_url(&sdk).await?;
+        let http = http_client(&sdk, guard, &tls)?;
         let authority = match sdk.port() {
             Some(p) => format!("{}:{p}", sdk.host_str().unwrap_or_default()),
             None => sdk.host_str().unwrap_or_default().to_string(),
@@ -95,6 +99,7 @@ impl Client {
             authority,
             system,
             content,
+            guard,
             session: Mutex::new(None),
             request_timeout: Some(Duration::from_secs(300)),
             task_timeout: DEFAULT_TASK_TIMEOUT,
@@ -258,7 +263,7 @@ pub(super) fn unexpected(system: &str, context: &str, what: &str) -> Error {
 
 /// `https://host[:port]` -> `https://host[:port]/sdk`; a URL with a path keeps it.
 fn sdk_url(endpoint: &str) -> Result<Url> {
-    let shown = redact_userinfo(endpoint);
+    let shown = crate::endpoint::redacted(endpoint);
     let bad = |why: &str| Error::Invalid(format!("vSphere endpoint {shown:?}: {why}"));
     let mut url = Url::parse(endpoint).map_err(|e| bad(&e.to_string()))?;
     if url.scheme() != "https" {
@@ -278,34 +283,15 @@ fn sdk_url(endpoint: &str) -> Result<Url> {
     Ok(url)
 }
 
-/// `https://user:secret@host` -> `https://***@host`: endpoints are shown without credentials.
-fn redact_userinfo(endpoint: &str) -> String {
-    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("", endpoint));
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) if scheme.is_empty() => format!("***{}", &rest[at..]),
-        Some(at) => format!("{scheme}://***{}", &rest[at..]),
-        None => endpoint.to_string(),
-    }
-}
-
-/// The HTTP client: certificate checks as `tls` says, the resolved addresses pinned, no redirects.
-fn http_client(
-    sdk: &Url,
-    addrs: &[std::net::SocketAddr],
-    tls: &TlsOptions,
-) -> Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
+/// The HTTP client: certificate checks as `tls` says, names resolved through `guard`, no redirects.
+fn http_client(sdk: &Url, guard: Guard, tls: &TlsOptions) -> Result<reqwest::Client> {
+    let mut builder = guard
+        .http_client(reqwest::Client::builder())
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(15))
         .read_timeout(Duration::from_secs(120))
         .tcp_nodelay(true)
         .user_agent(concat!("virtrigaud-runner/", env!("CARGO_PKG_VERSION")));
-    if let Some(url::Host::Domain(host)) = sdk.host()
-        && !addrs.is_empty()
-    {
-        builder = builder.resolve_to_addrs(host, addrs);
-    }
     if tls.insecure_skip_verify {
         builder = builder.danger_accept_invalid_certs(true);
     }
@@ -422,7 +408,6 @@ mod tests {
             assert!(matches!(e, Error::Invalid(_)), "{bad}: {e:?}");
             assert!(!e.to_string().contains("secret"), "{e}");
         }
-        assert_eq!(redact_userinfo("https://u:p@h/sdk"), "https://***@h/sdk");
     }
 
     #[test]

@@ -189,7 +189,7 @@ impl Client {
 
     /// A request to a device URL. The session cookie goes only to the host connected to (a
     /// vCenter's device URLs name ESXi hosts: the lease's URL is the credential there); another
-    /// host is resolved and refused when link-local or metadata, as endpoints are.
+    /// host is judged by the endpoint policy, as endpoints are.
     async fn nfc_request(
         &self,
         method: reqwest::Method,
@@ -206,7 +206,7 @@ impl Client {
         if same_origin(&parsed, &self.sdk) {
             return Ok(self.with_session(rb));
         }
-        crate::endpoint::check(parsed.as_str()).await?;
+        self.guard.pin_url(&parsed).await?;
         Ok(rb)
     }
 

@@ -9,6 +9,7 @@ use tokio::sync::OnceCell;
 
 use super::{Client, Datacenter, MoRef, TlsOptions, VmInfo};
 use crate::credentials::Credentials;
+use crate::endpoint::Guard;
 use crate::provider::{Firmware, OsFamily};
 use crate::{Error, Result};
 
@@ -25,6 +26,7 @@ pub struct VsphereProvider {
 pub(super) struct Inner {
     endpoint: String,
     tls: TlsOptions,
+    guard: Guard,
     user: String,
     password: String,
     pub(super) defaults: ProviderDefaults,
@@ -41,8 +43,14 @@ impl std::fmt::Debug for VsphereProvider {
 
 impl VsphereProvider {
     /// A provider for `plan` with the `scope` (`source`/`target`) credentials `username`,
-    /// `password` and an optional `ca.crt`. Nothing is contacted until the first call.
-    pub fn new(plan: &ProviderPlan, creds: &Credentials, scope: &str) -> Result<Self> {
+    /// `password` and an optional `ca.crt`; every connection goes to an address `guard` judged.
+    /// Nothing is contacted until the first call.
+    pub fn new(
+        plan: &ProviderPlan,
+        creds: &Credentials,
+        scope: &str,
+        guard: Guard,
+    ) -> Result<Self> {
         Ok(VsphereProvider {
             inner: Arc::new(Inner {
                 endpoint: plan.endpoint.clone(),
@@ -50,6 +58,7 @@ impl VsphereProvider {
                     insecure_skip_verify: plan.insecure_skip_verify,
                     ca_pem: creds.optional(scope, "ca.crt").map(str::to_string),
                 },
+                guard,
                 user: creds.get(scope, "username")?.to_string(),
                 password: creds.get(scope, "password")?.to_string(),
                 defaults: plan.defaults.clone().unwrap_or_default(),
@@ -63,7 +72,12 @@ impl VsphereProvider {
         self.inner
             .client
             .get_or_try_init(|| async {
-                let client = Client::connect(&self.inner.endpoint, self.inner.tls.clone()).await?;
+                let client = Client::connect(
+                    &self.inner.endpoint,
+                    self.inner.tls.clone(),
+                    self.inner.guard,
+                )
+                .await?;
                 client.login(&self.inner.user, &self.inner.password).await?;
                 let about = client.service_content();
                 tracing::info!(
