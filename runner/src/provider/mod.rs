@@ -15,6 +15,7 @@
 #[cfg(feature = "test-doubles")]
 pub mod file;
 pub mod libvirt;
+pub mod mark;
 pub mod proxmox;
 pub mod vsphere;
 
