@@ -405,16 +405,23 @@ async fn progress_messages_have_the_guides_form() {
 
 #[tokio::test]
 async fn validating_fails_fast_with_a_precise_message() {
-    // The target name is taken.
+    // The target name is taken by a VM without this migration's mark.
     let w = World::one_disk(ProviderType::Libvirt);
-    std::fs::create_dir_all(w.target.vm_dir(TARGET_VM)).unwrap();
-    std::fs::write(w.target.vm_dir(TARGET_VM).join("vm.json"), "{}").unwrap();
+    w.target
+        .define_vm(TARGET_VM, &foreign_vm("theirs", None), &[])
+        .unwrap();
     let (result, rec) = w.run(&VMMigrationStatus::default()).await;
     let err = result.unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("a VM named {TARGET_VM} already exists on target default/target")
+        format!(
+            "not created by this migration: a VM named {TARGET_VM} (id theirs) already exists on \
+             target default/target and does not carry the mark of migration {}: it is left \
+             untouched; choose another targetName or remove that VM",
+            w.plan.migration.uid
+        )
     );
+    assert_eq!(err.reason(), "NotOwned");
     assert_eq!(rec.last().phase, Some(Phase::Failed));
     assert_eq!(
         condition(&rec.last(), "Validated").status,
@@ -520,18 +527,7 @@ async fn a_target_vm_left_half_made_is_deleted_and_made_again() {
 async fn a_recorded_target_vm_without_the_mark_is_kept_and_the_name_refused() {
     // The status names a target VM, but the VM of that name on the target is someone else's.
     let w = World::one_disk(ProviderType::Libvirt);
-    let theirs = VmFile {
-        id: "theirs".into(),
-        cpus: 1,
-        memory_bytes: 1 << 30,
-        uefi: false,
-        running: false,
-        nics: 0,
-        disks: Vec::new(),
-        snapshots: Vec::new(),
-        networks: Vec::new(),
-        owner: Some("another-migration".into()),
-    };
+    let theirs = foreign_vm("theirs", Some("another-migration"));
     w.target.define_vm(TARGET_VM, &theirs, &[]).unwrap();
     let status = VMMigrationStatus {
         target_vm: Some(crd::TargetVmHandle::Libvirt {
@@ -543,10 +539,30 @@ async fn a_recorded_target_vm_without_the_mark_is_kept_and_the_name_refused() {
     let (result, rec) = w.run(&status).await;
     let err = result.unwrap_err();
     assert!(
-        matches!(&err, Error::Invalid(m) if m.contains("already exists")),
+        matches!(&err, Error::NotOurs(m) if m.contains("already exists") && m.contains("id theirs")),
         "{err}"
     );
-    assert_eq!(w.target.read_vm(TARGET_VM).unwrap().id, "theirs", "kept");
+    assert_eq!(
+        w.target.read_vm(TARGET_VM).unwrap(),
+        theirs,
+        "kept as it was"
+    );
     assert_eq!(rec.last().target_vm, None, "no longer recorded as ours");
     assert_eq!(w.source.calls("snapshot"), 0, "refused in Validating");
+}
+
+/// A VM descriptor with no disks, marked by `owner` (a foreign VM when it is not the migration's).
+fn foreign_vm(id: &str, owner: Option<&str>) -> VmFile {
+    VmFile {
+        id: id.into(),
+        cpus: 1,
+        memory_bytes: 1 << 30,
+        uefi: false,
+        running: false,
+        nics: 0,
+        disks: Vec::new(),
+        snapshots: Vec::new(),
+        networks: Vec::new(),
+        owner: owner.map(str::to_string),
+    }
 }

@@ -20,7 +20,7 @@ use proxmox_world::{Store, VmGuard, World, holds, linked_clone, reference, uniqu
 use runner::credentials::Credentials;
 use runner::phases::Pipeline;
 use runner::provider::proxmox::config::VmConfig;
-use runner::provider::{self};
+use runner::provider::{self, mark};
 use runner::status::{Recorder, StatusWriter};
 use runner::storage;
 use serde_json::Value;
@@ -361,7 +361,8 @@ async fn libvirt_vm_migrates_to_proxmox_through_s3_which_pve_downloads_itself() 
         .await
         .unwrap();
     for disk in ["vda", "vdb"] {
-        let file = format!("{}-{disk}.qcow2", plan.target_name);
+        let stem = format!("{}-{disk}", plan.target_name);
+        let file = format!("{}.qcow2", mark::tagged(&stem, &plan.migration.uid));
         assert!(
             tasks.iter().any(|t| t["type"] == "download"
                 && t["id"] == file.as_str()
@@ -490,5 +491,11 @@ async fn a_name_pve_refuses_fails_terminally_naming_it_and_leaves_no_import_file
         "the terminal failure removed the import files"
     );
     let target = provider::target(&plan.target, &run.creds).unwrap();
-    assert!(!target.vm_exists(&plan.target_name).await.unwrap());
+    assert!(
+        target
+            .find_vms(&plan.target_name, &plan.migration.uid)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
