@@ -358,8 +358,8 @@ impl Import {
         }
     }
 
-    /// A file of that name (it carries this migration's tag) left by an interrupted attempt is
-    /// removed first.
+    /// A file of that name left by an interrupted attempt (cut off before the status recorded it)
+    /// is removed first: its name carries this migration's tag.
     async fn remove_leftover(&self, volid: &str) -> Result<()> {
         if self
             .provider
@@ -367,7 +367,8 @@ impl Import {
             .await?
             .is_some()
         {
-            tracing::info!("{volid} exists (an interrupted import): removing it first");
+            ensure_file_ours(volid, &self.vm.owner)?;
+            tracing::info!("{volid} exists (an interrupted import of this migration): removing it");
             self.provider.delete_volume(&self.place.node, volid).await?;
         }
         Ok(())
