@@ -11,6 +11,13 @@
 //! earlier attempt left half-made is deleted (after its provider checked it carries this migration's
 //! mark) and made again.
 //!
+//! Ownership: the status is a record, not proof. What it names is reused or deleted only when it
+//! carries the migration's mark ([`crate::provider::mark`]): staged objects must be the ones at this
+//! migration's key, target disks and source snapshots must carry its UID in their names, target VMs
+//! its mark; deletes go by id. A target VM found under the target name is checked the same way
+//! ([`Pipeline::check_target_name`]): a foreign one fails the migration untouched, one of ours that
+//! the status does not record is deleted and made again.
+//!
 //! Integrity: every image from a hypervisor or from staging is checked with `qemu-img info` before
 //! use; Importing re-hashes the downloaded image and refuses a mismatch (terminal), or hands a target
 //! that downloads by itself the SHA-256 to verify; ValidatingTarget compares capacities and, where the
@@ -27,7 +34,7 @@ use crate::error::{Retry, with_retries};
 use crate::progress::{self, Overall, Progress, Step, human_bytes};
 use crate::provider::{
     ExportSession, ImportInput, ImportSession, LocalImage, NewDisk, NewVm, Source, SourceDisk,
-    Target, VmShape,
+    Target, VmShape, mark,
 };
 use crate::status::StatusWriter;
 use crate::storage::{Stage, StagedObject, object_key};
@@ -185,6 +192,7 @@ impl Pipeline {
             ),
         )
         .await?;
+        check_owner(&self.plan)?;
         let (source, plan, tries) = (&*self.source, &self.plan, self.tries);
         with_retries("source check", tries, || source.check()).await?;
         let vm = with_retries("source inspect", tries, || {
@@ -249,39 +257,105 @@ impl Pipeline {
         Ok(format)
     }
 
-    /// A VM of the target name is refused unless this migration made it. A VM an earlier attempt
-    /// left half-made is deleted first; a completed one that is gone is forgotten (made again).
+    /// The target name, checked against every VM the target holds under it. A VM that does not
+    /// carry this migration's mark fails the migration, naming it, and is never touched. A VM an
+    /// earlier attempt recorded half-made is deleted first; a completed one that is gone is
+    /// forgotten (made again). A VM of ours that the status does not record is deleted by id and
+    /// made again ([`Pipeline::remove_unrecorded`] says why it is not adopted).
     async fn check_target_name(&mut self) -> Result<()> {
-        let recorded = self.status.status().target_vm.clone();
-        let complete = self.status.status().target_vm_id.is_some();
-        if recorded.is_some() && !complete {
+        let status = self.status.status();
+        if status.target_vm.is_some() && status.target_vm_id.is_none() {
             self.discard_target("left half-made by an earlier attempt")
                 .await?;
         }
-        let (target, name, tries) = (&*self.target, &self.plan.target_name, self.tries);
-        let exists = with_retries("target name", tries, || target.vm_exists(name)).await?;
-        match (exists, recorded.is_some() && complete) {
-            (true, false) => Err(Error::Invalid(format!(
-                "a VM named {name} already exists on target {}",
-                self.plan.target.name
-            ))),
-            (false, true) => {
-                tracing::info!(
-                    "the target VM an earlier attempt created is gone: it will be created again"
-                );
-                self.status.clear_target_vm().await
+        // from here on, a recorded VM is a completed one
+        let recorded = self.status.status().target_vm.clone();
+        let is_recorded =
+            |vm: &TargetVmHandle| recorded.as_ref().is_some_and(|r| r.id() == vm.id());
+        let (kept, unrecorded): (Vec<_>, Vec<_>) = self
+            .target_vms_of_ours()
+            .await?
+            .into_iter()
+            .partition(is_recorded);
+        if !unrecorded.is_empty() {
+            self.remove_unrecorded(&unrecorded).await?;
+            if recorded.is_none() {
+                self.discard_disks("used by an unrecorded target VM")
+                    .await?;
             }
-            _ => Ok(()),
         }
+        if recorded.is_some() && kept.is_empty() {
+            tracing::info!(
+                "the target VM an earlier attempt created is gone: it will be created again"
+            );
+            self.status.clear_target_vm().await?;
+        }
+        Ok(())
+    }
+
+    /// Every VM the target holds under the target name, when each carries this migration's mark;
+    /// else the refusal naming the first that does not.
+    async fn target_vms_of_ours(&self) -> Result<Vec<TargetVmHandle>> {
+        let (target, name, tries) = (&*self.target, &self.plan.target_name, self.tries);
+        let owner = self.plan.migration.uid.as_str();
+        let found = with_retries("target name", tries, || target.find_vms(name, owner)).await?;
+        match found.iter().find(|f| !f.ours) {
+            Some(theirs) => Err(self.name_taken(&theirs.handle)),
+            None => Ok(found.into_iter().map(|f| f.handle).collect()),
+        }
+    }
+
+    /// The refusal of a target name held by a VM without this migration's mark.
+    fn name_taken(&self, vm: &TargetVmHandle) -> Error {
+        Error::NotOurs(format!(
+            "a VM named {} (id {}) already exists on target {} and does not carry the mark of \
+             migration {}: it is left untouched; choose another targetName or remove that VM",
+            vm.name(),
+            vm.id(),
+            self.plan.target.name,
+            self.plan.migration.uid
+        ))
+    }
+
+    /// Deletes VMs that carry this migration's mark under the target name but that the status does
+    /// not record (the runner was killed between making one and writing the status, or the status
+    /// patch failed after vSphere's ImportVApp made it), by id (their provider checks the mark and
+    /// name again). The VM is then made again from the verified staged images (the caller also
+    /// discards the recorded target disks, which such a VM may have used, unless they belong to a
+    /// recorded VM).
+    ///
+    /// Adopting one that looks complete is not safe on any target: no run of this pipeline
+    /// verified it, and validation cannot tell a complete VM from one whose import was cut short.
+    /// libvirt: a domain is defined once its volumes exist, but a run killed before starting it or
+    /// before ValidatingTarget leaves qcow2 content nobody read back. vSphere: ImportVApp makes the
+    /// VM before any byte moves, and a lease that died mid-upload leaves full-capacity disks with
+    /// missing grains that pass the shape check. Proxmox VE: the creation task outlives a killed
+    /// runner and may still hold the VM (`lock: create`) or have failed half-way; its disk
+    /// content is not read back either. Making it again costs one import; adopting could hand the
+    /// user a VM with wrong disks.
+    async fn remove_unrecorded(&mut self, vms: &[TargetVmHandle]) -> Result<()> {
+        let (target, owner, tries) = (&*self.target, self.plan.migration.uid.as_str(), self.tries);
+        for vm in vms {
+            with_retries("delete unrecorded target VM", tries, || {
+                target.delete_vm(vm, owner)
+            })
+            .await?;
+            tracing::info!(
+                "target {vm} carries this migration's mark but the status did not record it (a run \
+                 cut off between making it and writing the status): deleted by id, it will be made \
+                 again"
+            );
+        }
+        Ok(())
     }
 
     /// Deletes the recorded target VM (its provider checks the migration's mark) and the recorded
     /// target disks, and forgets them; what is not this migration's is only forgotten. Disks are
     /// imported again from staging.
     async fn discard_target(&mut self, why: &str) -> Result<()> {
-        let recorded = self.status.status().clone();
+        let recorded = self.status.status().target_vm.clone();
         let (target, owner, tries) = (&*self.target, self.plan.migration.uid.as_str(), self.tries);
-        if let Some(vm) = &recorded.target_vm {
+        if let Some(vm) = &recorded {
             match with_retries("delete target VM", tries, || target.delete_vm(vm, owner)).await {
                 Ok(()) => tracing::info!("deleted target {vm}, {why}"),
                 Err(Error::NotOurs(detail)) => tracing::warn!("target {vm} is kept: {detail}"),
@@ -289,12 +363,29 @@ impl Pipeline {
             }
             self.status.clear_target_vm().await?;
         }
-        for entry in &recorded.disks {
+        self.discard_disks(why).await
+    }
+
+    /// Deletes the target disks the status records (each provider checks the migration's mark)
+    /// and forgets them; a disk that is not this migration's is kept, with a warning, and forgotten.
+    async fn discard_disks(&mut self, why: &str) -> Result<()> {
+        let entries = self.status.status().disks.clone();
+        let (target, owner, tries) = (&*self.target, self.plan.migration.uid.as_str(), self.tries);
+        for entry in &entries {
             let Some(handle) = &entry.target_disk else {
                 continue;
             };
-            with_retries("delete target disk", tries, || target.delete_disk(handle)).await?;
-            tracing::info!("deleted target disk {handle}, {why}");
+            match with_retries("delete target disk", tries, || {
+                target.delete_disk(handle, owner)
+            })
+            .await
+            {
+                Ok(()) => tracing::info!("deleted target disk {handle}, {why}"),
+                Err(Error::NotOurs(detail)) => {
+                    tracing::warn!("target disk {handle} is kept: {detail}")
+                }
+                Err(e) => return Err(e),
+            }
             let mut cleared = entry.clone();
             cleared.target_disk = None;
             self.status.set_disk(cleared).await?;
@@ -333,20 +424,36 @@ impl Pipeline {
             disk.handle = Some(handle.clone());
         }
         if let (Some(sha), Some(size)) = (&recorded.sha256, recorded.bytes_total) {
-            disk.staged = self.verified_object(&disk, sha, size).await?;
+            let url = recorded.staged_url.clone();
+            disk.staged = self
+                .verified_object(&disk, url.as_deref(), sha, size)
+                .await?;
         }
         Ok(disk)
     }
 
-    /// The staged object of `disk` when it still has the recorded SHA-256 and size.
+    /// The staged object of `disk` when the status names it (its `stagedUrl` is the object at this
+    /// migration's key) and it still has the recorded SHA-256 and size.
     async fn verified_object(
         &self,
         disk: &Disk,
+        url: Option<&str>,
         sha: &str,
         size: i64,
     ) -> Result<Option<StagedObject>> {
         let name = &disk.source.name;
+        let Some(url) = url else {
+            return Ok(None);
+        };
         match self.stage.stat(&disk.key).await? {
+            Some(obj) if obj.url != url => {
+                tracing::warn!(
+                    "{name}: the status names {url}, not this migration's object {}: it is not \
+                     reused",
+                    obj.url
+                );
+                Ok(None)
+            }
             Some(obj) if obj.sha256 == sha && obj.size as i64 == size => {
                 tracing::info!(
                     "{name}: staged object {} verified, skipping export",
@@ -464,7 +571,7 @@ impl Pipeline {
             format!("Snapshotting source VM {}", self.plan.source_vm.name),
         )
         .await?;
-        let label = snapshot_label(&self.plan);
+        let label = mark::snapshot_label(&self.plan.migration.uid);
         let (source, vm) = (&*self.source, &w.vm);
         let snapshot = with_retries("snapshot", self.tries, || source.snapshot(vm, &label)).await?;
         let reused = w.disks.iter().any(|d| d.staged.is_some() || d.imported);
@@ -492,11 +599,12 @@ impl Pipeline {
         tracing::info!(
             "the disks staged earlier come from another snapshot: exporting every disk again"
         );
+        let owner = self.plan.migration.uid.as_str();
         for d in &mut w.disks {
             d.staged = None;
             d.imported = false;
             if let Some(old) = d.handle.take()
-                && let Err(e) = self.target.delete_disk(&old).await
+                && let Err(e) = self.target.delete_disk(&old, owner).await
             {
                 tracing::warn!("could not delete stale target disk {old}: {e}");
             }
@@ -730,9 +838,9 @@ impl Pipeline {
         if !self.plan.cleanup_policy.delete_snapshot {
             return;
         }
-        let source = &*self.source;
+        let (source, owner) = (&*self.source, self.plan.migration.uid.as_str());
         match with_retries("delete snapshot", self.tries, || {
-            source.delete_snapshot(snapshot)
+            source.delete_snapshot(snapshot, owner)
         })
         .await
         {
@@ -765,7 +873,12 @@ impl Pipeline {
             target.import(&w.new_vm, &handles)
         })
         .await?;
-        self.record_session_vm(&*session).await?;
+        if let Err(e) = self.record_session_vm(&*session).await {
+            // unrecorded, the VM the session made up front would be found by its mark next time;
+            // this attempt removes it itself
+            self.abort_import(session).await;
+            return Err(e);
+        }
         if let Err(e) = self.import_disks(w, &mut *session).await {
             self.abort_import(session).await;
             return Err(e);
@@ -1110,8 +1223,13 @@ impl Pipeline {
         }
         let snapshot = self.status.status().snapshot.clone();
         if let (true, Some(snapshot)) = (self.plan.cleanup_policy.delete_snapshot, snapshot) {
-            match self.source.delete_snapshot(&snapshot).await {
+            let owner = self.plan.migration.uid.as_str();
+            match self.source.delete_snapshot(&snapshot, owner).await {
                 Ok(()) => {
+                    let _ = self.status.set_snapshot(None).await;
+                }
+                Err(Error::NotOurs(detail)) => {
+                    tracing::warn!("source snapshot {snapshot} is kept: {detail}");
                     let _ = self.status.set_snapshot(None).await;
                 }
                 Err(e) => tracing::warn!("could not delete source snapshot {snapshot}: {e}"),
@@ -1121,9 +1239,10 @@ impl Pipeline {
 }
 
 /// Removes what a migration left behind (the `cleanup` mode, run when a VMMigration is deleted or
-/// abandoned): its staged objects, the source snapshot recorded in the status, and, when it never
-/// reached Ready, the target VM it created and the disks it imported. Continues past failures and
-/// returns the first (retryable if any was); what is not this migration's is left with a warning.
+/// abandoned): its staged objects (at its own keys; a recorded `stagedUrl` naming another object is
+/// left alone), the source snapshot recorded in the status, and, when it never reached Ready, the
+/// target VM it created and the disks it imported. Continues past failures and returns the first
+/// (retryable if any was); what is not this migration's is left with a warning.
 pub async fn cleanup(
     plan: &RunnerPlan,
     status: &VMMigrationStatus,
@@ -1131,6 +1250,8 @@ pub async fn cleanup(
     target: &dyn Target,
     stage: &dyn Stage,
 ) -> Result<()> {
+    check_owner(plan)?;
+    let owner = plan.migration.uid.as_str();
     let mut errors: Vec<Error> = Vec::new();
     let mut note = |what: String, r: Result<()>| match r {
         Ok(()) => tracing::info!("cleanup: {what} removed"),
@@ -1152,25 +1273,25 @@ pub async fn cleanup(
             &slug(&d.name),
             format,
         );
+        if let Some(url) = d.staged_url.as_deref().filter(|u| !names_key(u, &key)) {
+            tracing::warn!("cleanup: staged {url} kept: it is not this migration's key {key}");
+        }
         note(format!("staged {key}"), stage.delete(&key).await);
     }
     if let Some(snapshot) = &status.snapshot {
         note(
             format!("source snapshot {snapshot}"),
-            source.delete_snapshot(snapshot).await,
+            source.delete_snapshot(snapshot, owner).await,
         );
     }
     if status.phase != Some(Phase::Ready) {
         if let Some(vm) = &status.target_vm {
-            note(
-                format!("target {vm}"),
-                target.delete_vm(vm, &plan.migration.uid).await,
-            );
+            note(format!("target {vm}"), target.delete_vm(vm, owner).await);
         }
         for handle in status.disks.iter().filter_map(|d| d.target_disk.as_ref()) {
             note(
                 format!("target disk {handle}"),
-                target.delete_disk(handle).await,
+                target.delete_disk(handle, owner).await,
             );
         }
     }
@@ -1178,6 +1299,25 @@ pub async fn cleanup(
         Some(i) => Err(errors.swap_remove(i)),
         None => errors.into_iter().next().map_or(Ok(()), Err),
     }
+}
+
+/// Refuses a plan whose migration UID has no letters or digits: nothing could be marked with it,
+/// so nothing could be proven this migration's.
+fn check_owner(plan: &RunnerPlan) -> Result<()> {
+    if mark::owner_tag(&plan.migration.uid).is_empty() {
+        return Err(Error::Plan(format!(
+            "migration {}/{} has no UID ({:?}) to mark what it makes with",
+            plan.migration.namespace, plan.migration.name, plan.migration.uid
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a staged object's URL (`s3://bucket/<key>`, `https://host/base/<key>`,
+/// `nfs://server/path/<key>`) names the object at `key`.
+fn names_key(url: &str, key: &str) -> bool {
+    url.strip_suffix(key)
+        .is_some_and(|rest| rest.ends_with('/'))
 }
 
 /// Disks that still need exporting.
@@ -1257,23 +1397,6 @@ async fn watch<T>(
     }
 }
 
-/// The snapshot label of a migration: the same for all its attempts, within every hypervisor's
-/// naming rules (letters, digits and `-`, at most 40 characters).
-fn snapshot_label(plan: &RunnerPlan) -> String {
-    let id: String = plan
-        .migration
-        .uid
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect();
-    let id = if id.is_empty() {
-        slug(&plan.migration.name)
-    } else {
-        id
-    };
-    format!("vrg-{}", id.chars().take(36).collect::<String>())
-}
-
 /// A disk name made safe for file names and object keys.
 fn slug(name: &str) -> String {
     let s: String = name
@@ -1331,5 +1454,20 @@ mod tests {
         assert_eq!(slug("../x"), "___x");
         assert_eq!(disk_label(0, 1), "disk");
         assert_eq!(disk_label(1, 3), "disk 2/3");
+    }
+
+    #[test]
+    fn staged_urls_name_their_key() {
+        let key = "default/move-web/vda.qcow2";
+        assert!(names_key(
+            "s3://bucket/prefix/default/move-web/vda.qcow2",
+            key
+        ));
+        assert!(names_key(
+            "nfs://nfs.local/exports/default/move-web/vda.qcow2",
+            key
+        ));
+        assert!(!names_key("s3://bucket/default/other/vda.qcow2", key));
+        assert!(!names_key("s3://bucket/xdefault/move-web/vda.qcow2", key));
     }
 }

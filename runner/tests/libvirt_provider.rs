@@ -17,7 +17,7 @@ use runner::Error;
 use runner::credentials::Credentials;
 use runner::progress::Progress;
 use runner::provider::libvirt::LibvirtProvider;
-use runner::provider::{Firmware, ImportInput, LocalImage, NewVm, Source, Target};
+use runner::provider::{Firmware, ImportInput, LocalImage, NewVm, Source, Target, mark};
 use sha2::{Digest as _, Sha256};
 
 const MIB: u64 = 1 << 20;
@@ -77,7 +77,8 @@ async fn running_domain_snapshot_export_and_commit_back() {
     let live_before = dump(&world, &name, false);
     let inactive_before = dump(&world, &name, true);
 
-    let label = format!("vrg-{name}");
+    let owner = format!("uid-{name}");
+    let label = mark::snapshot_label(&owner);
     let snap = p
         .snapshot(&vm, &label)
         .await
@@ -117,7 +118,16 @@ async fn running_domain_snapshot_export_and_commit_back() {
     let again = p.snapshot(&vm, &label).await.unwrap().unwrap();
     assert_eq!(again, snap);
 
-    p.delete_snapshot(&snap).await.unwrap();
+    // only the migration whose name the snapshot carries removes it
+    let err = p.delete_snapshot(&snap, "uid-another").await.unwrap_err();
+    assert!(matches!(err, Error::NotOurs(_)), "{err:?}");
+    assert_eq!(
+        world.virsh_ok(&["snapshot-list", &name, "--name"]).trim(),
+        label,
+        "kept"
+    );
+
+    p.delete_snapshot(&snap, &owner).await.unwrap();
     assert_eq!(
         dump(&world, &name, false),
         live_before,
@@ -157,7 +167,7 @@ async fn running_domain_snapshot_export_and_commit_back() {
     assert!(world.virsh_ok(&["domstate", &name]).contains("running"));
 
     // deleting again is a no-op
-    p.delete_snapshot(&snap).await.unwrap();
+    p.delete_snapshot(&snap, &owner).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -186,6 +196,11 @@ async fn stopped_domain_exports_without_snapshot() {
         );
         assert!(same_content(&image.path, &refs.path().join(reference)));
     }
+}
+
+/// Whether a domain of that name exists.
+async fn exists(p: &LibvirtProvider, name: &str) -> bool {
+    !p.find_vms(name, OWNER).await.unwrap().is_empty()
 }
 
 fn sha256_file(path: &Path) -> String {
@@ -251,16 +266,19 @@ async fn import_define_validate_and_delete() {
         raw_vol.blocks() * 512
     );
 
-    // a second import of the same disk is a name clash
-    let clash = import_one(&p, &spec, 1, &vdb, &Progress::default())
+    // the volumes carry the migration's tag; one of that name (an import cut off before the
+    // status recorded it) is this migration's: a second import replaces it
+    for path in &imported {
+        let file = Path::new(path).file_name().unwrap().to_string_lossy();
+        assert!(mark::carries_tag(&file, OWNER), "{file}");
+    }
+    let again = import_one(&p, &spec, 1, &vdb, &Progress::default())
         .await
-        .unwrap_err();
-    assert!(
-        matches!(clash, Error::Invalid(ref m) if m.contains("already exists")),
-        "{clash}"
-    );
+        .unwrap();
+    assert_eq!(again, imported[1], "the leftover is replaced");
+    assert!(same_content(Path::new(&again), &vdb.path));
 
-    assert!(!p.vm_exists(&name).await.unwrap());
+    assert!(!exists(&p, &name).await);
     let created = session.finish().await.unwrap();
     let TargetVmHandle::Libvirt {
         uuid,
@@ -271,7 +289,7 @@ async fn import_define_validate_and_delete() {
     };
     assert_eq!(uuid.len(), 36, "a UUID: {uuid}");
     assert_eq!(created_name, &name);
-    assert!(p.vm_exists(&name).await.unwrap());
+    assert!(exists(&p, &name).await);
     let shape = p.inspect(&name).await.unwrap();
     assert_eq!(
         (shape.cpus, shape.memory_bytes, shape.running),
@@ -324,10 +342,10 @@ async fn import_define_validate_and_delete() {
     };
     let err = p.delete_vm(&renamed, OWNER).await.unwrap_err();
     assert!(matches!(err, Error::NotOurs(_)), "another name: {err:?}");
-    assert!(p.vm_exists(&name).await.unwrap(), "kept");
+    assert!(exists(&p, &name).await, "kept");
 
     p.delete_vm(&created, OWNER).await.unwrap();
-    assert!(!p.vm_exists(&name).await.unwrap());
+    assert!(!exists(&p, &name).await);
     assert!(
         world.volumes(&name).is_empty(),
         "volumes deleted with the domain"
@@ -451,7 +469,7 @@ async fn terminal_errors_are_clear() {
         Guard::new(true),
     )
     .unwrap();
-    let err = none.vm_exists("x").await.unwrap_err();
+    let err = none.find_vms("x", OWNER).await.unwrap_err();
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
 }
 
@@ -534,7 +552,7 @@ async fn ssh_endpoint_with_key_and_known_hosts() {
     )
     .unwrap();
     Source::check(&p).await.unwrap();
-    assert!(!p.vm_exists("no-such-domain-vrg").await.unwrap());
+    assert!(!exists(&p, "no-such-domain-vrg").await);
 
     // another host key for the same host in known_hosts: refused, as an authentication failure
     let scratch = tempfile::tempdir().unwrap();
@@ -592,9 +610,9 @@ async fn uefi_target_is_defined_or_refused_terminally() {
         Err(e) => {
             assert!(matches!(e, Error::Invalid(_)), "{e:?}");
             assert!(e.to_string().contains("firmware"), "{e}");
-            assert!(!p.vm_exists(&name).await.unwrap());
+            assert!(!exists(&p, &name).await);
             let handle = handles(&[disk]).remove(0).unwrap();
-            p.delete_disk(&handle).await.unwrap();
+            p.delete_disk(&handle, OWNER).await.unwrap();
             assert!(world.volumes(&name).is_empty());
         }
     }
@@ -609,7 +627,8 @@ async fn interrupted_snapshot_work_is_picked_up_by_a_retry() {
     let p = world.provider("source");
     let vm = p.inspect(&name).await.unwrap();
     let live_before = dump(&world, &name, false);
-    let label = format!("vrg-{name}");
+    let owner = format!("uid-{name}");
+    let label = mark::snapshot_label(&owner);
     let pool = world.pool_dir();
     let overlay = |dev: &str| pool.join(format!("{name}-{dev}.{label}"));
 
@@ -634,7 +653,7 @@ async fn interrupted_snapshot_work_is_picked_up_by_a_retry() {
 
     // the same cut short inside delete_snapshot (cleanup mode): it finishes the job
     world.virsh_ok(&["blockcommit", &name, "vdb", "--active", "--pivot", "--wait"]);
-    p.delete_snapshot(&snap).await.unwrap();
+    p.delete_snapshot(&snap, &owner).await.unwrap();
     assert_eq!(dump(&world, &name, false), live_before);
     assert!(!overlay("vda.qcow2").exists() && !overlay("vdb.raw").exists());
 
@@ -643,7 +662,7 @@ async fn interrupted_snapshot_work_is_picked_up_by_a_retry() {
     std::fs::write(&stale, b"stale").unwrap();
     let snap = p.snapshot(&vm, &label).await.unwrap().unwrap();
     assert_ne!(std::fs::metadata(&stale).unwrap().len(), 5);
-    p.delete_snapshot(&snap).await.unwrap();
+    p.delete_snapshot(&snap, &owner).await.unwrap();
     assert_eq!(dump(&world, &name, false), live_before);
     assert_eq!(
         world.virsh_ok(&["snapshot-list", &name, "--name"]).trim(),
@@ -676,8 +695,11 @@ async fn linked_clone_disks_export_flattened_and_the_chain_is_left_as_it_was() {
         let live_before = dump(&world, &name, false);
 
         let vm = p.inspect(&name).await.unwrap();
-        let label = format!("vrg-{name}");
-        let snap = p.snapshot(&vm, &label).await.unwrap();
+        let owner = format!("uid-{name}");
+        let snap = p
+            .snapshot(&vm, &mark::snapshot_label(&owner))
+            .await
+            .unwrap();
         assert_eq!(snap.is_some(), running);
         if running {
             // the guest writes while the frozen chain is exported
@@ -702,7 +724,7 @@ async fn linked_clone_disks_export_flattened_and_the_chain_is_left_as_it_was() {
             );
         }
         if let Some(snap) = &snap {
-            p.delete_snapshot(snap).await.unwrap();
+            p.delete_snapshot(snap, &owner).await.unwrap();
         }
         assert_eq!(
             dump(&world, &name, false),

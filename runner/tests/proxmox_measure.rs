@@ -107,9 +107,11 @@ async fn export_and_import_throughput() {
 
     proxmox_world::start(&guard).await;
     let running = p.inspect(&name).await.unwrap();
-    let snap = p.snapshot(&running, "vrg-measure").await.unwrap().unwrap();
+    let owner = "uid-measure";
+    let label = runner::provider::mark::snapshot_label(owner);
+    let snap = p.snapshot(&running, &label).await.unwrap().unwrap();
     let images = export(&w, &running, Some(&snap), "snapshot", dir.path()).await;
-    p.delete_snapshot(&snap).await.unwrap();
+    p.delete_snapshot(&snap, owner).await.unwrap();
     drop(guard);
 
     // the import of the first disk, as qcow2 (what a pipeline stages for Proxmox)

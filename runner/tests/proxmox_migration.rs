@@ -5,6 +5,9 @@
 //! presigned object itself), Proxmox -> Proxmox, and running linked clones on each storage as
 //! sources. Every target disk must hold the source's guest content (read from the simulator's
 //! backing files), and the source must be as before (same config, no snapshot left).
+//! Also the marks: a target VM of the migration that the status lost is found by its tag and
+//! description line and made again; a foreign VM of the target name, or a recorded import file that
+//! is not the migration's, fails the migration and is left as it was.
 //! Needs the world (`e2e/scripts/world-up.sh`); fails without it.
 
 mod libvirt_world;
@@ -21,7 +24,7 @@ use proxmox_world::{Store, VmGuard, World, holds, linked_clone, reference, uniqu
 use runner::credentials::Credentials;
 use runner::phases::Pipeline;
 use runner::provider::proxmox::config::VmConfig;
-use runner::provider::{self};
+use runner::provider::{self, mark};
 use runner::status::{Recorder, StatusWriter};
 use runner::storage;
 use serde_json::Value;
@@ -60,6 +63,16 @@ fn plan(
 
 /// Runs the pipeline with the plan's providers; returns the result and the status writes.
 async fn migrate(plan: &RunnerPlan, run: &Run) -> (runner::Result<String>, Recorder) {
+    attempt(plan, run, &VMMigrationStatus::default()).await
+}
+
+/// One attempt of `plan` from `previous` status (cleaned up after when it fails); the result and
+/// the status writes.
+async fn attempt(
+    plan: &RunnerPlan,
+    run: &Run,
+    previous: &VMMigrationStatus,
+) -> (runner::Result<String>, Recorder) {
     let source = provider::source(&plan.source, &run.creds, Guard::new(true)).unwrap();
     let target = provider::target(&plan.target, &run.creds, Guard::new(true)).unwrap();
     let stage = storage::open(&plan.storage, &run.creds, &run.options)
@@ -67,7 +80,7 @@ async fn migrate(plan: &RunnerPlan, run: &Run) -> (runner::Result<String>, Recor
         .unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let recorder = Recorder::default();
-    let status = StatusWriter::new(Box::new(recorder.clone()), &VMMigrationStatus::default());
+    let status = StatusWriter::new(Box::new(recorder.clone()), previous);
     let started = std::time::Instant::now();
     let result = Pipeline::new(plan.clone(), source, target, stage, status, scratch.path())
         .run()
@@ -363,7 +376,8 @@ async fn libvirt_vm_migrates_to_proxmox_through_s3_which_pve_downloads_itself() 
         .await
         .unwrap();
     for disk in ["vda", "vdb"] {
-        let file = format!("{}-{disk}.qcow2", plan.target_name);
+        let stem = format!("{}-{disk}", plan.target_name);
+        let file = format!("{}.qcow2", mark::tagged(&stem, &plan.migration.uid));
         assert!(
             tasks.iter().any(|t| t["type"] == "download"
                 && t["id"] == file.as_str()
@@ -492,5 +506,201 @@ async fn a_name_pve_refuses_fails_terminally_naming_it_and_leaves_no_import_file
         "the terminal failure removed the import files"
     );
     let target = provider::target(&plan.target, &run.creds, Guard::new(true)).unwrap();
-    assert!(!target.vm_exists(&plan.target_name).await.unwrap());
+    assert!(
+        target
+            .find_vms(&plan.target_name, &plan.migration.uid)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A libvirt source domain (stopped) to migrate into the simulator through NFS: its guard, the
+/// staging run and the plan.
+fn libvirt_to_proxmox<'a>(
+    lw: &'a libvirt_world::World,
+    pw: &World,
+    what: &str,
+) -> (libvirt_world::DomainGuard<'a>, Run, RunnerPlan) {
+    let name = libvirt_world::unique(what);
+    let refs = tempfile::tempdir().unwrap();
+    let guard = lw.make_source_vm(&name, false, refs.path());
+    let run = lw.staging(Backend::Nfs, pw.creds("target", lw.creds("source")));
+    let plan = plan(&name, &name, lw.plan_for(lw.uri()), pw.plan(), &run);
+    (guard, run, plan)
+}
+
+/// The VMIDs of the simulator's VMs named `name`.
+async fn vmids_named(pw: &World, name: &str) -> Vec<u32> {
+    let target = pw.provider("target");
+    runner::provider::Target::find_vms(&target, name, "")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.handle.id().parse().unwrap())
+        .collect()
+}
+
+/// A guard that destroys VM `id` named `name` of the simulator.
+async fn guard_of(pw: &World, id: &str, name: &str) -> VmGuard {
+    VmGuard {
+        client: pw.client().await,
+        node: pw.node().into(),
+        vmid: id.parse().unwrap(),
+        name: name.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_vm_whose_status_was_lost_is_found_by_its_mark_and_made_again() {
+    let (lw, pw) = (libvirt_world::World::load(), World::load());
+    let (_source, run, plan) = libvirt_to_proxmox(&lw, &pw, "l2p-lost");
+
+    // the first run made the VM; its status never reached the cluster
+    let (first, _) = migrate(&plan, &run).await;
+    let first = first.expect("first run");
+    let _first = guard_of(&pw, &first, &plan.target_name).await;
+    // tell the first VM apart (PVE hands a freed VMID out again): a line under the mark
+    let client = pw.client().await;
+    let marked = format!(
+        "{}made by the first run\n",
+        runner::provider::proxmox::config::mark_description(&plan.migration.uid)
+    );
+    let _: Value = client
+        .call(
+            reqwest::Method::PUT,
+            &["nodes", pw.node(), "qemu", &first, "config"],
+            &[("description", marked)],
+        )
+        .await
+        .unwrap();
+
+    let (second, rec) = migrate(&plan, &run).await;
+    let second = assert_ready(&second, &rec);
+    let _second = guard_of(&pw, &second, &plan.target_name).await;
+    assert_eq!(
+        vmids_named(&pw, &plan.target_name).await,
+        [second.parse::<u32>().unwrap()],
+        "exactly one VM of the name"
+    );
+    let config = proxmox_world::config(&client, pw.node(), second.parse().unwrap()).await;
+    assert!(config.has_mark(&plan.migration.uid), "{config:?}");
+    assert!(
+        !config
+            .get("description")
+            .unwrap_or_default()
+            .contains("first run"),
+        "the first run's VM was destroyed and this one made again: {config:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_vm_with_the_target_name_fails_the_migration_and_is_left_as_it_was() {
+    let (lw, pw) = (libvirt_world::World::load(), World::load());
+    let (_source, run, plan) = libvirt_to_proxmox(&lw, &pw, "l2p-foreign");
+    let client = pw.client().await;
+
+    // no mark at all, then the mark of another migration
+    let description = runner::provider::proxmox::config::mark_description("uid-someone-else");
+    for mark in [None, Some(description)] {
+        let vmid = proxmox_world::free_vmid(&pw);
+        let mut params = vec![
+            ("vmid", vmid.to_string()),
+            ("name", plan.target_name.clone()),
+        ];
+        if let Some(d) = mark {
+            params.push(("tags", "virtrigaud".into()));
+            params.push(("description", d));
+        }
+        client
+            .run_task(
+                reqwest::Method::POST,
+                &["nodes", pw.node(), "qemu"],
+                &params,
+                std::time::Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        let _theirs = guard_of(&pw, &vmid.to_string(), &plan.target_name).await;
+        let before = proxmox_world::config_entries(&client, pw.node(), vmid).await;
+
+        let (result, rec) = migrate(&plan, &run).await;
+        let e = result.expect_err("the name is taken");
+        assert_eq!(e.reason(), "NotOwned", "{e}");
+        let text = e.to_string();
+        for part in [
+            plan.target_name.as_str(),
+            &format!("(id {vmid})"),
+            "does not carry the mark of migration",
+        ] {
+            assert!(text.contains(part), "{part:?} not in {text}");
+        }
+        assert_eq!(rec.last().phase, Some(Phase::Failed));
+        let after = proxmox_world::config_entries(&client, pw.node(), vmid).await;
+        assert_eq!(after, before, "untouched");
+        assert_eq!(vmids_named(&pw, &plan.target_name).await, [vmid]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recorded_import_file_that_is_not_ours_is_refused_for_reuse_and_kept() {
+    let (lw, pw) = (libvirt_world::World::load(), World::load());
+    let (_source, run, plan) = libvirt_to_proxmox(&lw, &pw, "l2p-file");
+    let client = pw.client().await;
+    // someone else's import file, uploaded as PVE takes them
+    let prefix = format!("{}-theirs", plan.migration.name);
+    let _files = proxmox_world::ImportFilesGuard {
+        client: client.clone(),
+        node: pw.node().into(),
+        prefix: prefix.clone(),
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("theirs.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&file)
+        .arg("64M")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let bytes = std::fs::read(&file).unwrap();
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let filename = format!("{prefix}-vda.qcow2");
+    runner::provider::proxmox::transfer::upload(
+        &client,
+        pw.node(),
+        "local",
+        &filename,
+        &file,
+        &sha256,
+        &runner::progress::Progress::default(),
+    )
+    .await
+    .unwrap();
+    let volid = format!("local:import/{filename}");
+    let status = VMMigrationStatus {
+        disks: vec![crd::DiskStatus {
+            name: "vda".into(),
+            target_format: Some(crd::DiskFormat::Qcow2),
+            target_disk: Some(crd::TargetDiskHandle::Proxmox {
+                node: pw.node().into(),
+                volid: volid.clone(),
+                size: bytes.len() as u64,
+            }),
+            ..crd::DiskStatus::default()
+        }],
+        ..VMMigrationStatus::default()
+    };
+
+    let (result, rec) = attempt(&plan, &run, &status).await;
+    let e = result.expect_err("the recorded import file is not reused");
+    assert_eq!(e.reason(), "NotOwned", "{e}");
+    assert!(e.to_string().contains(&volid), "{e}");
+    let files = proxmox_world::import_files(&client, pw.node(), "local", &prefix).await;
+    assert_eq!(files, std::slice::from_ref(&volid), "kept");
+    assert!(vmids_named(&pw, &plan.target_name).await.is_empty());
+    assert!(rec.last().disks.iter().all(|d| d.target_disk.is_none()));
+    clean_up(&plan, &run, &status).await;
+    let files = proxmox_world::import_files(&client, pw.node(), "local", &prefix).await;
+    assert_eq!(files, [volid], "kept by cleanup too");
 }

@@ -19,7 +19,7 @@ use runner::credentials::Credentials;
 use runner::progress::Progress;
 use runner::provider::proxmox::ProxmoxProvider;
 use runner::provider::{
-    Firmware, ImportInput, LocalImage, NewDisk, NewVm, OsFamily, Source, Target, VmShape,
+    Firmware, ImportInput, LocalImage, NewDisk, NewVm, OsFamily, Source, Target, VmShape, mark,
 };
 use serde_json::Value;
 
@@ -165,7 +165,8 @@ async fn snapshot_export_and_release(w: &World, vm: &TestVm, overwrite: &[(&str,
     let p = w.provider("source");
     let shape = p.inspect(vm.name()).await.unwrap();
     assert!(shape.running);
-    let label = format!("vrg-{}", vm.vmid());
+    let owner = format!("uid-{}", vm.vmid());
+    let label = mark::snapshot_label(&owner);
     let snap = p
         .snapshot(&shape, &label)
         .await
@@ -198,13 +199,21 @@ async fn snapshot_export_and_release(w: &World, vm: &TestVm, overwrite: &[(&str,
     let images = export_all(&p, &shape, Some(&snap), dir.path()).await;
     assert_content(&images, &vm.disks, dir.path());
 
-    p.delete_snapshot(&snap).await.unwrap();
+    // only the migration whose name the snapshot carries removes it
+    let e = p.delete_snapshot(&snap, "uid-another").await.unwrap_err();
+    assert_eq!(e.reason(), "NotOwned", "{e}");
+    assert_eq!(
+        proxmox_world::snapshots(client, w.node(), vm.vmid()).await,
+        vec![label.clone()],
+        "kept"
+    );
+    p.delete_snapshot(&snap, &owner).await.unwrap();
     assert!(
         proxmox_world::snapshots(client, w.node(), vm.vmid())
             .await
             .is_empty()
     );
-    p.delete_snapshot(&snap)
+    p.delete_snapshot(&snap, &owner)
         .await
         .expect("an absent snapshot is fine");
 }
@@ -434,6 +443,17 @@ fn new_vm(name: &str, storage: Option<&str>) -> NewVm {
     }
 }
 
+/// The volume ID of the import file of `vm`'s one disk: named with the migration's tag.
+fn import_file(vm: &NewVm) -> String {
+    let stem = format!("{}-scsi0", vm.name);
+    format!("local:import/{}.qcow2", mark::tagged(&stem, &vm.owner))
+}
+
+/// Whether a VM of that name exists.
+async fn exists(p: &ProxmoxProvider, name: &str) -> bool {
+    !p.find_vms(name, "").await.unwrap().is_empty()
+}
+
 /// A qcow2 image of `mib` MiB with a pattern in its first MiB.
 fn qcow2_image(dir: &Path, mib: u64) -> LocalImage {
     let path = dir.join("disk.qcow2");
@@ -482,7 +502,7 @@ async fn import_session_survives_a_taken_vmid_and_deletes_only_its_own() {
     let len = std::fs::metadata(&image.path).unwrap().len();
     assert_eq!(
         (volid.as_str(), *size),
-        (format!("local:import/{name}-scsi0.qcow2").as_str(), len),
+        (import_file(&vm).as_str(), len),
         "the handle records the file's length"
     );
     assert_eq!(progress.done(), len, "upload progress");
@@ -566,24 +586,27 @@ async fn import_session_survives_a_taken_vmid_and_deletes_only_its_own() {
         };
         let e = p.delete_vm(&theirs, &vm.owner).await.unwrap_err();
         assert_eq!(e.reason(), "NotOwned", "{e}");
-        assert!(p.vm_exists(&squatter.name).await.unwrap());
+        assert!(exists(&p, &squatter.name).await);
     }
     let e = p.delete_vm(&created, "uid-someone-else").await.unwrap_err();
     assert_eq!(e.reason(), "NotOwned", "{e}");
     p.delete_vm(&created, &vm.owner).await.unwrap();
-    assert!(!p.vm_exists(&name).await.unwrap());
+    assert!(!exists(&p, &name).await);
     p.delete_vm(&created, &vm.owner)
         .await
         .expect("absent is fine");
-    p.delete_disk(&handle)
+    p.delete_disk(&handle, &vm.owner)
         .await
         .expect("an absent import file is fine");
     let e = p
-        .delete_disk(&TargetDiskHandle::Proxmox {
-            node: w.node().into(),
-            volid: "local:100/vm-100-disk-0.qcow2".into(),
-            size: 0,
-        })
+        .delete_disk(
+            &TargetDiskHandle::Proxmox {
+                node: w.node().into(),
+                volid: "local:100/vm-100-disk-0.qcow2".into(),
+                size: 0,
+            },
+            &vm.owner,
+        )
         .await
         .unwrap_err();
     assert_eq!(
@@ -747,9 +770,9 @@ async fn import_files_of_an_earlier_attempt_are_reused_and_a_failed_creation_lea
         .await
         .unwrap();
     first.abort().await.unwrap();
-    assert!(!p.vm_exists(&name).await.unwrap(), "abort makes no VM");
+    assert!(!exists(&p, &name).await, "abort makes no VM");
     let files = proxmox_world::import_files(&client, w.node(), "local", &name).await;
-    assert_eq!(files, [format!("local:import/{name}-scsi0.qcow2")]);
+    assert_eq!(files, [import_file(&vm)]);
 
     // attempt 2 uses it as it is
     let second = p.import(&vm, std::slice::from_ref(&handle)).await.unwrap();
@@ -795,14 +818,11 @@ async fn import_files_of_an_earlier_attempt_are_reused_and_a_failed_creation_lea
         .await
         .unwrap()
         .unwrap();
-    p.delete_disk(&handle).await.unwrap();
+    p.delete_disk(&handle, &vm.owner).await.unwrap();
     let e = third.finish().await.unwrap_err();
     assert!(!e.is_retryable(), "{e}");
     assert!(e.to_string().contains("qmcreate"), "{e}");
-    assert!(
-        !p.vm_exists(&name).await.unwrap(),
-        "no half-made VM is left"
-    );
+    assert!(!exists(&p, &name).await, "no half-made VM is left");
 }
 
 #[tokio::test(flavor = "multi_thread")]

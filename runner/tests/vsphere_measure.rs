@@ -67,7 +67,9 @@ async fn vsphere_transfer_throughput() {
     let shape = source.inspect(&vm.name).await.unwrap();
     let out = tempfile::tempdir().unwrap();
     // as the pipeline does: the disk the file interface refuses needs a snapshot for its NFC lease
-    let snapshot = source.snapshot(&shape, "vrg-measure").await.unwrap();
+    let owner = "uid-measure";
+    let label = runner::provider::mark::snapshot_label(owner);
+    let snapshot = source.snapshot(&shape, &label).await.unwrap();
     assert!(
         snapshot.is_some(),
         "a stopped VM with an NFC-only disk gets a snapshot"
@@ -95,7 +97,7 @@ async fn vsphere_transfer_throughput() {
     }
     export.finish().await.unwrap();
     source
-        .delete_snapshot(snapshot.as_ref().unwrap())
+        .delete_snapshot(snapshot.as_ref().unwrap(), owner)
         .await
         .unwrap();
 

@@ -4,7 +4,9 @@
 //! one the file interface refuses so that it takes the NFC lease); libvirt targets must hold that
 //! content; a vSphere target must be shaped like the source and have been sent the staged bytes
 //! (the runner checks the lease manifest's SHA-1 of each upload against the bytes it sent).
-//! Needs `make e2e-up`.
+//! Also the marks: a target VM of the migration that the status lost is found by its extraConfig
+//! mark and made again; a foreign VM of the target name fails the migration untouched; a recorded
+//! source snapshot that is not the migration's is kept. Needs `make e2e-up`.
 
 mod libvirt_world;
 mod vsphere_world;
@@ -78,6 +80,15 @@ fn plan(name: &str, source: ProviderPlan, target: ProviderPlan, run: &Run) -> Ru
 
 /// Runs the pipeline with the plan's providers; returns the result and the status writes.
 async fn migrate(plan: &RunnerPlan, run: &Run) -> (runner::Result<String>, Recorder) {
+    attempt(plan, run, &VMMigrationStatus::default()).await
+}
+
+/// One attempt of `plan` from `previous` status; the result and the status writes.
+async fn attempt(
+    plan: &RunnerPlan,
+    run: &Run,
+    previous: &VMMigrationStatus,
+) -> (runner::Result<String>, Recorder) {
     let source = provider::source(&plan.source, &run.creds, Guard::new(true)).unwrap();
     let target = provider::target(&plan.target, &run.creds, Guard::new(true)).unwrap();
     let stage = storage::open(&plan.storage, &run.creds, &run.options)
@@ -85,7 +96,7 @@ async fn migrate(plan: &RunnerPlan, run: &Run) -> (runner::Result<String>, Recor
         .unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let recorder = Recorder::default();
-    let status = StatusWriter::new(Box::new(recorder.clone()), &VMMigrationStatus::default());
+    let status = StatusWriter::new(Box::new(recorder.clone()), previous);
     let result = Pipeline::new(plan.clone(), source, target, stage, status, scratch.path())
         .run()
         .await;
@@ -345,4 +356,140 @@ async fn a_stopped_vm_whose_disk_needs_nfc_is_snapshotted_for_the_lease() {
     let snap = condition(&last, "Snapshotted");
     assert_eq!(snap.reason.as_deref(), Some("Snapshotted"), "{snap:?}");
     assert_eq!(last.snapshot, None, "removed once the disks were staged");
+}
+
+/// A VM's moref from its id.
+fn vm_moref(id: &str) -> runner::provider::vsphere::MoRef {
+    runner::provider::vsphere::MoRef::new("VirtualMachine", id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_vm_whose_status_was_lost_is_found_by_its_mark_and_made_again() {
+    let (vw, lw) = (vsphere_world::World::load(), libvirt_world::World::load());
+    let client = vw.client().await;
+    let name = libvirt_world::unique("l2v-lost");
+    let refs = tempfile::tempdir().unwrap();
+    let _source = lw.make_source_vm(&name, false, refs.path());
+    let run = lw.staging(
+        Backend::Nfs,
+        vsphere_creds(&vw, "target", lw.creds("source")),
+    );
+    let plan = plan(&name, lw.plan_for(lw.uri()), vsphere_plan(&vw), &run);
+
+    // the first run made the VM; its status never reached the cluster
+    let (first, _) = migrate(&plan, &run).await;
+    let first = first.expect("first run");
+    let _first = vsphere_world::VmGuard {
+        client: client.clone(),
+        vm: vm_moref(&first),
+    };
+    let (second, rec) = migrate(&plan, &run).await;
+    let second = second.unwrap_or_else(|e| panic!("second run: {e}; {:?}", rec.last()));
+    let _second = vsphere_world::VmGuard {
+        client: client.clone(),
+        vm: vm_moref(&second),
+    };
+    assert_eq!(rec.last().phase, Some(Phase::Ready));
+    assert_ne!(
+        second, first,
+        "the unrecorded VM was destroyed and made again"
+    );
+    let found = client.find_vms(&plan.target_name).await.unwrap();
+    assert_eq!(found, [vm_moref(&second)], "exactly one VM of the name");
+    let info = client.vm_info(&vm_moref(&second)).await.unwrap();
+    assert!(
+        info.extra_config
+            .contains(&(OWNER_KEY.to_string(), plan.migration.uid.clone())),
+        "{:?}",
+        info.extra_config
+    );
+    assert!(matches!(
+        client.vm_info(&vm_moref(&first)).await,
+        Err(runner::Error::NotFound { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_vm_with_the_target_name_fails_the_migration_and_is_left_as_it_was() {
+    let (vw, lw) = (vsphere_world::World::load(), libvirt_world::World::load());
+    let client = vw.client().await;
+    let name = libvirt_world::unique("l2v-foreign");
+    let refs = tempfile::tempdir().unwrap();
+    let _source = lw.make_source_vm(&name, false, refs.path());
+    let run = lw.staging(
+        Backend::Nfs,
+        vsphere_creds(&vw, "target", lw.creds("source")),
+    );
+    let plan = plan(&name, lw.plan_for(lw.uri()), vsphere_plan(&vw), &run);
+
+    // no mark at all, then the mark of another migration
+    for mark in [None, Some("uid-someone-else")] {
+        let mut spec = runner::provider::vsphere::ConfigSpec::new();
+        if let Some(uid) = mark {
+            spec.extra_config(OWNER_KEY, uid);
+        }
+        let theirs = vsphere_world::create_vm(&client, &plan.target_name, spec).await;
+        let before = client.vm_info(&theirs.vm).await.unwrap();
+
+        let (result, rec) = migrate(&plan, &run).await;
+        let e = result.expect_err("the name is taken");
+        assert_eq!(e.reason(), "NotOwned", "{e}");
+        let text = e.to_string();
+        for part in [
+            plan.target_name.as_str(),
+            theirs.vm.value.as_str(),
+            "does not carry the mark of migration",
+        ] {
+            assert!(text.contains(part), "{part:?} not in {text}");
+        }
+        assert_eq!(rec.last().phase, Some(Phase::Failed));
+        assert_eq!(
+            client.vm_info(&theirs.vm).await.unwrap(),
+            before,
+            "untouched"
+        );
+        assert_eq!(
+            client.find_vms(&plan.target_name).await.unwrap(),
+            std::slice::from_ref(&theirs.vm)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recorded_snapshot_that_is_not_ours_is_kept_by_cleanup() {
+    let (vw, lw) = (vsphere_world::World::load(), libvirt_world::World::load());
+    let client = vw.client().await;
+    let name = unique("v-snap");
+    let src = source_vm(&client, &name, &[DiskKind::Flat], MIB, false).await;
+    let nightly = client
+        .create_snapshot(&src.vm.vm, "nightly", "the owner's own", false, false)
+        .await
+        .unwrap();
+    let creds = vsphere_creds(&vw, "source", lw.creds("target"));
+    let run = lw.staging(Backend::Nfs, creds);
+    let plan = plan(&name, vsphere_plan(&vw), lw.plan_for(lw.uri()), &run);
+    let source = provider::source(&plan.source, &run.creds, Guard::new(true)).unwrap();
+    let target = provider::target(&plan.target, &run.creds, Guard::new(true)).unwrap();
+    let stage = storage::open(&plan.storage, &run.creds, &run.options)
+        .await
+        .unwrap();
+
+    // named as the owner named it, or claiming the migration's snapshot name
+    let ours = runner::provider::mark::snapshot_label(&plan.migration.uid);
+    for recorded in ["nightly".to_string(), ours] {
+        let status = VMMigrationStatus {
+            snapshot: Some(crd::SnapshotHandle::Vsphere {
+                vm: src.vm.vm.value.clone(),
+                snapshot: nightly.value.clone(),
+                name: recorded,
+            }),
+            ..VMMigrationStatus::default()
+        };
+        runner::phases::cleanup(&plan, &status, &*source, &*target, &*stage)
+            .await
+            .expect("what is not ours is kept, not an error");
+        let info = client.vm_info(&src.vm.vm).await.unwrap();
+        let names: Vec<&str> = info.snapshots.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["nightly"], "kept");
+    }
 }

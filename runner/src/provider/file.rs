@@ -6,6 +6,8 @@
 //!
 //! No [`crd::ProviderType`] names it: tests inject it into the pipeline directly. Its handles are
 //! libvirt-shaped (snapshot and VM by descriptor id, disks by file path), whatever `kind` it plays.
+//! Its marks ([`super::mark`]): a target VM's `owner` in its descriptor, imported disk files named
+//! `<disk>-<tag>.<format>`, snapshots named after the migration; VMs are deleted by descriptor id.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +18,8 @@ use crd::{DiskFormat, ProviderType, SnapshotHandle, TargetDiskHandle, TargetVmHa
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ExportSession, Firmware, ImportInput, ImportSession, LocalImage, NewVm, OsFamily, Source,
-    SourceDisk, Target, VmShape,
+    ExportSession, Firmware, FoundVm, ImportInput, ImportSession, LocalImage, NewVm, OsFamily,
+    Source, SourceDisk, Target, VmShape, mark,
 };
 use crate::progress::Progress;
 use crate::stream::CHUNK;
@@ -277,11 +279,12 @@ impl Source for FileProvider {
         }))
     }
 
-    async fn delete_snapshot(&self, snapshot: &SnapshotHandle) -> Result<()> {
+    async fn delete_snapshot(&self, snapshot: &SnapshotHandle, owner: &str) -> Result<()> {
         self.enter("delete_snapshot")?;
         let SnapshotHandle::Libvirt { domain_uuid, name } = snapshot else {
             return Err(Error::Invalid(format!("not a file snapshot: {snapshot}")));
         };
+        mark::ensure_snapshot_ours(snapshot, owner)?;
         let vm = match self.vm_name_of(domain_uuid) {
             Ok(vm) => vm,
             Err(Error::NotFound { .. }) => return Ok(()),
@@ -299,7 +302,15 @@ impl Source for FileProvider {
 
     async fn delete(&self, vm: &VmShape) -> Result<()> {
         self.enter("delete_vm")?;
-        self.remove_vm_dir(&vm.name)
+        match self.vm_name_of(&vm.id) {
+            Ok(name) if name == vm.name => self.remove_vm_dir(&name),
+            Ok(name) => Err(Error::Invalid(format!(
+                "VM {} is now named {name}, not the migrated {}: it is not deleted",
+                vm.id, vm.name
+            ))),
+            Err(Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -364,9 +375,19 @@ impl Target for FileProvider {
         true
     }
 
-    async fn vm_exists(&self, name: &str) -> Result<bool> {
-        self.enter("vm_exists")?;
-        Ok(self.vm_dir(name).join(DESCRIPTOR).exists())
+    async fn find_vms(&self, name: &str, owner: &str) -> Result<Vec<FoundVm>> {
+        self.enter("find_vms")?;
+        if !self.vm_dir(name).join(DESCRIPTOR).exists() {
+            return Ok(Vec::new());
+        }
+        let file = self.read_vm(name)?;
+        Ok(vec![FoundVm {
+            ours: file.owner.as_deref() == Some(owner),
+            handle: TargetVmHandle::Libvirt {
+                uuid: file.id,
+                name: name.to_string(),
+            },
+        }])
     }
 
     async fn import(
@@ -378,10 +399,12 @@ impl Target for FileProvider {
         let files = imported
             .iter()
             .map(|h| match h {
-                Some(TargetDiskHandle::Libvirt { path }) => Some(PathBuf::from(path)),
-                _ => None,
+                Some(TargetDiskHandle::Libvirt { path }) => {
+                    ensure_disk_ours(path, &vm.owner).map(|()| Some(PathBuf::from(path)))
+                }
+                _ => Ok(None),
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(Box::new(FileImport {
             provider: self.clone(),
             vm: vm.clone(),
@@ -428,22 +451,28 @@ impl Target for FileProvider {
 
     async fn delete_vm(&self, handle: &TargetVmHandle, owner: &str) -> Result<()> {
         self.enter("delete_vm")?;
-        let name = handle.name();
-        match self.read_vm(name) {
-            Ok(file) if file.owner.as_deref() != Some(owner) => Err(Error::NotOurs(format!(
-                "VM {name} lacks the mark of migration {owner}: it is not deleted"
-            ))),
-            Ok(_) => self.remove_vm_dir(name),
-            Err(Error::NotFound { .. }) => self.remove_vm_dir(name),
-            Err(e) => Err(e),
+        let (id, name) = (handle.id(), handle.name());
+        let dir = match self.vm_name_of(&id) {
+            Ok(dir) => dir,
+            Err(Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let file = self.read_vm(&dir)?;
+        if dir != name || file.owner.as_deref() != Some(owner) {
+            return Err(Error::NotOurs(format!(
+                "VM {dir} ({id}) is not named {name} or lacks the mark of migration {owner}: it is \
+                 not deleted"
+            )));
         }
+        self.remove_vm_dir(&dir)
     }
 
-    async fn delete_disk(&self, handle: &TargetDiskHandle) -> Result<()> {
+    async fn delete_disk(&self, handle: &TargetDiskHandle, owner: &str) -> Result<()> {
         self.enter("delete_disk")?;
         let TargetDiskHandle::Libvirt { path } = handle else {
             return Err(Error::Invalid(format!("not a file disk: {handle}")));
         };
+        ensure_disk_ours(path, owner)?;
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(Error::io(format!("removing {path}"), e))
@@ -451,6 +480,16 @@ impl Target for FileProvider {
             _ => Ok(()),
         }
     }
+}
+
+/// Refuses a disk file whose name does not carry `owner`'s tag.
+fn ensure_disk_ours(path: &str, owner: &str) -> Result<()> {
+    if !mark::carries_tag(mark::file_name(path), owner) {
+        return Err(Error::NotOurs(format!(
+            "disk {path} does not carry the tag of migration {owner} in its name"
+        )));
+    }
+    Ok(())
 }
 
 /// Copies each verified image into the new VM's directory; `finish` writes its descriptor.
@@ -477,7 +516,7 @@ impl ImportSession for FileImport {
         let dir = self.provider.vm_dir(&self.vm.name);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let name = &self.vm.disks[index].name;
+        let name = mark::tagged(&self.vm.disks[index].name, &self.vm.owner);
         let dest = dir.join(format!("{name}.{}", image.format));
         copy_counted(&image.path, &dest, progress).await?;
         self.files[index] = Some(dest.clone());

@@ -11,8 +11,10 @@
 //!   exactly as before. A stopped domain needs no snapshot.
 //! - target ([`target`]): volumes are created in the pool named by `targetStorageHint` (else the
 //!   Provider's `defaults.datastore`, else `default`) and filled through upload streams (sparse for raw
-//!   images); the domain is defined from the source's shape, marked with the migration's UID in its
-//!   `<metadata>`, and started only if the source was running.
+//!   images), each named `<vm>-<disk>-<tag>.<format>` with the migration's UID tag
+//!   ([`super::mark`]); the domain is defined from the source's shape, marked with the migration's
+//!   UID in its `<metadata>`, and started only if the source was running. A domain is deleted by
+//!   UUID, and only its volumes that carry the tag go with it.
 //!
 //! Sessions hold nothing on the host: an export reads volumes, an import's volumes are recorded as
 //! they are made, and the domain is defined when the import finishes.
@@ -40,8 +42,8 @@ use virt::sys;
 use self::connection::{Connection, Endpoint};
 use self::xml::{DiskInfo, DiskSource, DomainInfo, PoolInfo};
 use super::{
-    ExportSession, ImportInput, ImportSession, LocalImage, NewVm, Source, SourceDisk, Target,
-    VmShape,
+    ExportSession, FoundVm, ImportInput, ImportSession, LocalImage, NewVm, Source, SourceDisk,
+    Target, VmShape, mark,
 };
 use crate::credentials::Credentials;
 use crate::endpoint::Guard;
@@ -211,10 +213,11 @@ impl Source for LibvirtProvider {
         }))
     }
 
-    async fn delete_snapshot(&self, snapshot: &SnapshotHandle) -> Result<()> {
+    async fn delete_snapshot(&self, snapshot: &SnapshotHandle, owner: &str) -> Result<()> {
         let SnapshotHandle::Libvirt { domain_uuid, name } = snapshot.clone() else {
             return Err(foreign(snapshot.provider(), "snapshot"));
         };
+        mark::ensure_snapshot_ours(snapshot, owner)?;
         self.run(move |h| h.delete_snapshot(&domain_uuid, &name))
             .await
     }
@@ -265,14 +268,9 @@ impl Target for LibvirtProvider {
         self.connect_and_log().await
     }
 
-    async fn vm_exists(&self, name: &str) -> Result<bool> {
-        let name = name.to_string();
-        self.run(move |h| match Domain::lookup_by_name(h.conn, &name) {
-            Ok(_) => Ok(true),
-            Err(e) if e.code() == ErrorNumber::NoDomain => Ok(false),
-            Err(e) => Err(h.err(format_args!("looking up domain {name:?}"), e)),
-        })
-        .await
+    async fn find_vms(&self, name: &str, owner: &str) -> Result<Vec<FoundVm>> {
+        let (name, owner) = (name.to_string(), owner.to_string());
+        self.run(move |h| h.find_target(&name, &owner)).await
     }
 
     async fn preflight(&self, vm: &NewVm) -> Result<()> {
@@ -292,7 +290,9 @@ impl Target for LibvirtProvider {
             .iter()
             .map(|h| match h {
                 None => Ok(None),
-                Some(TargetDiskHandle::Libvirt { path }) => Ok(Some(path.clone())),
+                Some(TargetDiskHandle::Libvirt { path }) => {
+                    ensure_volume_ours(path, &vm.owner).map(|()| Some(path.clone()))
+                }
                 Some(other) => Err(foreign(other.provider(), "disk")),
             })
             .collect::<Result<Vec<_>>>()?;
@@ -330,10 +330,11 @@ impl Target for LibvirtProvider {
             .await
     }
 
-    async fn delete_disk(&self, handle: &TargetDiskHandle) -> Result<()> {
+    async fn delete_disk(&self, handle: &TargetDiskHandle, owner: &str) -> Result<()> {
         let TargetDiskHandle::Libvirt { path } = handle.clone() else {
             return Err(foreign(handle.provider(), "disk"));
         };
+        ensure_volume_ours(&path, owner)?;
         self.run(move |h| h.delete_volume_at(&path).map(|_| ()))
             .await
     }
@@ -366,13 +367,14 @@ impl ImportSession for Import {
             .disks
             .get(index)
             .ok_or_else(|| Error::Invalid(format!("the VM has no disk {index} to import")))?;
+        let stem = format!("{}-{}", file_safe(&self.vm.name), file_safe(&disk.name));
         let job = target::ImportJob {
             volume: format!(
-                "{}-{}.{}",
-                file_safe(&self.vm.name),
-                file_safe(&disk.name),
+                "{}.{}",
+                mark::tagged(&stem, &self.vm.owner),
                 image.format.as_str()
             ),
+            owner: self.vm.owner.clone(),
             pool: self.pool.clone(),
             image: image.clone(),
             disk_name: disk.name.clone(),
@@ -419,6 +421,16 @@ fn disk_paths(disks: &[Option<TargetDiskHandle>]) -> Result<Vec<String>> {
             None => Err(Error::Invalid(format!("disk {i} has no libvirt volume"))),
         })
         .collect()
+}
+
+/// Refuses a volume whose name (the last part of its path) does not carry `owner`'s tag.
+fn ensure_volume_ours(path: &str, owner: &str) -> Result<()> {
+    if !mark::carries_tag(mark::file_name(path), owner) {
+        return Err(Error::NotOurs(format!(
+            "volume {path} does not carry the tag of migration {owner} in its name"
+        )));
+    }
+    Ok(())
 }
 
 /// A handle of another provider type reached this one: the status was written for another target.
@@ -582,20 +594,11 @@ impl Host<'_> {
         Ok((stream, false))
     }
 
-    /// Stops and undefines `dom` (named `name`) and deletes its data disks' volumes.
-    fn delete_domain(&self, dom: &Domain, name: &str) -> Result<()> {
+    /// Stops and undefines `dom` (named `name`) and deletes its data disks' volumes: all of them
+    /// (a source, `owner` None) or only those that carry `owner`'s tag (a target).
+    fn delete_domain(&self, dom: &Domain, name: &str, owner: Option<&str>) -> Result<()> {
         let info = self.domain_info(dom)?;
-        let paths: Vec<String> = info
-            .data_disks()
-            .into_iter()
-            .filter_map(|d| match self.disk_path(d) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    tracing::warn!("disk {} of {name:?} is kept: {e}", d.target);
-                    None
-                }
-            })
-            .collect();
+        let paths = self.disposable_disks(&info, name, owner);
         if dom
             .is_active()
             .map_err(|e| self.err("reading the domain state", e))?
@@ -617,6 +620,22 @@ impl Host<'_> {
         }
         tracing::info!("deleted domain {name:?} and {} disk(s)", paths.len());
         Ok(())
+    }
+
+    /// The volume paths of the data disks that go with a domain: every one (`owner` None), or
+    /// those that carry `owner`'s tag. The others are kept, with a warning.
+    fn disposable_disks(&self, info: &DomainInfo, name: &str, owner: Option<&str>) -> Vec<String> {
+        info.data_disks()
+            .into_iter()
+            .filter_map(|d| {
+                let path = self.disk_path(d).and_then(|p| match owner {
+                    Some(o) => ensure_volume_ours(&p, o).map(|()| p),
+                    None => Ok(p),
+                });
+                path.map_err(|e| tracing::warn!("disk {} of {name:?} is kept: {e}", d.target))
+                    .ok()
+            })
+            .collect()
     }
 
     /// Deletes the volume at `path`. `false` when there is none.

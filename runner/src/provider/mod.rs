@@ -7,7 +7,9 @@
 //! `ImportVApp` creates up front, Proxmox import files attached at creation) and end in `finish` or
 //! `abort`. What they leave on a hypervisor is named by a typed handle ([`crd::handles`]) that the
 //! pipeline records in the status at once, so a later attempt resumes with it and cleanup removes
-//! exactly it. The pipeline ([`crate::phases`]) knows no hypervisor.
+//! exactly it. A handle is not proof of ownership: providers reuse or delete what it names only
+//! when it carries the migration's mark ([`mark`]), and delete by id, never by a name looked up
+//! again. The pipeline ([`crate::phases`]) knows no hypervisor.
 //!
 //! Implementations: [`libvirt`], [`vsphere`] and [`proxmox`] (both roles); a file-backed double for tests behind
 //! the `test-doubles` feature.
@@ -15,6 +17,7 @@
 #[cfg(feature = "test-doubles")]
 pub mod file;
 pub mod libvirt;
+pub mod mark;
 pub mod proxmox;
 pub mod vsphere;
 
@@ -193,6 +196,16 @@ pub struct NewVm {
     pub owner: String,
 }
 
+/// A VM the target holds under the migration's target name ([`Target::find_vms`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundVm {
+    /// The VM by its hypervisor id (and the name it was found under).
+    pub handle: TargetVmHandle,
+    /// Whether it carries the migration's mark (libvirt `<metadata>`, vSphere extraConfig,
+    /// Proxmox tag and description line; see [`mark`]).
+    pub ours: bool,
+}
+
 /// Where an import session takes a disk's bytes from.
 #[derive(Clone, Copy, Debug)]
 pub enum ImportInput<'a> {
@@ -228,9 +241,10 @@ pub trait Source: Send + Sync {
         snapshot: Option<&SnapshotHandle>,
     ) -> Result<Box<dyn ExportSession>>;
 
-    /// Removes a migration snapshot, leaving the VM exactly as before it. An absent snapshot (or VM)
-    /// is not an error.
-    async fn delete_snapshot(&self, snapshot: &SnapshotHandle) -> Result<()>;
+    /// Removes a migration snapshot, leaving the VM exactly as before it, after checking it is
+    /// `owner`'s: named [`mark::snapshot_label`] of `owner` (else [`crate::Error::NotOurs`], and
+    /// nothing is touched). An absent snapshot (or VM) is not an error.
+    async fn delete_snapshot(&self, snapshot: &SnapshotHandle, owner: &str) -> Result<()>;
 
     /// Deletes the source VM and its disks (cleanupPolicy.deleteSource, after the target was
     /// verified). Refuses when the VM found by name is no longer the inspected one (`vm.id`).
@@ -286,8 +300,9 @@ pub trait Target: Send + Sync {
         false
     }
 
-    /// Whether a VM of this name exists (target-name check).
-    async fn vm_exists(&self, name: &str) -> Result<bool>;
+    /// Every VM named `name` (target-name check), each by its id and with whether it carries the
+    /// mark of migration `owner`. Empty when the name is free.
+    async fn find_vms(&self, name: &str, owner: &str) -> Result<Vec<FoundVm>>;
 
     /// Checks, in Validating, that `vm` can be placed: the storage, networks and other names it
     /// needs exist. Errors name what is missing; the import would fail the same way much later.
@@ -296,7 +311,8 @@ pub trait Target: Send + Sync {
     }
 
     /// Opens the import of `vm`. `imported[i]` is disk `i`'s handle when an earlier attempt already
-    /// imported it (the session uses it as it is).
+    /// imported it: the session uses it as it is once it checked the disk carries the mark of
+    /// `vm.owner` ([`mark::carries_tag`]), and refuses it with [`crate::Error::NotOurs`] otherwise.
     async fn import(
         &self,
         vm: &NewVm,
@@ -312,12 +328,15 @@ pub trait Target: Send + Sync {
         disks: &[Option<TargetDiskHandle>],
     ) -> Result<Vec<Option<String>>>;
 
-    /// Deletes a VM this migration created, with its disks, after checking that the VM the handle
-    /// names is still that VM and carries the `owner` mark. An absent VM is not an error.
+    /// Deletes a VM this migration created, with its disks, by the id in the handle, after checking
+    /// that the VM of that id still has the handle's name and carries the `owner` mark (else
+    /// [`crate::Error::NotOurs`], and nothing is touched). An absent VM is not an error.
     async fn delete_vm(&self, handle: &TargetVmHandle, owner: &str) -> Result<()>;
 
-    /// Deletes a disk imported for a VM that was never created. An absent disk is not an error.
-    async fn delete_disk(&self, handle: &TargetDiskHandle) -> Result<()>;
+    /// Deletes a disk imported for a VM that was never created, after checking it carries the
+    /// `owner` mark ([`mark::carries_tag`]; else [`crate::Error::NotOurs`], and it is kept). An
+    /// absent disk is not an error.
+    async fn delete_disk(&self, handle: &TargetDiskHandle, owner: &str) -> Result<()>;
 
     /// Ends the provider's session with the hypervisor (logout), at the end of a run.
     async fn close(&self) {}

@@ -224,7 +224,8 @@ pub struct VmGuard {
 }
 
 impl VmGuard {
-    /// Destroys the VM now; absent is fine.
+    /// Destroys the VM now; absent is fine, and so is a VMID that PVE handed out again to a VM of
+    /// another name (another test's), which is left alone.
     pub async fn destroy(&self) {
         let id = self.vmid.to_string();
         let node = self.node.as_str();
@@ -232,8 +233,9 @@ impl VmGuard {
             .client
             .get(&["nodes", node, "qemu", &id, "config"], &[])
             .await;
-        if cfg.is_err() {
-            return;
+        match cfg {
+            Ok(c) if c["name"].as_str() == Some(self.name.as_str()) => {}
+            _ => return,
         }
         let _ = self
             .client

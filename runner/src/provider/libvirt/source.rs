@@ -473,7 +473,7 @@ impl Host<'_> {
                 vm.name, vm.id
             )));
         }
-        self.delete_domain(&dom, &vm.name)
+        self.delete_domain(&dom, &vm.name, None)
     }
 
     /// Commits every overlay of `snap` back into its base, pivots the disk onto the base, removes

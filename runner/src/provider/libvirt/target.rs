@@ -1,6 +1,7 @@
-//! The libvirt target: volumes filled through upload streams, the domain defined from the
-//! source's shape and marked with the migration's UID, validation, and deletion of what a migration
-//! made (checked against that mark).
+//! The libvirt target: volumes filled through upload streams (named with the migration's UID tag),
+//! the domain defined from the source's shape and marked with the migration's UID, validation,
+//! lookup of a domain by name with its mark, and deletion of what a migration made (by UUID,
+//! checked against that mark).
 
 use std::fs::File;
 use std::io::Read as _;
@@ -21,12 +22,15 @@ use super::ffi::{self, Received};
 use super::xml;
 use super::{CHUNK, Host, POLL};
 use crate::progress::{Progress, human_bytes};
-use crate::provider::{LocalImage, NewVm};
+use crate::provider::{FoundVm, LocalImage, NewVm, mark};
 use crate::{Error, Result};
 
 /// One disk to put into a pool volume.
 pub(super) struct ImportJob {
+    /// Volume name, carrying `owner`'s tag.
     pub volume: String,
+    /// UID of the migration.
+    pub owner: String,
     pub pool: String,
     pub image: LocalImage,
     pub disk_name: String,
@@ -68,16 +72,7 @@ impl Host<'_> {
                 )));
             }
         }
-        match StorageVol::lookup_by_name(&pool, &job.volume) {
-            Ok(_) => {
-                return Err(Error::Invalid(format!(
-                    "volume {:?} already exists in libvirt storage pool {:?} on {ep}",
-                    job.volume, job.pool
-                )));
-            }
-            Err(e) if e.code() == ErrorNumber::NoStorageVolume => {}
-            Err(e) => return Err(self.err(format_args!("looking up volume {:?}", job.volume), e)),
-        }
+        self.remove_leftover(&pool, job)?;
         let image = &job.image.path;
         let meta = std::fs::metadata(image)
             .map_err(|e| Error::io(format!("reading {}", image.display()), e))?;
@@ -149,6 +144,32 @@ impl Host<'_> {
             started.elapsed().as_secs_f64()
         );
         Ok(info.path)
+    }
+
+    /// Removes a volume of the job's name: its name carries this migration's tag, so it is what an
+    /// import of this migration left when it was cut off before the status recorded it. Any other
+    /// volume of that name is refused, untouched.
+    fn remove_leftover(&self, pool: &StoragePool, job: &ImportJob) -> Result<()> {
+        let vol = match StorageVol::lookup_by_name(pool, &job.volume) {
+            Ok(vol) => vol,
+            Err(e) if e.code() == ErrorNumber::NoStorageVolume => return Ok(()),
+            Err(e) => return Err(self.err(format_args!("looking up volume {:?}", job.volume), e)),
+        };
+        if !mark::carries_tag(&job.volume, &job.owner) {
+            return Err(Error::Invalid(format!(
+                "volume {:?} already exists in libvirt storage pool {:?} on {}",
+                job.volume,
+                job.pool,
+                self.ep.shown()
+            )));
+        }
+        vol.delete(0)
+            .map_err(|e| self.err(format_args!("deleting the leftover {:?}", job.volume), e))?;
+        tracing::info!(
+            "removed volume {:?}, left by an interrupted import of this migration",
+            job.volume
+        );
+        Ok(())
     }
 
     /// Rescans `pool` so that it probes the volumes' formats and sizes afresh. libvirt refuses while
@@ -486,6 +507,26 @@ impl Host<'_> {
         Ok(hex::encode(hasher.finalize()))
     }
 
+    /// The domain named `name`, if there is one, by UUID, with whether it carries `owner`'s mark.
+    pub(super) fn find_target(&self, name: &str, owner: &str) -> Result<Vec<FoundVm>> {
+        let dom = match self.domain_by_name(name) {
+            Ok(d) => d,
+            Err(Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let uuid = dom
+            .get_uuid_string()
+            .map_err(|e| self.err("reading the domain UUID", e))?;
+        let mark = self.domain_info(&dom)?.owner;
+        Ok(vec![FoundVm {
+            handle: TargetVmHandle::Libvirt {
+                uuid,
+                name: name.to_string(),
+            },
+            ours: mark.as_deref() == Some(owner),
+        }])
+    }
+
     /// Deletes domain `uuid` after checking it is the one this migration created: named `name`
     /// and marked with `owner`.
     pub(super) fn delete_target(&self, uuid: &str, name: &str, owner: &str) -> Result<()> {
@@ -507,6 +548,6 @@ impl Host<'_> {
                  {owner}: it is not deleted"
             )));
         }
-        self.delete_domain(&dom, name)
+        self.delete_domain(&dom, name, Some(owner))
     }
 }

@@ -25,14 +25,17 @@
 //! # Target
 //!
 //! Node: `defaults.cluster`, else the first online node. Storage: targetStorageHint, else
-//! `defaults.datastore`. Each disk is first put as `<vm>-<disk>.<format>` into a file storage
+//! `defaults.datastore`. Each disk is first put as `<vm>-<disk>-<tag>.<format>` (`<tag>`: the
+//! letters and digits of the migration's UID, [`crate::provider::mark`]) into a file storage
 //! with `import` content (the target storage when it has it, else the node's first), by upload
 //! (multipart, streamed) or, where staging can presign (S3), by PVE's own `download-url`; both with
 //! the SHA-256 for PVE to verify. The VMID is reserved at import start (`/cluster/nextid`; another
 //! is taken when a concurrent creator wins it). `finish` creates the VM (`import-from` each file,
 //! virtio-scsi-single, `efidisk0` for UEFI, `net<i>=virtio,bridge=...`) tagged `virtrigaud` with a
 //! `virtrigaud-migration: <uid>` line in its description, starts it when asked and removes the
-//! import files; a failed creation removes the half-made VM. Only VMs with that mark are deleted.
+//! import files; a failed creation removes the half-made VM. Only VMs with that mark are deleted
+//! (by VMID, after their config was read), and only import files with that tag reused or deleted.
+//! Snapshots of a source are named after the migration and deleted only under that name.
 //!
 //! # Errors
 //!

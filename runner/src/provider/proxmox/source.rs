@@ -107,10 +107,11 @@ impl Source for ProxmoxProvider {
         }))
     }
 
-    async fn delete_snapshot(&self, snapshot: &SnapshotHandle) -> Result<()> {
-        let SnapshotHandle::Proxmox { node, vmid, name } = snapshot else {
-            return Err(foreign(snapshot.provider(), "snapshot"));
+    async fn delete_snapshot(&self, handle: &SnapshotHandle, owner: &str) -> Result<()> {
+        let SnapshotHandle::Proxmox { node, vmid, name } = handle else {
+            return Err(foreign(handle.provider(), "snapshot"));
         };
+        crate::provider::mark::ensure_snapshot_ours(handle, owner)?;
         if self.config_if_present(node, *vmid).await?.is_none() {
             tracing::warn!("VM {vmid} is gone; nothing to remove for snapshot {name}");
             return Ok(());

@@ -2,7 +2,9 @@
 //! or fetched by PVE from a presigned URL), each file a [`TargetDiskHandle::Proxmox`]; the VMID
 //! is reserved when the import starts; `finish` creates the VM with `import-from` of the files
 //! onto the target storage, marked with the migration (tag and description line), starts it when
-//! asked and removes the files.
+//! asked and removes the files. Import files carry the migration's UID tag in their names
+//! ([`crate::provider::mark`]): only such files are reused or deleted; VMs are deleted by VMID
+//! after their config shows the mark and the name.
 
 use async_trait::async_trait;
 use crd::{DiskFormat, ProviderType, TargetDiskHandle, TargetVmHandle};
@@ -14,7 +16,7 @@ use super::config::{self, TAG, VmConfig, split_volid};
 use super::provider::{NodeStorage, ProxmoxProvider, foreign};
 use super::transfer;
 use crate::progress::Progress;
-use crate::provider::{Firmware, ImportInput, ImportSession, NewVm, Target};
+use crate::provider::{Firmware, FoundVm, ImportInput, ImportSession, NewVm, Target, mark};
 use crate::{Error, Result, stream};
 
 const MIB: u64 = 1 << 20;
@@ -37,8 +39,22 @@ impl Target for ProxmoxProvider {
         true
     }
 
-    async fn vm_exists(&self, name: &str) -> Result<bool> {
-        Ok(!self.vms_named(name).await?.is_empty())
+    async fn find_vms(&self, name: &str, owner: &str) -> Result<Vec<FoundVm>> {
+        let mut found = Vec::new();
+        for vm in self.vms_named(name).await? {
+            // one removed between the listing and this read is gone
+            if let Some(config) = self.config_if_present(&vm.node, vm.vmid).await? {
+                found.push(FoundVm {
+                    ours: ensure_ours(&config, vm.vmid, name, owner).is_ok(),
+                    handle: TargetVmHandle::Proxmox {
+                        node: vm.node,
+                        vmid: vm.vmid,
+                        name: name.to_string(),
+                    },
+                });
+            }
+        }
+        Ok(found)
     }
 
     /// The node, the storage (holding VM disks), an import storage and every NIC's bridge.
@@ -74,7 +90,7 @@ impl Target for ProxmoxProvider {
         {
             volumes.push(match handle {
                 None => None,
-                Some(h) => Some(self.reusable(h, &place.node, &disk.name).await?),
+                Some(h) => Some(self.reusable(h, &place.node, &disk.name, &vm.owner).await?),
             });
         }
         let vmid = self.next_vmid().await?;
@@ -130,15 +146,11 @@ impl Target for ProxmoxProvider {
         self.destroy(node, *vmid, name).await
     }
 
-    async fn delete_disk(&self, handle: &TargetDiskHandle) -> Result<()> {
+    async fn delete_disk(&self, handle: &TargetDiskHandle, owner: &str) -> Result<()> {
         let TargetDiskHandle::Proxmox { node, volid, .. } = handle else {
             return Err(foreign(handle.provider(), "disk"));
         };
-        if !is_import_volume(volid) {
-            return Err(Error::NotOurs(format!(
-                "{volid} is not an import file: only import files are deleted as disks"
-            )));
-        }
+        ensure_file_ours(volid, owner)?;
         if self.volume(node, volid).await?.is_none() {
             tracing::info!("import file {volid} on {node} is already gone");
             return Ok(());
@@ -200,12 +212,14 @@ impl ProxmoxProvider {
         })
     }
 
-    /// A disk handle of an earlier attempt, checked: its file still has the recorded size.
+    /// A disk handle of an earlier attempt, checked: an import file of `owner`'s that still has
+    /// the recorded size.
     async fn reusable(
         &self,
         handle: &TargetDiskHandle,
         node: &str,
         disk: &str,
+        owner: &str,
     ) -> Result<(String, u64)> {
         let TargetDiskHandle::Proxmox {
             node: on,
@@ -215,6 +229,7 @@ impl ProxmoxProvider {
         else {
             return Err(foreign(handle.provider(), "disk"));
         };
+        ensure_file_ours(volid, owner)?;
         let found = match on == node {
             true => self.volume(node, volid).await?,
             false => None,
@@ -292,7 +307,7 @@ impl ImportSession for Import {
             self.vm.disks.get(index).cloned().ok_or_else(|| {
                 Error::Invalid(format!("VM {} has no disk {index}", self.vm.name))
             })?;
-        let filename = import_name(&self.vm.name, &disk.name, disk.format);
+        let filename = import_name(&self.vm.name, &disk.name, disk.format, &self.vm.owner);
         let volid = format!("{}:import/{filename}", self.place.import_storage);
         self.remove_leftover(&volid).await?;
         let started = std::time::Instant::now();
@@ -343,7 +358,8 @@ impl Import {
         }
     }
 
-    /// A file of that name left by an interrupted attempt is removed first.
+    /// A file of that name left by an interrupted attempt (cut off before the status recorded it)
+    /// is removed first: its name carries this migration's tag.
     async fn remove_leftover(&self, volid: &str) -> Result<()> {
         if self
             .provider
@@ -351,7 +367,8 @@ impl Import {
             .await?
             .is_some()
         {
-            tracing::info!("{volid} exists (an interrupted import): removing it first");
+            ensure_file_ours(volid, &self.vm.owner)?;
+            tracing::info!("{volid} exists (an interrupted import of this migration): removing it");
             self.provider.delete_volume(&self.place.node, volid).await?;
         }
         Ok(())
@@ -531,8 +548,9 @@ fn vmid_taken(e: &Error, vmid: u32) -> bool {
     matches!(e, Error::Invalid(m) if m.contains("already exists") && m.contains(&format!("VM {vmid}")))
 }
 
-/// `<vm>-<disk>.<format>`, in the characters PVE allows in import file names.
-pub fn import_name(vm: &str, disk: &str, format: DiskFormat) -> String {
+/// `<vm>-<disk>-<tag>.<format>` (`<tag>`: [`mark::owner_tag`] of `owner`), in the characters PVE
+/// allows in import file names.
+pub fn import_name(vm: &str, disk: &str, format: DiskFormat, owner: &str) -> String {
     let safe = |s: &str| -> String {
         s.chars()
             .map(|c| {
@@ -544,7 +562,24 @@ pub fn import_name(vm: &str, disk: &str, format: DiskFormat) -> String {
             })
             .collect()
     };
-    format!("{}-{}.{}", safe(vm), safe(disk), format.as_str())
+    let stem = format!("{}-{}", safe(vm), safe(disk));
+    format!("{}.{}", mark::tagged(&stem, owner), format.as_str())
+}
+
+/// Refuses ([`Error::NotOurs`]) a volume that is not an import file carrying `owner`'s tag: VM
+/// disks and other people's files are never reused or deleted as import files.
+fn ensure_file_ours(volid: &str, owner: &str) -> Result<()> {
+    if !is_import_volume(volid) {
+        return Err(Error::NotOurs(format!(
+            "{volid} is not an import file: only import files are reused or deleted as disks"
+        )));
+    }
+    if !mark::carries_tag(mark::file_name(volid), owner) {
+        return Err(Error::NotOurs(format!(
+            "import file {volid} does not carry the tag of migration {owner} in its name"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether a volume ID names an import file (`<storage>:import/<file>`).
@@ -683,7 +718,7 @@ fn ensure_ours(c: &VmConfig, vmid: u32, name: &str, owner: &str) -> Result<()> {
     if c.name() != Some(name) || !c.has_mark(owner) {
         return Err(Error::NotOurs(format!(
             "VM {vmid} ({:?}) is not named {name:?} or lacks the tag {TAG} and the line \
-             \"{}{owner}\" in its description: it is not deleted",
+             \"{}{owner}\" in its description: it is left alone",
             c.name().unwrap_or_default(),
             config::MARK_PREFIX
         )));
@@ -765,10 +800,19 @@ mod tests {
     #[test]
     fn names_bridges_and_volumes() {
         assert_eq!(
-            import_name("web 01", "Hard disk 1", DiskFormat::Vmdk),
-            "web_01-Hard_disk_1.vmdk"
+            import_name("web 01", "Hard disk 1", DiskFormat::Vmdk, "uid-1"),
+            "web_01-Hard_disk_1-uid1.vmdk"
         );
         assert!(is_import_volume("local:import/web-01-scsi0.qcow2"));
+        assert!(ensure_file_ours("local:import/web-01-scsi0-uid1.qcow2", "uid-1").is_ok());
+        for theirs in [
+            "local:import/web-01-scsi0.qcow2",
+            "local:import/web-01-scsi0-uid2.qcow2",
+            "local:100/vm-100-disk-0-uid1.qcow2",
+        ] {
+            let e = ensure_file_ours(theirs, "uid-1").unwrap_err();
+            assert_eq!(e.reason(), "NotOwned", "{theirs}: {e}");
+        }
         assert!(!is_import_volume("local:100/vm-100-disk-0.qcow2"));
         assert!(!is_import_volume("local:import/a/b.qcow2"));
         let mut v = vm();

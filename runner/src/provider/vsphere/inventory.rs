@@ -157,6 +157,26 @@ impl Client {
         Ok(reply.moref_at("returnval"))
     }
 
+    /// Every object of `kind` named `name` below `within` (the root folder when `None`).
+    pub async fn find_all_named(
+        &self,
+        kind: &str,
+        name: &str,
+        within: Option<&MoRef>,
+    ) -> Result<Vec<MoRef>> {
+        let container = within.unwrap_or(&self.content.root_folder);
+        Ok(self
+            .list(container, kind, &["name"])
+            .await?
+            .into_iter()
+            .filter(|o| {
+                o.text("name")
+                    .is_some_and(|n| n == name || unescape_name(n) == name)
+            })
+            .map(|o| o.obj)
+            .collect())
+    }
+
     /// The one object of `kind` named `name` below `within` (the root folder when `None`).
     /// `what` names the kind in errors (`VM`, `datastore`...). Several matches are refused.
     pub async fn find_named(
@@ -167,16 +187,7 @@ impl Client {
         within: Option<&MoRef>,
     ) -> Result<MoRef> {
         let container = within.unwrap_or(&self.content.root_folder);
-        let found: Vec<MoRef> = self
-            .list(container, kind, &["name"])
-            .await?
-            .into_iter()
-            .filter(|o| {
-                o.text("name")
-                    .is_some_and(|n| n == name || unescape_name(n) == name)
-            })
-            .map(|o| o.obj)
-            .collect();
+        let found = self.find_all_named(kind, name, within).await?;
         match found.as_slice() {
             [one] => Ok(one.clone()),
             [] => Err(Error::NotFound {
@@ -198,6 +209,11 @@ impl Client {
     /// The VM named `name` anywhere in the inventory.
     pub async fn find_vm(&self, name: &str) -> Result<MoRef> {
         self.find_named("VM", "VirtualMachine", name, None).await
+    }
+
+    /// Every VM named `name` anywhere in the inventory.
+    pub async fn find_vms(&self, name: &str) -> Result<Vec<MoRef>> {
+        self.find_all_named("VirtualMachine", name, None).await
     }
 
     /// The VM at inventory path `path` (`DC0/vm/DC0_H0_VM0`).

@@ -97,10 +97,11 @@ impl Source for VsphereProvider {
         }))
     }
 
-    async fn delete_snapshot(&self, snapshot: &SnapshotHandle) -> Result<()> {
-        let SnapshotHandle::Vsphere { vm, snapshot, name } = snapshot else {
-            return Err(foreign(snapshot.provider()));
+    async fn delete_snapshot(&self, handle: &SnapshotHandle, owner: &str) -> Result<()> {
+        let SnapshotHandle::Vsphere { vm, snapshot, name } = handle else {
+            return Err(foreign(handle.provider()));
         };
+        crate::provider::mark::ensure_snapshot_ours(handle, owner)?;
         let Some(info) = self.vm_if_present(&vm_ref(vm)).await? else {
             tracing::warn!("VM {vm} is gone; nothing to remove for snapshot {name}");
             return Ok(());

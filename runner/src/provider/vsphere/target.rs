@@ -4,7 +4,8 @@
 //! network), every disk POSTed as streamOptimized VMDK to its lease URL and checked against the
 //! lease's manifest, the lease kept alive and completed, the VM powered on when the source ran. Any
 //! failure aborts the lease and destroys the half-made VM (vCenter does the latter itself; vcsim
-//! does not).
+//! does not). A VM is found by name with its mark (for the pipeline's target-name check) and
+//! deleted by managed object id, after its mark and name are read again.
 
 use std::sync::{Arc, Mutex};
 
@@ -19,7 +20,7 @@ use super::ovf;
 use super::provider::{OWNER_KEY, VsphereProvider, guest_id, vm_ref, vsphere_firmware};
 use super::{Client, Datacenter, DeviceUrl, ImportParams, MoRef, PowerState, VmInfo};
 use crate::progress::{Progress, human_bytes};
-use crate::provider::{ImportInput, ImportSession, LocalImage, NewVm, Target};
+use crate::provider::{FoundVm, ImportInput, ImportSession, LocalImage, NewVm, Target};
 use crate::{Error, Result};
 
 #[async_trait]
@@ -32,14 +33,21 @@ impl Target for VsphereProvider {
         VsphereProvider::check(self).await
     }
 
-    async fn vm_exists(&self, name: &str) -> Result<bool> {
-        match self.client().await?.find_vm(name).await {
-            Ok(_) => Ok(true),
-            Err(Error::NotFound { .. }) => Ok(false),
-            // several VMs of that name: it is taken
-            Err(Error::Invalid(_)) => Ok(true),
-            Err(e) => Err(e),
+    async fn find_vms(&self, name: &str, owner: &str) -> Result<Vec<FoundVm>> {
+        let mut found = Vec::new();
+        for moref in self.client().await?.find_vms(name).await? {
+            // one removed between the listing and this read is gone
+            if let Some(info) = self.vm_if_present(&moref).await? {
+                found.push(FoundVm {
+                    ours: ensure_ours(&info, name, owner).is_ok(),
+                    handle: TargetVmHandle::Vsphere {
+                        vm: moref.value,
+                        name: name.to_string(),
+                    },
+                });
+            }
         }
+        Ok(found)
     }
 
     async fn preflight(&self, vm: &NewVm) -> Result<()> {
@@ -147,7 +155,7 @@ impl Target for VsphereProvider {
         }
     }
 
-    async fn delete_disk(&self, handle: &TargetDiskHandle) -> Result<()> {
+    async fn delete_disk(&self, handle: &TargetDiskHandle, _owner: &str) -> Result<()> {
         Err(foreign(handle.provider()))
     }
 
@@ -317,7 +325,7 @@ fn ensure_ours(info: &VmInfo, name: &str, owner: &str) -> Result<()> {
         .map(|(_, v)| v.as_str());
     if info.name != name || mark != Some(owner) {
         return Err(Error::NotOurs(format!(
-            "VM {} ({}) is not named {name:?} or lacks {OWNER_KEY}={owner}: it is not deleted",
+            "VM {} ({}) is not named {name:?} or lacks {OWNER_KEY}={owner}: it is left alone",
             info.name, info.moref.value
         )));
     }
