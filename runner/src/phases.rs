@@ -11,7 +11,8 @@
 //! earlier attempt left half-made is deleted (after its provider checked it carries this migration's
 //! mark) and made again.
 //!
-//! Integrity: every image from a hypervisor or from staging is checked with `qemu-img info` before
+//! Integrity: every image from a hypervisor or from staging is checked with `qemu-img info` (under
+//! [`disk::InspectLimits`]: 1 GiB of address space, 30 s of CPU time) before
 //! use; Importing re-hashes the downloaded image and refuses a mismatch (terminal), or hands a target
 //! that downloads by itself the SHA-256 to verify; ValidatingTarget compares capacities and, where the
 //! target reads disks back, the guest-visible SHA-256 with the one computed at export.
