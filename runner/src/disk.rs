@@ -583,15 +583,26 @@ pub fn free_space(dir: &Path) -> Result<u64> {
     Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
-/// Fails with [`Error::NoSpace`] unless `dir` has `needed` bytes free.
-pub fn ensure_space(dir: &Path, needed: u64) -> Result<()> {
+/// Fails with [`Error::NoSpace`] unless `dir` has `needed` bytes free and, when the volume is
+/// size-limited (an emptyDir's sizeLimit, which its filesystem does not show), `limit` is at least
+/// `needed`.
+pub fn ensure_space(dir: &Path, needed: u64, limit: Option<u64>) -> Result<()> {
+    let human = crate::progress::human_bytes;
+    if let Some(limit) = limit.filter(|l| *l < needed) {
+        return Err(Error::NoSpace(format!(
+            "scratch {} is limited to {} (the operator's --scratch-size), the largest disk needs {}",
+            dir.display(),
+            human(limit),
+            human(needed)
+        )));
+    }
     let free = free_space(dir)?;
     if free < needed {
         return Err(Error::NoSpace(format!(
             "scratch {} has {} free, the largest disk needs {}",
             dir.display(),
-            crate::progress::human_bytes(free),
-            crate::progress::human_bytes(needed)
+            human(free),
+            human(needed)
         )));
     }
     Ok(())
@@ -887,8 +898,19 @@ mod tests {
     fn space_check_fails_fast() {
         let dir = tempfile::tempdir().unwrap();
         assert!(free_space(dir.path()).unwrap() > 0);
-        ensure_space(dir.path(), 1).unwrap();
-        let err = ensure_space(dir.path(), u64::MAX).unwrap_err();
+        ensure_space(dir.path(), 1, None).unwrap();
+        let err = ensure_space(dir.path(), u64::MAX, None).unwrap_err();
         assert!(matches!(err, Error::NoSpace(_)), "{err}");
+        // A sizeLimit below the need fails though the filesystem has room.
+        ensure_space(dir.path(), 10_000_000, Some(10_000_000)).unwrap();
+        let err = ensure_space(dir.path(), 25_000_000, Some(10_000_000)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "not enough space: scratch {} is limited to 10MB (the operator's --scratch-size), \
+                 the largest disk needs 25MB",
+                dir.path().display()
+            )
+        );
     }
 }

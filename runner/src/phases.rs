@@ -48,6 +48,7 @@ pub struct Pipeline {
     stage: Box<dyn Stage>,
     status: StatusWriter,
     scratch: PathBuf,
+    scratch_limit: Option<u64>,
     tries: u32,
     current: Phase,
     overall: Overall,
@@ -105,10 +106,18 @@ impl Pipeline {
             stage,
             status,
             scratch: scratch.into(),
+            scratch_limit: None,
             tries: DEFAULT_TRIES,
             current: Phase::Validating,
             overall: Overall::default(),
         }
+    }
+
+    /// Bounds the scratch space by `limit` bytes besides its filesystem's free space (an emptyDir's
+    /// sizeLimit, which statvfs does not show).
+    pub fn scratch_limit(mut self, limit: Option<u64>) -> Self {
+        self.scratch_limit = limit;
+        self
     }
 
     /// Sets the in-process tries for transient errors (1 = no retry).
@@ -212,7 +221,8 @@ impl Pipeline {
         let dir = self.scratch_dir();
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating scratch {}", dir.display()), e))?;
-        disk::ensure_space(&dir, self.scratch_needed(&disks, format))?;
+        let needed = self.scratch_needed(&disks, format);
+        disk::ensure_space(&dir, needed, self.scratch_limit)?;
         self.record_disks(&disks, format).await?;
         let new_vm = self.new_vm(&vm, &disks, format)?;
         let target = &*self.target;
