@@ -133,11 +133,12 @@ async fn run(args: Args) -> Result<(), Error> {
         tracing::info!(%addr, "serving /metrics and /healthz over HTTP");
         let ops = webhook::ops_router(state.metrics.clone());
         let shutdown = stopped();
-        tokio::spawn(async move {
-            if let Err(error) = server::serve_plain(listener, ops, shutdown).await {
-                tracing::error!(%error, "metrics listener failed");
-            }
-        });
+        tokio::spawn(server::serve_plain(
+            listener,
+            ops,
+            server::Limits::default(),
+            shutdown,
+        ));
     }
 
     let addr = SocketAddr::new(args.address, args.port);
@@ -152,6 +153,7 @@ async fn run(args: Args) -> Result<(), Error> {
         listener,
         tls::server_config(resolver)?,
         webhook::router(state),
+        server::Limits::default(),
         stopped(),
     )
     .await;
