@@ -27,6 +27,9 @@ pub const SCRATCH_DIR: &str = "/scratch";
 pub const NFS_MOUNT_DIR: &str = "/mnt/staging";
 /// Environment variable that overrides [`MOUNT_DIR`] (tests, the e2e process node).
 pub const ENV_MOUNT_DIR: &str = "VRG_RUNNER_DIR";
+/// Environment variable with the bytes the scratch volume may hold when that is less than the free
+/// space its filesystem reports (an emptyDir's `sizeLimit`: the kubelet evicts the pod past it).
+pub const ENV_SCRATCH_LIMIT: &str = "VRG_SCRATCH_LIMIT";
 
 /// Runner exit code: migration (or cleanup) finished.
 pub const EXIT_OK: i32 = 0;

@@ -312,10 +312,10 @@ pub fn role_binding(m: &VMMigration) -> Result<RoleBinding> {
 
 fn scratch_volume(settings: &Settings) -> Volume {
     match &settings.scratch {
-        Scratch::EmptyDir { size_limit } => Volume {
+        Scratch::EmptyDir { size_limit, .. } => Volume {
             name: "scratch".into(),
             empty_dir: Some(EmptyDirVolumeSource {
-                size_limit: size_limit.clone(),
+                size_limit: Some(size_limit.clone()),
                 ..EmptyDirVolumeSource::default()
             }),
             ..Volume::default()
@@ -342,6 +342,38 @@ fn scratch_volume(settings: &Settings) -> Volume {
             ..Volume::default()
         },
     }
+}
+
+/// The runner container's requests and limits.
+fn resources(settings: &Settings) -> ResourceRequirements {
+    let r = &settings.runner_resources;
+    let pair = |cpu: &Quantity, memory: &Quantity| {
+        BTreeMap::from([
+            ("cpu".to_owned(), cpu.clone()),
+            ("memory".to_owned(), memory.clone()),
+        ])
+    };
+    ResourceRequirements {
+        requests: Some(pair(&r.cpu_request, &r.memory_request)),
+        limits: Some(pair(&r.cpu_limit, &r.memory_limit)),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The runner's environment: logging, scratch as HOME and TMPDIR, the pod's name and namespace, and
+/// the scratch limit where the filesystem's free space does not show it.
+fn runner_env(settings: &Settings) -> Vec<EnvVar> {
+    let mut vars = vec![
+        env("RUST_LOG", "info"),
+        env("TMPDIR", plan::SCRATCH_DIR),
+        env("HOME", plan::SCRATCH_DIR),
+        env_field("POD_NAME", "metadata.name"),
+        env_field("POD_NAMESPACE", "metadata.namespace"),
+    ];
+    if let Scratch::EmptyDir { bytes, .. } = settings.scratch {
+        vars.push(env(plan::ENV_SCRATCH_LIMIT, &bytes.to_string()));
+    }
+    vars
 }
 
 fn env(name: &str, value: &str) -> EnvVar {
@@ -476,21 +508,9 @@ pub fn runner_job(m: &VMMigration, settings: &Settings, kind: &JobKind) -> Resul
         image: Some(settings.runner_image.clone()),
         image_pull_policy: Some(settings.image_pull_policy.clone()),
         args: Some(vec![kind.command().into()]),
-        env: Some(vec![
-            env("RUST_LOG", "info"),
-            env("TMPDIR", plan::SCRATCH_DIR),
-            env("HOME", plan::SCRATCH_DIR),
-            env_field("POD_NAME", "metadata.name"),
-            env_field("POD_NAMESPACE", "metadata.namespace"),
-        ]),
+        env: Some(runner_env(settings)),
         volume_mounts: Some(mounts),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".into(), Quantity("250m".into())),
-                ("memory".into(), Quantity("256Mi".into())),
-            ])),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(resources(settings)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             privileged: Some(false),
@@ -733,7 +753,20 @@ mod tests {
         assert_eq!(
             pod["volumes"],
             json!([{"name": "plan", "secret": {"secretName": "mig-runner-a3", "defaultMode": 0o440}},
-                   {"name": "scratch", "emptyDir": {}}])
+                   {"name": "scratch", "emptyDir": {"sizeLimit": "100Gi"}}])
+        );
+        assert_eq!(
+            c["resources"],
+            json!({"requests": {"cpu": "250m", "memory": "256Mi"},
+                   "limits": {"cpu": "2", "memory": "2Gi"}})
+        );
+        assert!(
+            c["env"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "VRG_SCRATCH_LIMIT", "value": "107374182400"})),
+            "{}",
+            c["env"]
         );
     }
 
@@ -767,6 +800,9 @@ mod tests {
             pod["containers"][0]["volumeMounts"][2],
             json!({"name": "staging", "mountPath": "/mnt/staging"})
         );
+        // The claim's filesystem shows its own size: no limit to pass on.
+        let env = pod["containers"][0]["env"].to_string();
+        assert!(!env.contains("VRG_SCRATCH_LIMIT"), "{env}");
     }
 
     #[test]

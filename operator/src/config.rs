@@ -23,15 +23,35 @@ pub struct Args {
     #[arg(long, env = "VRG_RUNNER_PULL_POLICY", default_value = "IfNotPresent")]
     pub runner_pull_policy: String,
 
+    /// CPU request of the runner container.
+    #[arg(long, env = "VRG_RUNNER_CPU_REQUEST", default_value = "250m")]
+    pub runner_cpu_request: String,
+
+    /// CPU limit of the runner container: qemu-img convert and the SHA-256 of the transfer each
+    /// keep about one core busy.
+    #[arg(long, env = "VRG_RUNNER_CPU_LIMIT", default_value = "2")]
+    pub runner_cpu_limit: String,
+
+    /// Memory request of the runner container.
+    #[arg(long, env = "VRG_RUNNER_MEMORY_REQUEST", default_value = "256Mi")]
+    pub runner_memory_request: String,
+
+    /// Memory limit of the runner container. The runner streams (its buffers do not grow with the
+    /// disk); the limit leaves room for a `qemu-img info` at its 1 GiB address-space limit next to a
+    /// conversion and the transfer buffers.
+    #[arg(long, env = "VRG_RUNNER_MEMORY_LIMIT", default_value = "2Gi")]
+    pub runner_memory_limit: String,
+
     /// Storage class of a generic ephemeral scratch volume for the runner (large disks). Without it the
     /// scratch space is an emptyDir on the node.
     #[arg(long, env = "VRG_SCRATCH_STORAGE_CLASS")]
     pub scratch_storage_class: Option<String>,
 
     /// Size of the scratch volume: the claim size with --scratch-storage-class, else the emptyDir's
-    /// sizeLimit (no limit when unset).
-    #[arg(long, env = "VRG_SCRATCH_SIZE")]
-    pub scratch_size: Option<String>,
+    /// sizeLimit. It must hold the largest disk up to three times (exported, converted, read back
+    /// as raw for a target that verifies content).
+    #[arg(long, env = "VRG_SCRATCH_SIZE", default_value = DEFAULT_SCRATCH_SIZE)]
+    pub scratch_size: String,
 
     /// activeDeadlineSeconds of a runner Job, as a duration (`24h`, `90m`).
     #[arg(long, env = "VRG_JOB_DEADLINE", default_value = "24h")]
@@ -79,10 +99,13 @@ pub struct Args {
 /// Where the runner keeps temporary disk images.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Scratch {
-    /// An emptyDir on the node, optionally size-limited.
+    /// An emptyDir on the node, size-limited (the kubelet evicts a pod whose emptyDir outgrows its
+    /// `sizeLimit`; the runner is told the limit so it refuses a disk that would not fit up front).
     EmptyDir {
         /// `sizeLimit` of the emptyDir.
-        size_limit: Option<Quantity>,
+        size_limit: Quantity,
+        /// The same in bytes.
+        bytes: u64,
     },
     /// A generic ephemeral volume (a PVC living as long as the pod) of a storage class.
     Ephemeral {
@@ -93,8 +116,28 @@ pub enum Scratch {
     },
 }
 
-/// Default size of an ephemeral scratch claim when --scratch-size is not given.
-pub const DEFAULT_EPHEMERAL_SIZE: &str = "100Gi";
+/// Default size of the scratch volume (emptyDir sizeLimit or ephemeral claim).
+pub const DEFAULT_SCRATCH_SIZE: &str = "100Gi";
+
+/// Requests and limits of the runner container.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunnerResources {
+    pub cpu_request: Quantity,
+    pub cpu_limit: Quantity,
+    pub memory_request: Quantity,
+    pub memory_limit: Quantity,
+}
+
+impl Default for RunnerResources {
+    fn default() -> Self {
+        RunnerResources {
+            cpu_request: Quantity("250m".into()),
+            cpu_limit: Quantity("2".into()),
+            memory_request: Quantity("256Mi".into()),
+            memory_limit: Quantity("2Gi".into()),
+        }
+    }
+}
 
 /// What the object builders need to know besides the migration.
 #[derive(Clone, Debug, PartialEq)]
@@ -103,6 +146,8 @@ pub struct Settings {
     pub runner_image: String,
     /// Runner imagePullPolicy.
     pub image_pull_policy: String,
+    /// Runner container requests and limits.
+    pub runner_resources: RunnerResources,
     /// Scratch volume.
     pub scratch: Scratch,
     /// Deadline of a runner Job.
@@ -120,7 +165,11 @@ impl Default for Settings {
         Settings {
             runner_image: "virtrigaud/runner:dev".into(),
             image_pull_policy: "IfNotPresent".into(),
-            scratch: Scratch::EmptyDir { size_limit: None },
+            runner_resources: RunnerResources::default(),
+            scratch: Scratch::EmptyDir {
+                size_limit: Quantity(DEFAULT_SCRATCH_SIZE.into()),
+                bytes: 100 << 30,
+            },
             job_deadline: Duration::from_secs(24 * 3600),
             cleanup_deadline: Duration::from_secs(30 * 60),
             reference_grace: Duration::from_secs(120),
@@ -137,21 +186,80 @@ fn duration_flag(flag: &str, value: &str) -> Result<Duration> {
     Ok(d)
 }
 
+/// Bytes of a memory or storage quantity flag (Kubernetes' grammar, 1Mi to 24Ti).
+fn bytes_flag(flag: &str, value: &str) -> Result<u64> {
+    crd::quantity::memory_bytes(value).map_err(|e| Error::Config(format!("--{flag}: {e}")))
+}
+
+/// Millicores of a CPU quantity flag (`250m`, `2`, `1.5`), at least 1m.
+fn cpu_flag(flag: &str, value: &str) -> Result<u64> {
+    let millis = match value.strip_suffix('m') {
+        Some(m) => m.parse::<u64>().ok(),
+        None => value
+            .parse::<f64>()
+            .ok()
+            .filter(|cores| cores.is_finite() && *cores >= 0.0)
+            .map(|cores| (cores * 1000.0).ceil() as u64),
+    };
+    match millis {
+        Some(m) if m >= 1 => Ok(m),
+        _ => Err(Error::Config(format!(
+            "--{flag} {value:?}: expected CPU cores such as 250m, 2 or 1.5"
+        ))),
+    }
+}
+
+/// A request that is not above its limit (Kubernetes refuses the Job otherwise).
+fn request_within(what: &str, request: u64, limit: u64) -> Result<()> {
+    if request > limit {
+        return Err(Error::Config(format!(
+            "--runner-{what}-request is above --runner-{what}-limit"
+        )));
+    }
+    Ok(())
+}
+
+impl RunnerResources {
+    fn from_args(args: &Args) -> Result<Self> {
+        request_within(
+            "cpu",
+            cpu_flag("runner-cpu-request", &args.runner_cpu_request)?,
+            cpu_flag("runner-cpu-limit", &args.runner_cpu_limit)?,
+        )?;
+        request_within(
+            "memory",
+            bytes_flag("runner-memory-request", &args.runner_memory_request)?,
+            bytes_flag("runner-memory-limit", &args.runner_memory_limit)?,
+        )?;
+        Ok(RunnerResources {
+            cpu_request: Quantity(args.runner_cpu_request.clone()),
+            cpu_limit: Quantity(args.runner_cpu_limit.clone()),
+            memory_request: Quantity(args.runner_memory_request.clone()),
+            memory_limit: Quantity(args.runner_memory_limit.clone()),
+        })
+    }
+}
+
+impl Scratch {
+    fn from_args(args: &Args) -> Result<Self> {
+        let bytes = bytes_flag("scratch-size", &args.scratch_size)?;
+        let size = Quantity(args.scratch_size.clone());
+        Ok(match &args.scratch_storage_class {
+            Some(class) if !class.is_empty() => Scratch::Ephemeral {
+                storage_class: class.clone(),
+                size,
+            },
+            _ => Scratch::EmptyDir {
+                size_limit: size,
+                bytes,
+            },
+        })
+    }
+}
+
 impl Settings {
     /// Validates the flags.
     pub fn from_args(args: &Args) -> Result<Self> {
-        let scratch = match (&args.scratch_storage_class, &args.scratch_size) {
-            (Some(class), size) if !class.is_empty() => Scratch::Ephemeral {
-                storage_class: class.clone(),
-                size: Quantity(
-                    size.clone()
-                        .unwrap_or_else(|| DEFAULT_EPHEMERAL_SIZE.into()),
-                ),
-            },
-            (_, size) => Scratch::EmptyDir {
-                size_limit: size.clone().map(Quantity),
-            },
-        };
         if !["Always", "IfNotPresent", "Never"].contains(&args.runner_pull_policy.as_str()) {
             return Err(Error::Config(format!(
                 "--runner-pull-policy {:?}: expected Always, IfNotPresent or Never",
@@ -164,7 +272,8 @@ impl Settings {
         Ok(Settings {
             runner_image: args.runner_image.clone(),
             image_pull_policy: args.runner_pull_policy.clone(),
-            scratch,
+            runner_resources: RunnerResources::from_args(args)?,
+            scratch: Scratch::from_args(args)?,
             job_deadline: duration_flag("job-deadline", &args.job_deadline)?,
             cleanup_deadline: duration_flag("cleanup-deadline", &args.cleanup_deadline)?,
             reference_grace: crd::parse_duration(&args.reference_grace)
@@ -210,9 +319,51 @@ mod tests {
         assert_eq!(
             s.scratch,
             Scratch::EmptyDir {
-                size_limit: Some(Quantity("20Gi".into()))
+                size_limit: Quantity("20Gi".into()),
+                bytes: 20 << 30,
             }
         );
+        let err = parse(&["--scratch-size", "lots"]).unwrap_err().to_string();
+        assert!(
+            err.contains("--scratch-size") && err.contains("lots"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn runner_resources_from_flags() {
+        let s = parse(&[
+            "--runner-cpu-request=1",
+            "--runner-cpu-limit=1.5",
+            "--runner-memory-request=1Gi",
+            "--runner-memory-limit=4Gi",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.runner_resources,
+            RunnerResources {
+                cpu_request: Quantity("1".into()),
+                cpu_limit: Quantity("1.5".into()),
+                memory_request: Quantity("1Gi".into()),
+                memory_limit: Quantity("4Gi".into()),
+            }
+        );
+        for (flags, names) in [
+            (
+                &["--runner-cpu-request=3"][..],
+                "--runner-cpu-request is above",
+            ),
+            (
+                &["--runner-memory-limit=128Mi"],
+                "--runner-memory-request is above",
+            ),
+            (&["--runner-cpu-limit=two"], "--runner-cpu-limit \"two\""),
+            (&["--runner-cpu-limit=0m"], "--runner-cpu-limit \"0m\""),
+            (&["--runner-memory-limit=2Gb"], "--runner-memory-limit"),
+        ] {
+            let err = parse(flags).unwrap_err().to_string();
+            assert!(err.contains(names), "{flags:?}: {err}");
+        }
     }
 
     #[test]

@@ -499,9 +499,46 @@ mod scenarios {
                                "lastTransitionTime": at(-50)}]})
     }
 
+    /// What the runner container is bounded by with the default flags: its requests and limits,
+    /// the scratch emptyDir's sizeLimit and the same limit in bytes for the runner.
+    fn default_bounds() -> Value {
+        json!({
+            "resources": {"requests": {"cpu": "250m", "memory": "256Mi"},
+                          "limits": {"cpu": "2", "memory": "2Gi"}},
+            "scratch": {"name": "scratch", "emptyDir": {"sizeLimit": "100Gi"}},
+            "scratchLimit": "107374182400",
+        })
+    }
+
+    /// The Job create of a runner (`component`: runner or cleanup) must carry `bounds`.
+    pub(super) fn bounded_job(call: Call, bounds: Value) -> Call {
+        let expected = json!({"spec": {"template": {"spec": {
+            "containers": [{"resources": bounds["resources"]}],
+            "volumes": [{"name": "plan"}, bounds["scratch"]],
+        }}}});
+        call.includes(expected).check(move |body| {
+            let env = &body["spec"]["template"]["spec"]["containers"][0]["env"];
+            let limit = env
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == crd::plan::ENV_SCRATCH_LIMIT);
+            assert_eq!(
+                limit.map(|v| &v["value"]),
+                Some(&bounds["scratchLimit"]),
+                "{env}"
+            );
+        })
+    }
+
     /// The SA, Role, RoleBinding, Secret and Job creates of attempt `attempt`; the first `existing`
     /// of them find the migration's own object.
     fn launch_calls(attempt: i32, existing: usize) -> Vec<Call> {
+        launch_calls_bounded(attempt, existing, default_bounds())
+    }
+
+    /// [`launch_calls`] with a Job bounded by `bounds` (see [`default_bounds`]).
+    fn launch_calls_bounded(attempt: i32, existing: usize, bounds: Value) -> Vec<Call> {
         let names = [
             ("ServiceAccount", "mig-runner".to_string()),
             ("Role", "mig-runner".to_string()),
@@ -534,14 +571,14 @@ mod scenarios {
                     assert_eq!(keys, ["plan.json", "source.password", "source.username",
                                       "storage.accessKey", "storage.secretKey", "target.password", "target.username"]);
                 }),
-            Call::post(format!("{JOBS}?")).includes(json!({
+            bounded_job(Call::post(format!("{JOBS}?")).includes(json!({
                 "metadata": {"name": format!("mig-a{attempt}"),
                              "labels": {"virtrigaud.io/migration": "mig", "virtrigaud.io/attempt": attempt.to_string()},
                              "ownerReferences": [{"kind": "VMMigration", "name": "mig", "controller": true}]},
                 "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 86400,
                          "template": {"spec": {"serviceAccountName": "mig-runner",
                                                "containers": [{"args": ["migrate"], "image": "virtrigaud/runner:dev"}]}}}
-            })),
+            })), bounds),
         ];
         creates
             .into_iter()
@@ -588,6 +625,38 @@ mod scenarios {
         s["phase"] = json!(phase);
         s["progress"] = json!(45);
         s
+    }
+
+    #[tokio::test]
+    async fn the_runner_job_is_bounded_by_the_operators_flags() {
+        use clap::Parser;
+        let args = crate::Args::try_parse_from([
+            "operator",
+            "--runner-cpu-request=500m",
+            "--runner-cpu-limit=4",
+            "--runner-memory-request=1Gi",
+            "--runner-memory-limit=3Gi",
+            "--scratch-size=500Gi",
+        ])
+        .unwrap();
+        let settings = Settings::from_args(&args).unwrap();
+        let m = migration(pending_status(1));
+        let mut calls = vec![Call::get(format!("{JOBS}/mig-a1")).not_found()];
+        calls.extend(resolve_calls());
+        calls.push(pin_patch(&m));
+        calls.extend(launch_calls_bounded(
+            1,
+            0,
+            json!({
+                "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+                              "limits": {"cpu": "4", "memory": "3Gi"}},
+                "scratch": {"name": "scratch", "emptyDir": {"sizeLimit": "500Gi"}},
+                "scratchLimit": (500u64 << 30).to_string(),
+            }),
+        ));
+        calls.push(Call::event("JobLaunched", "Normal"));
+        let action = scenario_with(m, settings, calls).await;
+        assert_eq!(action, Action::requeue(crate::apply::RECHECK));
     }
 
     #[tokio::test]
@@ -979,11 +1048,11 @@ mod scenarios {
                     assert_eq!(plan.mode, crd::plan::RunnerMode::Cleanup);
                     assert!(plan.cleanup_policy.delete_intermediate && plan.cleanup_policy.delete_snapshot);
                 }),
-            Call::post(format!("{JOBS}?")).includes(json!({
+            bounded_job(Call::post(format!("{JOBS}?")).includes(json!({
                 "metadata": {"name": "mig-cleanup", "labels": {"virtrigaud.io/component": "cleanup"}},
                 "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 1800,
                          "template": {"spec": {"containers": [{"args": ["cleanup"], "image": "virtrigaud/runner:dev"}]}}}
-            })),
+            })), default_bounds()),
             Call::event("CleanupStarted", "Normal"),
         ]);
         calls

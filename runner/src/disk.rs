@@ -3,13 +3,17 @@
 //! Images come from hypervisors and staging storage, so they are untrusted: every qemu-img call names
 //! the format with `-f` (no probing: a raw disk whose guest wrote a qcow2 header stays raw), and
 //! [`inspect`] refuses images that would make qemu-img open other files (backing files, qcow2
-//! external data files, VMDK extents outside the image).
+//! external data files, VMDK extents outside the image). Inspections run under [`InspectLimits`]
+//! (address space, CPU time, wall clock), so a crafted image cannot make qemu-img eat the runner's
+//! memory or CPU.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use crd::DiskFormat;
+use nix::sys::signal::Signal;
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
@@ -20,8 +24,145 @@ use crate::stream::hash_file;
 use crate::{Error, Result};
 
 const QEMU_IMG: &str = "qemu-img";
-/// `qemu-img info` reads headers only; anything slower is a hostile image.
-const INFO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Resource limits of a qemu-img run that inspects an untrusted image, set in the child between fork
+/// and exec, as OpenStack does with `oslo_concurrency.prlimit` for `qemu-img info`. `qemu-img info`
+/// reads headers and metadata tables only: a normal image needs a few dozen MiB and milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InspectLimits {
+    /// `RLIMIT_AS`, bytes of address space (oslo's default for `qemu-img info`: 1 GiB).
+    pub address_space: u64,
+    /// `RLIMIT_CPU`, seconds of CPU time: SIGXCPU at the limit, SIGKILL a second later.
+    pub cpu_seconds: u64,
+    /// Wall-clock bound: the child is killed after it (a read that blocks uses no CPU).
+    pub wall_clock: Duration,
+}
+
+impl Default for InspectLimits {
+    fn default() -> Self {
+        InspectLimits {
+            address_space: 1 << 30,
+            cpu_seconds: 30,
+            wall_clock: Duration::from_secs(60),
+        }
+    }
+}
+
+impl InspectLimits {
+    /// Makes `cmd`'s child run under these limits, with no core dump (SIGXCPU would write one into
+    /// scratch) and one malloc arena: glibc reserves 64 MiB of address space for each thread's
+    /// arena, up to 8 per core, so without it the address space qemu-img needs would grow with the
+    /// node's core count instead of with what the image makes it allocate.
+    fn apply(&self, cmd: &mut Command) {
+        use nix::sys::resource::{Resource, setrlimit};
+        cmd.env("MALLOC_ARENA_MAX", "1");
+        let (bytes, cpu) = (self.address_space, self.cpu_seconds.max(1));
+        let set = move || -> nix::Result<()> {
+            setrlimit(Resource::RLIMIT_AS, bytes, bytes)?;
+            setrlimit(Resource::RLIMIT_CPU, cpu, cpu + 1)?;
+            setrlimit(Resource::RLIMIT_CORE, 0, 0)
+        };
+        // SAFETY: the closure runs in the forked child before exec; it only makes setrlimit(2) calls,
+        // which are async-signal-safe, and allocates nothing (an Errno converts without allocating).
+        unsafe {
+            cmd.pre_exec(move || set().map_err(std::io::Error::from));
+        }
+    }
+
+    fn address_space_text(&self) -> String {
+        let (gib, mib) = (1u64 << 30, 1u64 << 20);
+        match self.address_space {
+            b if b % gib == 0 => format!("{} GiB", b / gib),
+            b if b % mib == 0 => format!("{} MiB", b / mib),
+            b => format!("{b} bytes"),
+        }
+    }
+
+    /// The error for a failed run that ran into one of the limits, if it did.
+    fn exceeded(&self, inspection: &Inspection, out: &Output) -> Option<Error> {
+        if out.status.signal() == Some(Signal::SIGXCPU as i32) {
+            let limit = format!("{} s CPU-time", self.cpu_seconds.max(1));
+            return Some(inspection.exceeded(&limit, "killed by SIGXCPU".into()));
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && is_allocation_failure(&stderr) {
+            let limit = format!("{} address-space", self.address_space_text());
+            return Some(inspection.exceeded(&limit, last_line(&out.stderr)));
+        }
+        None
+    }
+}
+
+/// How qemu-img (and the dynamic loader before it) says an allocation failed: the g_try_malloc
+/// users ("Could not allocate L1 table", "... metadata caches"), ENOMEM, a thread stack that could
+/// not be mapped (EAGAIN from pthread_create), g_malloc's abort message.
+fn is_allocation_failure(stderr: &str) -> bool {
+    [
+        "Could not allocate",
+        "Cannot allocate memory",
+        "failed to allocate",
+        "qemu_thread_create: Resource temporarily unavailable",
+        "failed to map segment",
+        "Out of memory",
+    ]
+    .iter()
+    .any(|needle| stderr.contains(needle))
+}
+
+/// One qemu-img inspection: the sub-command and the image, for messages.
+struct Inspection<'a> {
+    command: &'static str,
+    image: &'a Path,
+}
+
+impl Inspection<'_> {
+    fn exceeded(&self, limit: &str, detail: String) -> Error {
+        Error::LimitExceeded {
+            what: format!("{QEMU_IMG} {} of {}", self.command, self.image.display()),
+            limit: limit.to_owned(),
+            detail,
+        }
+    }
+
+    /// Runs `cmd` (which inspects the image) under `limits`, collecting its output. A run killed by a
+    /// limit is an [`Error::LimitExceeded`]; any other outcome is the caller's to judge.
+    async fn run(&self, mut cmd: Command, limits: &InspectLimits) -> Result<Output> {
+        limits.apply(&mut cmd);
+        let out = tokio::time::timeout(limits.wall_clock, cmd.kill_on_drop(true).output())
+            .await
+            .map_err(|_| {
+                let limit = format!("{} wall-clock", seconds_text(limits.wall_clock));
+                self.exceeded(&limit, "killed".into())
+            })?
+            .map_err(spawn_error)?;
+        if let Some(error) = limits.exceeded(self, &out) {
+            return Err(error);
+        }
+        if let Some(signal) = out.status.signal() {
+            return Err(self.killed(signal, &out.stderr));
+        }
+        Ok(out)
+    }
+
+    /// A run that died of another signal (an assertion's SIGABRT, the OOM killer's SIGKILL).
+    fn killed(&self, signal: i32, stderr: &[u8]) -> Error {
+        let name = Signal::try_from(signal)
+            .map_or_else(|_| format!("signal {signal}"), |s| s.as_str().to_owned());
+        tool_error(format!(
+            "{} of {} was killed by {name}: {}",
+            self.command,
+            self.image.display(),
+            last_line(stderr)
+        ))
+    }
+}
+
+fn seconds_text(d: Duration) -> String {
+    match d.subsec_millis() {
+        0 => format!("{} s", d.as_secs()),
+        _ => format!("{:.1} s", d.as_secs_f64()),
+    }
+}
 
 /// What `qemu-img info` says about a checked image.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,20 +191,26 @@ struct FormatSpecific {
     data: serde_json::Value,
 }
 
-/// Runs `qemu-img info --output=json -f <format>` on an untrusted image and checks it is a plain,
-/// self-contained image of that format.
+/// Runs `qemu-img info --output=json -f <format>` on an untrusted image under the default
+/// [`InspectLimits`] and checks it is a plain, self-contained image of that format.
 pub async fn inspect(path: &Path, format: DiskFormat) -> Result<ImageInfo> {
-    let out = tokio::time::timeout(
-        INFO_TIMEOUT,
-        Command::new(QEMU_IMG)
-            .args(["info", "--output=json", "-f", format.as_str()])
-            .arg(path)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .map_err(|_| tool_error(format!("info {} timed out", path.display())))?
-    .map_err(spawn_error)?;
+    inspect_with(path, format, &InspectLimits::default()).await
+}
+
+/// [`inspect`] under `limits`.
+pub async fn inspect_with(
+    path: &Path,
+    format: DiskFormat,
+    limits: &InspectLimits,
+) -> Result<ImageInfo> {
+    let mut cmd = Command::new(QEMU_IMG);
+    cmd.args(["info", "--output=json", "-f", format.as_str()])
+        .arg(path);
+    let inspection = Inspection {
+        command: "info",
+        image: path,
+    };
+    let out = inspection.run(cmd, limits).await?;
     if !out.status.success() {
         return Err(Error::Invalid(format!(
             "{} is not a valid {format} image: {}",
@@ -228,7 +375,8 @@ pub fn flatten_blocking(
 }
 
 /// Points `image` at `backing` as its backing file, changing nothing but the header (`qemu-img
-/// rebase -u`): for a chain downloaded file by file, whose images still name the host's paths.
+/// rebase -u`, under the default [`InspectLimits`]): for a chain downloaded file by file, whose
+/// images still name the host's paths.
 pub async fn rebase(image: &LocalImage, backing: &LocalImage) -> Result<()> {
     if image.format != DiskFormat::Qcow2 {
         return Err(Error::Invalid(format!(
@@ -241,22 +389,24 @@ pub async fn rebase(image: &LocalImage, backing: &LocalImage) -> Result<()> {
         .path
         .file_name()
         .ok_or_else(|| tool_error(format!("{} has no file name", backing.path.display())))?;
-    let out = Command::new(QEMU_IMG)
-        .args([
-            "rebase",
-            "-u",
-            "-f",
-            "qcow2",
-            "-F",
-            backing.format.as_str(),
-            "-b",
-        ])
-        .arg(name)
-        .arg(&image.path)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(spawn_error)?;
+    let mut cmd = Command::new(QEMU_IMG);
+    cmd.args([
+        "rebase",
+        "-u",
+        "-f",
+        "qcow2",
+        "-F",
+        backing.format.as_str(),
+        "-b",
+    ])
+    .arg(name)
+    .arg(&image.path);
+    // `-u` rewrites the header only, but opening the image parses its metadata as `info` does.
+    let inspection = Inspection {
+        command: "rebase -u",
+        image: &image.path,
+    };
+    let out = inspection.run(cmd, &InspectLimits::default()).await?;
     if !out.status.success() {
         return Err(tool_error(last_line(&out.stderr)));
     }
@@ -268,26 +418,23 @@ pub fn rebase_blocking(image: &LocalImage, backing: &LocalImage) -> Result<()> {
     tokio::runtime::Handle::current().block_on(rebase(image, backing))
 }
 
-/// `qemu-img info --backing-chain` of `top`: every image, backing file and VMDK extent is a file
-/// inside `dir`.
+/// `qemu-img info --backing-chain` of `top`, under the default [`InspectLimits`]: every image,
+/// backing file and VMDK extent is a file inside `dir`.
 async fn check_chain(top: &LocalImage, dir: &Path) -> Result<()> {
-    let out = tokio::time::timeout(
-        INFO_TIMEOUT,
-        Command::new(QEMU_IMG)
-            .args([
-                "info",
-                "--backing-chain",
-                "--output=json",
-                "-f",
-                top.format.as_str(),
-            ])
-            .arg(&top.path)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .map_err(|_| tool_error(format!("info {} timed out", top.path.display())))?
-    .map_err(spawn_error)?;
+    let mut cmd = Command::new(QEMU_IMG);
+    cmd.args([
+        "info",
+        "--backing-chain",
+        "--output=json",
+        "-f",
+        top.format.as_str(),
+    ])
+    .arg(&top.path);
+    let inspection = Inspection {
+        command: "info --backing-chain",
+        image: &top.path,
+    };
+    let out = inspection.run(cmd, &InspectLimits::default()).await?;
     if !out.status.success() {
         return Err(Error::Invalid(format!(
             "{} is not a valid {} chain: {}",
@@ -436,15 +583,26 @@ pub fn free_space(dir: &Path) -> Result<u64> {
     Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
-/// Fails with [`Error::NoSpace`] unless `dir` has `needed` bytes free.
-pub fn ensure_space(dir: &Path, needed: u64) -> Result<()> {
+/// Fails with [`Error::NoSpace`] unless `dir` has `needed` bytes free and, when the volume is
+/// size-limited (an emptyDir's sizeLimit, which its filesystem does not show), `limit` is at least
+/// `needed`.
+pub fn ensure_space(dir: &Path, needed: u64, limit: Option<u64>) -> Result<()> {
+    let human = crate::progress::human_bytes;
+    if let Some(limit) = limit.filter(|l| *l < needed) {
+        return Err(Error::NoSpace(format!(
+            "scratch {} is limited to {} (the operator's --scratch-size), the largest disk needs {}",
+            dir.display(),
+            human(limit),
+            human(needed)
+        )));
+    }
     let free = free_space(dir)?;
     if free < needed {
         return Err(Error::NoSpace(format!(
             "scratch {} has {} free, the largest disk needs {}",
             dir.display(),
-            crate::progress::human_bytes(free),
-            crate::progress::human_bytes(needed)
+            human(free),
+            human(needed)
         )));
     }
     Ok(())
@@ -522,6 +680,141 @@ mod tests {
         assert_eq!(
             inspect(&base, DiskFormat::Raw).await.unwrap().format,
             DiskFormat::Raw
+        );
+    }
+
+    /// A qcow2 image whose metadata makes `qemu-img info` allocate about 64 MiB (a 32 MiB L1 table
+    /// and the 32 MiB L2 cache that 512-byte clusters over 120 GiB ask for), though it holds no data.
+    async fn metadata_heavy_image(dir: &Path) -> PathBuf {
+        let path = dir.join("heavy.qcow2");
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=512",
+            path.to_str().unwrap(),
+            "120G",
+        ])
+        .await;
+        path
+    }
+
+    fn address_space(bytes: u64) -> InspectLimits {
+        InspectLimits {
+            address_space: bytes,
+            ..InspectLimits::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn inspection_under_a_tiny_address_space_fails_naming_the_image_and_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("small.qcow2");
+        qemu_img(&["create", "-q", "-f", "qcow2", image.to_str().unwrap(), "1M"]).await;
+        // 16 MiB: qemu-img cannot even map its threads' stacks.
+        let err = inspect_with(&image, DiskFormat::Qcow2, &address_space(16 << 20))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::LimitExceeded { .. }), "{err:?}");
+        assert!(
+            text.starts_with(&format!(
+                "qemu-img info of {} exceeded its 16 MiB address-space limit (",
+                image.display()
+            )),
+            "{text}"
+        );
+        assert_eq!(err.reason(), "ResourceLimitExceeded");
+        assert!(!err.is_retryable());
+        // The same image passes under the default limits.
+        let info = inspect(&image, DiskFormat::Qcow2).await.unwrap();
+        assert_eq!(info.virtual_size, 1 << 20);
+    }
+
+    #[tokio::test]
+    async fn an_image_whose_metadata_outgrows_the_limit_is_refused_where_a_normal_one_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let heavy = metadata_heavy_image(dir.path()).await;
+        let normal = dir.path().join("normal.qcow2");
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            normal.to_str().unwrap(),
+            "1G",
+        ])
+        .await;
+        let limits = address_space(64 << 20);
+        inspect_with(&normal, DiskFormat::Qcow2, &limits)
+            .await
+            .unwrap();
+        let err = inspect_with(&heavy, DiskFormat::Qcow2, &limits)
+            .await
+            .unwrap_err();
+        // Which allocation fails first (the L1 table, the caches, a worker thread's stack) varies.
+        let text = err.to_string();
+        assert!(
+            text.contains("heavy.qcow2 exceeded its 64 MiB address-space limit"),
+            "{text}"
+        );
+        // 1 GiB leaves it plenty.
+        assert_eq!(
+            inspect(&heavy, DiskFormat::Qcow2)
+                .await
+                .unwrap()
+                .virtual_size,
+            120 << 30
+        );
+    }
+
+    #[tokio::test]
+    async fn a_qemu_img_run_past_its_cpu_time_limit_is_killed_by_sigxcpu() {
+        // `qemu-img bench` on the null driver spins on the CPU for as long as it is let: the
+        // stand-in for an image whose inspection loops.
+        let image = Path::new("null-co.img");
+        let mut cmd = Command::new(QEMU_IMG);
+        cmd.args(["bench", "-c", "1000000000", "-s", "512", "--image-opts"])
+            .arg("driver=null-co,size=1G");
+        let limits = InspectLimits {
+            cpu_seconds: 1,
+            ..InspectLimits::default()
+        };
+        let inspection = Inspection {
+            command: "bench",
+            image,
+        };
+        let started = std::time::Instant::now();
+        let err = inspection.run(cmd, &limits).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "qemu-img bench of null-co.img exceeded its 1 s CPU-time limit (killed by SIGXCPU)"
+        );
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
+
+    #[tokio::test]
+    async fn a_run_past_its_wall_clock_limit_is_killed() {
+        // Waiting costs no CPU time: only the wall-clock bound stops it. qemu-img reading a FIFO
+        // nobody writes blocks in open(2).
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stuck.raw");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let limits = InspectLimits {
+            wall_clock: Duration::from_millis(500),
+            ..InspectLimits::default()
+        };
+        let err = inspect_with(&fifo, DiskFormat::Raw, &limits)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "qemu-img info of {} exceeded its 0.5 s wall-clock limit (killed)",
+                fifo.display()
+            )
         );
     }
 
@@ -605,8 +898,19 @@ mod tests {
     fn space_check_fails_fast() {
         let dir = tempfile::tempdir().unwrap();
         assert!(free_space(dir.path()).unwrap() > 0);
-        ensure_space(dir.path(), 1).unwrap();
-        let err = ensure_space(dir.path(), u64::MAX).unwrap_err();
+        ensure_space(dir.path(), 1, None).unwrap();
+        let err = ensure_space(dir.path(), u64::MAX, None).unwrap_err();
         assert!(matches!(err, Error::NoSpace(_)), "{err}");
+        // A sizeLimit below the need fails though the filesystem has room.
+        ensure_space(dir.path(), 10_000_000, Some(10_000_000)).unwrap();
+        let err = ensure_space(dir.path(), 25_000_000, Some(10_000_000)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "not enough space: scratch {} is limited to 10MB (the operator's --scratch-size), \
+                 the largest disk needs 25MB",
+                dir.path().display()
+            )
+        );
     }
 }

@@ -37,6 +37,15 @@ pub enum Error {
     /// A network error, a 5xx or throttling: worth another try.
     #[error("{system} unavailable: {detail}")]
     Transient { system: String, detail: String },
+    /// A tool inspecting an untrusted image ran into one of its resource limits (address space, CPU
+    /// time, wall clock): the image is hostile or too complex to inspect safely. `what` names the
+    /// command and the image, `limit` the limit (`30 s CPU-time`).
+    #[error("{what} exceeded its {limit} limit ({detail})")]
+    LimitExceeded {
+        what: String,
+        limit: String,
+        detail: String,
+    },
     /// qemu-img or another tool failed.
     #[error("{tool} failed: {detail}")]
     Tool { tool: String, detail: String },
@@ -94,6 +103,8 @@ impl Error {
             | Error::NoSpace(_)
             | Error::NotOurs(_)
             | Error::ForbiddenEndpoint(_)
+            // The same image runs into the same limit again.
+            | Error::LimitExceeded { .. }
             | Error::Tool { .. } => false,
         }
     }
@@ -110,6 +121,7 @@ impl Error {
             Error::NotOurs(_) => "NotOwned",
             Error::ForbiddenEndpoint(_) => "ForbiddenEndpoint",
             Error::Transient { .. } => "Unavailable",
+            Error::LimitExceeded { .. } => "ResourceLimitExceeded",
             Error::Tool { .. } => "ToolFailed",
             Error::Io { .. } => "IOError",
             Error::Kube(_) => "KubernetesAPIError",

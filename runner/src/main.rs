@@ -102,7 +102,8 @@ async fn run(mode: Mode, paths: &Paths) -> Result<Option<String>> {
             match connect(&plan, &credentials).await {
                 Ok((source, target, stage)) => {
                     let pipeline =
-                        Pipeline::new(plan, source, target, stage, status, &paths.scratch);
+                        Pipeline::new(plan, source, target, stage, status, &paths.scratch)
+                            .scratch_limit(paths.scratch_limit);
                     pipeline.run().await.map(Some)
                 }
                 Err(e) => {

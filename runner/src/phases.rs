@@ -18,7 +18,8 @@
 //! ([`Pipeline::check_target_name`]): a foreign one fails the migration untouched, one of ours that
 //! the status does not record is deleted and made again.
 //!
-//! Integrity: every image from a hypervisor or from staging is checked with `qemu-img info` before
+//! Integrity: every image from a hypervisor or from staging is checked with `qemu-img info` (under
+//! [`disk::InspectLimits`]: 1 GiB of address space, 30 s of CPU time) before
 //! use; Importing re-hashes the downloaded image and refuses a mismatch (terminal), or hands a target
 //! that downloads by itself the SHA-256 to verify; ValidatingTarget compares capacities and, where the
 //! target reads disks back, the guest-visible SHA-256 with the one computed at export.
@@ -54,6 +55,7 @@ pub struct Pipeline {
     stage: Box<dyn Stage>,
     status: StatusWriter,
     scratch: PathBuf,
+    scratch_limit: Option<u64>,
     tries: u32,
     current: Phase,
     overall: Overall,
@@ -111,10 +113,18 @@ impl Pipeline {
             stage,
             status,
             scratch: scratch.into(),
+            scratch_limit: None,
             tries: DEFAULT_TRIES,
             current: Phase::Validating,
             overall: Overall::default(),
         }
+    }
+
+    /// Bounds the scratch space by `limit` bytes besides its filesystem's free space (an emptyDir's
+    /// sizeLimit, which statvfs does not show).
+    pub fn scratch_limit(mut self, limit: Option<u64>) -> Self {
+        self.scratch_limit = limit;
+        self
     }
 
     /// Sets the in-process tries for transient errors (1 = no retry).
@@ -218,7 +228,8 @@ impl Pipeline {
         let dir = self.scratch_dir();
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating scratch {}", dir.display()), e))?;
-        disk::ensure_space(&dir, self.scratch_needed(&disks, format))?;
+        let needed = self.scratch_needed(&disks, format);
+        disk::ensure_space(&dir, needed, self.scratch_limit)?;
         self.record_disks(&disks, format).await?;
         let new_vm = self.new_vm(&vm, &disks, format)?;
         let target = &*self.target;

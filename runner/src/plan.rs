@@ -25,6 +25,9 @@ pub struct Paths {
     pub scratch: PathBuf,
     /// Where the outcome JSON is written.
     pub termination_log: PathBuf,
+    /// Bytes the scratch volume may hold when less than its filesystem's free space
+    /// ([`plan::ENV_SCRATCH_LIMIT`], an emptyDir's sizeLimit).
+    pub scratch_limit: Option<u64>,
 }
 
 impl Paths {
@@ -39,8 +42,23 @@ impl Paths {
             plan_dir: var(plan::ENV_MOUNT_DIR, plan::MOUNT_DIR),
             scratch: var(ENV_SCRATCH_DIR, plan::SCRATCH_DIR),
             termination_log: var(ENV_TERMINATION_LOG, plan::TERMINATION_MESSAGE_PATH),
+            scratch_limit: scratch_limit(std::env::var(plan::ENV_SCRATCH_LIMIT).ok()),
         }
     }
+}
+
+/// The scratch limit from its variable's value: whole bytes; anything else is ignored (with a
+/// warning), leaving the filesystem's free space as the only bound.
+fn scratch_limit(value: Option<String>) -> Option<u64> {
+    let value = value?;
+    let limit = value.trim().parse().ok();
+    if limit.is_none() {
+        tracing::warn!(
+            "{} is {value:?}, not a number of bytes: ignored",
+            plan::ENV_SCRATCH_LIMIT
+        );
+    }
+    limit
 }
 
 /// Reads and parses `plan.json` in `dir`.
@@ -127,6 +145,13 @@ mod tests {
         let terminal = outcome(&Err(Error::Invalid("é".repeat(4000))));
         assert_eq!(exit_code(&terminal), EXIT_TERMINAL);
         assert!(serde_json::to_vec(&terminal).unwrap().len() < 4096);
+    }
+
+    #[test]
+    fn the_scratch_limit_is_whole_bytes_or_nothing() {
+        assert_eq!(scratch_limit(None), None);
+        assert_eq!(scratch_limit(Some("107374182400".into())), Some(100 << 30));
+        assert_eq!(scratch_limit(Some("100Gi".into())), None);
     }
 
     #[test]

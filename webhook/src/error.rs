@@ -36,6 +36,10 @@ pub enum Error {
     #[error("ValidatingWebhookConfiguration {name}: {reason}")]
     WebhookConfiguration { name: String, reason: String },
 
+    /// The Secret with the CA the replicas share (self-signed mode) is unusable.
+    #[error("CA Secret {name}: {reason}")]
+    CaSecret { name: String, reason: String },
+
     /// The in-memory cluster (tests, local runs) was told to fail.
     #[error("cluster unavailable: {0}")]
     Unavailable(String),

@@ -1,8 +1,8 @@
 //! The VirtRigaud validating admission webhook for `VMMigration`, `Provider` and `VirtualMachine`.
 //!
 //! [`router`] builds the HTTP service: `POST /validate` takes an AdmissionReview for a VMMigration CREATE
-//! or UPDATE, `/healthz` answers `ok`, `/metrics` renders Prometheus metrics. [`server`] puts it behind
-//! rustls ([`tls`]); [`selfsigned`] lets the webhook issue its own certificate when there is no
+//! or UPDATE (a body up to [`MAX_BODY_BYTES`]), `/healthz` answers `ok`, `/metrics` renders Prometheus
+//! metrics. [`server`] puts it behind rustls ([`tls`]) and holds clients to its [`server::Limits`]; [`selfsigned`] lets the webhook issue its own certificate when there is no
 //! cert-manager.
 //!
 //! Validation is split the way the work is: [`admission`] parses the review and dispatches,
@@ -28,8 +28,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -40,9 +41,11 @@ pub use metrics::Metrics;
 
 /// Path the API server posts AdmissionReviews to.
 pub const VALIDATE_PATH: &str = "/validate";
-/// Largest accepted request body. An AdmissionReview carries the object and the old object, each up to
-/// etcd's ~1.5 MiB.
-pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// The largest object etcd stores by default (`--max-request-bytes`, 1.5 MiB).
+pub const ETCD_MAX_OBJECT_BYTES: usize = 1536 * 1024;
+/// Largest accepted request body: an AdmissionReview carries the object and the old object, each up
+/// to [`ETCD_MAX_OBJECT_BYTES`], in an envelope (kinds, user info, options) of a few KiB.
+pub const MAX_BODY_BYTES: usize = 2 * ETCD_MAX_OBJECT_BYTES + 64 * 1024;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -81,7 +84,24 @@ pub fn ops_router<S: Clone + Send + Sync + 'static>(metrics: Arc<Metrics>) -> Ro
         )
 }
 
-async fn validate(State(state): State<AppState>, body: Bytes) -> Response {
+/// The answer to a body over [`MAX_BODY_BYTES`] (or one that could not be read).
+fn unreadable_body(rejection: BytesRejection) -> Response {
+    let status = rejection.status();
+    if status != StatusCode::PAYLOAD_TOO_LARGE {
+        return rejection.into_response();
+    }
+    let message = format!(
+        "request body larger than {MAX_BODY_BYTES} bytes, the most an AdmissionReview needs \
+         (object and oldObject at etcd's {ETCD_MAX_OBJECT_BYTES}-byte limit each, and the envelope)\n"
+    );
+    (status, message).into_response()
+}
+
+async fn validate(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return unreadable_body(rejection),
+    };
     let started = Instant::now();
     let (review, operation, outcome) = state.admission.review(&body).await;
     let operation = match operation {

@@ -58,6 +58,14 @@ struct Args {
     /// The ValidatingWebhookConfiguration to put the CA bundle into (self-signed mode).
     #[arg(long, env = "VRG_WEBHOOK_CONFIG_NAME")]
     webhook_config_name: Option<String>,
+    /// The Secret (in --service-namespace) holding the CA every replica shares (self-signed mode);
+    /// empty: a CA in memory, new at each start, for a single replica.
+    #[arg(
+        long,
+        env = "VRG_WEBHOOK_CA_SECRET",
+        default_value = "virtrigaud-webhook-ca"
+    )]
+    ca_secret: String,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -89,6 +97,7 @@ async fn run(args: Args) -> Result<(), Error> {
             service: args.service_name.clone(),
             namespace: args.service_namespace.clone().unwrap_or_default(),
             webhook_config: args.webhook_config_name.clone().unwrap_or_default(),
+            ca_secret: Some(args.ca_secret.clone()).filter(|name| !name.is_empty()),
         };
         let (authority, names, not_after) =
             selfsigned::set_up(client.clone(), &args.cert_dir, &config).await?;
@@ -133,11 +142,12 @@ async fn run(args: Args) -> Result<(), Error> {
         tracing::info!(%addr, "serving /metrics and /healthz over HTTP");
         let ops = webhook::ops_router(state.metrics.clone());
         let shutdown = stopped();
-        tokio::spawn(async move {
-            if let Err(error) = server::serve_plain(listener, ops, shutdown).await {
-                tracing::error!(%error, "metrics listener failed");
-            }
-        });
+        tokio::spawn(server::serve_plain(
+            listener,
+            ops,
+            server::Limits::default(),
+            shutdown,
+        ));
     }
 
     let addr = SocketAddr::new(args.address, args.port);
@@ -152,6 +162,7 @@ async fn run(args: Args) -> Result<(), Error> {
         listener,
         tls::server_config(resolver)?,
         webhook::router(state),
+        server::Limits::default(),
         stopped(),
     )
     .await;

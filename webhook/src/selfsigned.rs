@@ -1,18 +1,27 @@
-//! Webhook TLS without cert-manager: at start the webhook creates its own CA and a serving certificate
-//! for its Service's DNS names (rcgen), writes them to its certificate directory, and puts the CA into
-//! its ValidatingWebhookConfiguration's `caBundle` with server-side apply. A background task re-issues
-//! the serving certificate from the same CA before it expires; the TLS resolver picks the new files up.
+//! Webhook TLS without cert-manager: at start the webhook takes the CA all its replicas share, issues
+//! a serving certificate for its Service's DNS names (rcgen), writes them to its certificate directory,
+//! and puts the CA into its ValidatingWebhookConfiguration's `caBundle` with server-side apply. A
+//! background task re-issues the serving certificate from the same CA before it expires; the TLS
+//! resolver picks the new files up.
 //!
-//! The CA lives in memory only, so each start makes a new one. The `caBundle` keeps the two previous CAs
-//! next to the new one, so during a rolling update the old pod, still serving with its CA, is trusted
-//! until it is gone.
+//! The CA is kept in a Secret ([`SelfSigned::ca_secret`], shipped empty by the default install): the
+//! first replica to start finds it empty, makes a CA and stores it with an update conditional on the
+//! resourceVersion it read (or creates the Secret when it is missing); a replica that loses that race
+//! reads the winner's CA. So every replica serves a certificate of the one CA in the `caBundle`, and
+//! replicas starting together cannot overwrite each other's bundle. Without a CA Secret (an empty
+//! `--ca-secret`) the CA lives in memory and each start makes a new one: one replica only. Either way
+//! the `caBundle` keeps the two previous CAs next to the new one, so a pod still serving with an
+//! older CA stays trusted until it is gone.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -33,7 +42,14 @@ pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How many CAs the caBundle keeps besides the newest.
 pub const PREVIOUS_CAS_KEPT: usize = 2;
 
-/// An in-memory certificate authority.
+/// Key of the CA certificate in the CA Secret.
+pub const CA_SECRET_CERT: &str = "ca.crt";
+/// Key of the CA's private key in the CA Secret.
+pub const CA_SECRET_KEY: &str = "ca.key";
+/// How often a replica re-reads the CA Secret after losing the race to store a CA.
+const CA_SECRET_TRIES: usize = 5;
+
+/// A certificate authority.
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
     ca_pem: String,
@@ -78,9 +94,23 @@ impl Authority {
         })
     }
 
+    /// The CA of `cert_pem` and its key `key_pem` (as [`Authority::key_pem`] wrote it).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, Error> {
+        let key = KeyPair::from_pem(key_pem)?;
+        Ok(Authority {
+            issuer: Issuer::from_ca_cert_pem(cert_pem, key)?,
+            ca_pem: cert_pem.to_owned(),
+        })
+    }
+
     /// The CA certificate, PEM-encoded.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The CA's private key, PEM-encoded.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     /// Issues a server certificate for `names` (DNS names or IP addresses), valid for `lifetime`.
@@ -227,9 +257,107 @@ pub struct SelfSigned {
     pub namespace: String,
     /// The ValidatingWebhookConfiguration whose caBundle is set.
     pub webhook_config: String,
+    /// The Secret in `namespace` holding the CA the replicas share; `None`: a CA in memory.
+    pub ca_secret: Option<String>,
 }
 
-/// Creates the CA and the serving certificate, writes them to `dir`, and applies the CA bundle, retrying
+/// The `data` of a CA Secret holding `authority`.
+fn ca_secret_data(authority: &Authority) -> BTreeMap<String, ByteString> {
+    BTreeMap::from([
+        (
+            CA_SECRET_CERT.to_owned(),
+            ByteString(authority.ca_pem().as_bytes().to_vec()),
+        ),
+        (
+            CA_SECRET_KEY.to_owned(),
+            ByteString(authority.key_pem().into_bytes()),
+        ),
+    ])
+}
+
+/// The CA stored in `secret`, if it holds one.
+fn stored_authority(secret: &Secret) -> Option<Result<Authority, Error>> {
+    let data = secret.data.as_ref()?;
+    let (cert, key) = (data.get(CA_SECRET_CERT)?, data.get(CA_SECRET_KEY)?);
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let unusable = |reason: String| Error::CaSecret {
+        name: name.clone(),
+        reason: format!("holds no usable CA ({reason}); remove its data to have a new CA made"),
+    };
+    let text = |bytes: &ByteString| String::from_utf8(bytes.0.clone()).map_err(|e| e.to_string());
+    Some(
+        text(cert)
+            .and_then(|cert| Ok((cert, text(key)?)))
+            .map_err(unusable)
+            .and_then(|(cert, key)| {
+                Authority::from_pem(&cert, &key).map_err(|e| unusable(e.to_string()))
+            }),
+    )
+}
+
+/// The CA in the Secret `name`, or a new one stored into it. `None`: another replica stored its CA
+/// between our read and our write; read again.
+async fn take_or_store_ca(
+    api: &Api<Secret>,
+    name: &str,
+    common_name: &str,
+) -> Result<Option<Authority>, Error> {
+    let existing = api.get_opt(name).await?;
+    if let Some(stored) = existing.as_ref().and_then(stored_authority) {
+        return stored.map(Some);
+    }
+    let authority = Authority::generate(common_name)?;
+    let written = match existing {
+        // Conditional on the resourceVersion read: a concurrent store makes this a 409.
+        Some(mut secret) => {
+            secret.data = Some(ca_secret_data(&authority));
+            api.replace(name, &PostParams::default(), &secret).await
+        }
+        None => {
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(name.to_owned()),
+                    ..ObjectMeta::default()
+                },
+                data: Some(ca_secret_data(&authority)),
+                ..Secret::default()
+            };
+            api.create(&PostParams::default(), &secret).await
+        }
+    };
+    match written {
+        Ok(_) => {
+            tracing::info!(secret = %name, "stored a new CA for the webhook's replicas");
+            Ok(Some(authority))
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            tracing::info!(secret = %name, "another replica stored a CA first; reading it");
+            Ok(None)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The CA every replica shares, kept in the Secret `name` of `api`'s namespace: the stored one, or a
+/// new one this replica stores first.
+pub async fn shared_authority(
+    api: &Api<Secret>,
+    name: &str,
+    common_name: &str,
+) -> Result<Authority, Error> {
+    for _ in 0..CA_SECRET_TRIES {
+        if let Some(authority) = take_or_store_ca(api, name, common_name).await? {
+            return Ok(authority);
+        }
+    }
+    Err(Error::CaSecret {
+        name: name.to_owned(),
+        reason: format!("changed under every one of {CA_SECRET_TRIES} attempts to store a CA"),
+    })
+}
+
+/// Takes the shared CA (or makes one in memory), issues the serving certificate, writes them to `dir`,
+/// and applies the CA bundle, retrying
 /// the apply for about two minutes (the configuration may be created in the same `kubectl apply` as the
 /// webhook's Deployment). Returns the CA, the certificate's names and its expiry for [`keep_renewed`].
 pub async fn set_up(
@@ -237,7 +365,14 @@ pub async fn set_up(
     dir: &Path,
     config: &SelfSigned,
 ) -> Result<(Authority, Vec<String>, SystemTime), Error> {
-    let authority = Authority::generate(&format!("{} CA", config.service))?;
+    let common_name = format!("{} CA", config.service);
+    let authority = match &config.ca_secret {
+        Some(secret) => {
+            let api = Api::namespaced(client.clone(), &config.namespace);
+            shared_authority(&api, secret, &common_name).await?
+        }
+        None => Authority::generate(&common_name)?,
+    };
     let names = service_dns_names(&config.service, &config.namespace);
     let cert = authority.issue(&names, SERVING_VALIDITY)?;
     write_cert_dir(dir, authority.ca_pem(), &cert)?;
@@ -289,6 +424,7 @@ pub async fn keep_renewed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn the_bundle_keeps_two_previous_cas() {
@@ -307,6 +443,71 @@ mod tests {
         // Applying the same CA again does not duplicate it.
         let again = merge_ca_bundle(Some(bundle.as_bytes()), &cas[3]);
         assert_eq!(pem_blocks(&again), blocks);
+    }
+
+    #[test]
+    fn a_ca_read_back_from_its_pem_issues_certificates_its_certificate_verifies() {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let stored = Authority::generate("virtrigaud-webhook CA").unwrap();
+        let loaded = Authority::from_pem(stored.ca_pem(), &stored.key_pem()).unwrap();
+        let names = service_dns_names("virtrigaud-webhook", "virtrigaud-system");
+        let cert = loaded.issue(&names, SERVING_VALIDITY).unwrap();
+
+        let der = |pem: &str| -> CertificateDer<'static> {
+            rustls_pemfile::certs(&mut pem.as_bytes())
+                .next()
+                .unwrap()
+                .unwrap()
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der(stored.ca_pem())).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        let name = ServerName::try_from("virtrigaud-webhook.virtrigaud-system.svc").unwrap();
+        verifier
+            .verify_server_cert(&der(&cert.cert_pem), &[], &name, &[], UnixTime::now())
+            .unwrap();
+
+        // A certificate of another CA does not verify.
+        let other = Authority::generate("virtrigaud-webhook CA").unwrap();
+        let foreign = other.issue(&names, SERVING_VALIDITY).unwrap();
+        assert!(
+            verifier
+                .verify_server_cert(&der(&foreign.cert_pem), &[], &name, &[], UnixTime::now())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn unusable_ca_secret_data_is_refused_naming_the_secret() {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some("virtrigaud-webhook-ca".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([
+                (
+                    CA_SECRET_CERT.to_owned(),
+                    ByteString(b"not a cert".to_vec()),
+                ),
+                (CA_SECRET_KEY.to_owned(), ByteString(b"not a key".to_vec())),
+            ])),
+            ..Secret::default()
+        };
+        let Some(Err(error)) = stored_authority(&secret) else {
+            panic!("garbage accepted as a CA");
+        };
+        let text = error.to_string();
+        assert!(
+            text.contains("virtrigaud-webhook-ca") && text.contains("no usable CA"),
+            "{text}"
+        );
+        // An empty Secret (as installed) holds no CA yet.
+        assert!(stored_authority(&Secret::default()).is_none());
     }
 
     #[test]

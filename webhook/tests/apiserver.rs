@@ -5,6 +5,9 @@
 //! kubectl's error naming the field (and, for the webhook's denials, the reason); every example
 //! migration must pass `kubectl apply --dry-run=server`.
 //!
+//! It also checks that every webhook replica of the install serves a certificate the caBundle trusts
+//! (the replicas share the self-signed CA).
+//!
 //! Fails when `e2e/.world/kubeconfig` does not exist (run `make e2e-up`).
 
 mod common;
@@ -406,4 +409,70 @@ fn rejection_cases_through_the_apiserver_name_the_field() {
         "at least 40 cases through the apiserver, ran {rejected}"
     );
     assert_eq!(admitted, 7, "every example migration");
+}
+
+/// The addresses of the webhook Service's ready endpoints, once there are `expected` of them (a
+/// rollout's old pods are gone from the ready ones first).
+fn ready_webhook_addresses(expected: usize) -> Vec<String> {
+    let jsonpath = "jsonpath={.items[*].endpoints[?(@.conditions.ready==true)].addresses[0]}";
+    let mut addresses = vec![];
+    for _ in 0..60 {
+        let (ok, out) = kubectl(
+            &[
+                "-n",
+                "virtrigaud-system",
+                "get",
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=virtrigaud-webhook",
+                "-o",
+                jsonpath,
+            ],
+            None,
+        );
+        assert!(ok, "{out}");
+        addresses = out.split_whitespace().map(str::to_owned).collect();
+        if addresses.len() == expected {
+            return addresses;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    panic!("the webhook Service has {addresses:?} as ready endpoints, not {expected}");
+}
+
+#[tokio::test]
+async fn every_webhook_replica_serves_a_certificate_the_ca_bundle_trusts() {
+    kubeconfig();
+    install();
+    let (ok, bundle) = kubectl(
+        &[
+            "get",
+            "validatingwebhookconfiguration",
+            "virtrigaud-webhook",
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ],
+        None,
+    );
+    assert!(ok, "{bundle}");
+    let bundle: k8s_openapi::ByteString = serde_json::from_value(json!(bundle.trim())).unwrap();
+    let host = "virtrigaud-webhook.virtrigaud-system.svc";
+    // Two replicas, the default install's.
+    for address in ready_webhook_addresses(2) {
+        let target = std::net::SocketAddr::new(address.parse().unwrap(), 8443);
+        let mut client = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .resolve(host, target);
+        for cert in reqwest::Certificate::from_pem_bundle(&bundle.0).unwrap() {
+            client = client.add_root_certificate(cert);
+        }
+        let answer = client
+            .build()
+            .unwrap()
+            .get(format!("https://{host}:8443/healthz"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("replica at {target} is not trusted by the caBundle: {e}"));
+        assert_eq!(answer.text().await.unwrap(), "ok", "{target}");
+    }
 }

@@ -27,10 +27,10 @@ struct Call {
     body: Value,
 }
 
-type Answer = fn(&Call) -> (StatusCode, Value);
-
 /// A kube Client whose requests are answered by `answer`; every request is recorded.
-fn mock_client(answer: Answer) -> (kube::Client, Arc<Mutex<Vec<Call>>>) {
+fn mock_client(
+    mut answer: impl FnMut(&Call) -> (StatusCode, Value) + Send + 'static,
+) -> (kube::Client, Arc<Mutex<Vec<Call>>>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let calls = Arc::new(Mutex::new(vec![]));
     let recorded = calls.clone();
@@ -357,4 +357,132 @@ async fn self_signed_mode_refuses_a_configuration_without_webhooks() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("has no webhooks"), "{error}");
+}
+
+const CA_SECRET: &str = "/api/v1/namespaces/virtrigaud-system/secrets/virtrigaud-webhook-ca";
+
+/// Answers `replies` in order, whatever the request (the test checks the requests afterwards).
+fn scripted(replies: Vec<(StatusCode, Value)>) -> impl FnMut(&Call) -> (StatusCode, Value) {
+    let mut replies = replies.into_iter();
+    move |call| {
+        replies
+            .next()
+            .unwrap_or_else(|| panic!("unexpected call {} {}", call.method, call.path))
+    }
+}
+
+/// The CA Secret as installed (no data) or holding `authority`.
+fn ca_secret(resource_version: &str, authority: Option<&webhook::selfsigned::Authority>) -> Value {
+    let mut secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "virtrigaud-webhook-ca", "namespace": "virtrigaud-system",
+                     "resourceVersion": resource_version},
+    });
+    if let Some(a) = authority {
+        secret["data"] = json!({
+            "ca.crt": serde_json::to_value(ByteString(a.ca_pem().as_bytes().to_vec())).unwrap(),
+            "ca.key": serde_json::to_value(ByteString(a.key_pem().into_bytes())).unwrap(),
+        });
+    }
+    secret
+}
+
+fn conflict(reason: &str) -> (StatusCode, Value) {
+    (
+        StatusCode::CONFLICT,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": 409,
+               "message": "the object has been modified"}),
+    )
+}
+
+/// The CA PEM a Secret write stored.
+fn stored_ca(call: &Call) -> String {
+    let cert: ByteString = serde_json::from_value(call.body["data"]["ca.crt"].clone()).unwrap();
+    String::from_utf8(cert.0).unwrap()
+}
+
+async fn shared(client: kube::Client) -> webhook::selfsigned::Authority {
+    let api = kube::Api::namespaced(client, "virtrigaud-system");
+    webhook::selfsigned::shared_authority(&api, "virtrigaud-webhook-ca", "virtrigaud-webhook CA")
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_first_replica_stores_its_ca_into_the_installed_secret_conditionally() {
+    let (client, calls) = mock_client(scripted(vec![
+        (StatusCode::OK, ca_secret("41", None)),
+        (StatusCode::OK, ca_secret("42", None)),
+    ]));
+    let authority = shared(client).await;
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls
+            .iter()
+            .map(|c| (c.method.as_str(), c.path.as_str()))
+            .collect::<Vec<_>>(),
+        [("GET", CA_SECRET), ("PUT", CA_SECRET)]
+    );
+    // The update carries the resourceVersion read: a concurrent store makes it a conflict.
+    assert_eq!(calls[1].body["metadata"]["resourceVersion"], "41");
+    assert_eq!(stored_ca(&calls[1]), authority.ca_pem());
+    let key: ByteString = serde_json::from_value(calls[1].body["data"]["ca.key"].clone()).unwrap();
+    assert!(String::from_utf8(key.0).unwrap().contains("PRIVATE KEY"));
+}
+
+#[tokio::test]
+async fn a_replica_that_loses_the_race_uses_the_winners_ca() {
+    let winner = webhook::selfsigned::Authority::generate("virtrigaud-webhook CA").unwrap();
+    let (client, calls) = mock_client(scripted(vec![
+        (StatusCode::OK, ca_secret("41", None)),
+        conflict("Conflict"),
+        (StatusCode::OK, ca_secret("42", Some(&winner))),
+    ]));
+    let authority = shared(client).await;
+    assert_eq!(authority.ca_pem(), winner.ca_pem());
+    let methods: Vec<String> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.method.clone())
+        .collect();
+    assert_eq!(methods, ["GET", "PUT", "GET"]);
+}
+
+#[tokio::test]
+async fn a_stored_ca_is_used_without_writing() {
+    let stored = webhook::selfsigned::Authority::generate("virtrigaud-webhook CA").unwrap();
+    let (client, calls) = mock_client(scripted(vec![(
+        StatusCode::OK,
+        ca_secret("7", Some(&stored)),
+    )]));
+    let authority = shared(client).await;
+    assert_eq!(authority.ca_pem(), stored.ca_pem());
+    assert_eq!(authority.key_pem(), stored.key_pem());
+    assert_eq!(calls.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_missing_ca_secret_is_created_and_a_create_race_is_lost_gracefully() {
+    let (client, calls) = mock_client(scripted(vec![
+        not_found("secrets \"virtrigaud-webhook-ca\""),
+        (StatusCode::CREATED, ca_secret("1", None)),
+    ]));
+    let authority = shared(client).await;
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls[1].method, "POST");
+    assert_eq!(
+        calls[1].path,
+        "/api/v1/namespaces/virtrigaud-system/secrets"
+    );
+    assert_eq!(calls[1].body["metadata"]["name"], "virtrigaud-webhook-ca");
+    assert_eq!(stored_ca(&calls[1]), authority.ca_pem());
+
+    let winner = webhook::selfsigned::Authority::generate("virtrigaud-webhook CA").unwrap();
+    let (client, _) = mock_client(scripted(vec![
+        not_found("secrets \"virtrigaud-webhook-ca\""),
+        conflict("AlreadyExists"),
+        (StatusCode::OK, ca_secret("2", Some(&winner))),
+    ]));
+    assert_eq!(shared(client).await.ca_pem(), winner.ca_pem());
 }

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use webhook::admission::Admission;
 use webhook::cluster::MemoryCluster;
 use webhook::endpoints::{AddressPolicy, StaticResolver};
+use webhook::server::Limits;
 use webhook::tls::{self, CERT_FILE, KEY_FILE, ReloadingCert};
 use webhook::{AppState, Metrics};
 
@@ -84,6 +85,11 @@ impl TestServer {
     }
 
     pub async fn start_with(state: AppState) -> Self {
+        Self::start_limited(state, Limits::default()).await
+    }
+
+    /// [`TestServer::start_with`] holding clients to `limits`.
+    pub async fn start_limited(state: AppState, limits: Limits) -> Self {
         let cert_dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new("webhook test CA");
         ca.write_serving_pair(cert_dir.path());
@@ -93,9 +99,15 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let app = webhook::router(state);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(webhook::server::serve_tls(listener, tls, app, async move {
-            let _ = stopped.await;
-        }));
+        tokio::spawn(webhook::server::serve_tls(
+            listener,
+            tls,
+            app,
+            limits,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         TestServer {
             addr,
             ca,
