@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 pub struct PinnedReference {
     /// `VirtualMachine`, `Provider` or `Secret`.
     pub kind: String,
+    /// The object's namespace.
     pub namespace: String,
+    /// The object's name.
     pub name: String,
     /// The object's UID: a deleted and re-created object is another object.
     pub uid: String,

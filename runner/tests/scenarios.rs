@@ -282,7 +282,7 @@ async fn wrong_password_unknown_datastore_and_name_clash_fail_naming_the_object(
             "vcenter-prod",
             taken.clone(),
             "LocalDS_0",
-            "Invalid",
+            "NotOwned",
             "Validated",
             taken.as_str(),
         ),
