@@ -22,8 +22,9 @@ pub use provider::{
 pub use references::PinnedReference;
 pub use virtualmachine::{VirtualMachine, VirtualMachineSpec, VirtualMachineStatus};
 pub use vmmigration::{
-    CleanupPolicy, DiskFormat, DiskStatus, NetworkHint, Phase, RetryPolicy, StorageSpec,
-    StorageType, TargetResources, VMMigration, VMMigrationSpec, VMMigrationStatus,
+    CleanupPolicy, Cutover, DiskFormat, DiskStatus, NetworkHint, Phase, RetryPolicy, SourcePower,
+    StartTarget, StopSource, StorageSpec, StorageType, TargetResources, VMMigration,
+    VMMigrationSpec, VMMigrationStatus,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

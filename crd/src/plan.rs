@@ -13,7 +13,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::provider::{ProviderDefaults, ProviderType, SshTarget};
-use crate::vmmigration::{CleanupPolicy, DiskFormat, NetworkHint, StorageSpec, TargetResources};
+use crate::vmmigration::{
+    CleanupPolicy, Cutover, DiskFormat, NetworkHint, StorageSpec, TargetResources,
+};
 
 /// Where the operator mounts the runner Secret.
 pub const MOUNT_DIR: &str = "/var/run/virtrigaud";
@@ -56,6 +58,10 @@ pub struct RunnerPlan {
     pub migration: MigrationRef,
     /// Attempt number, starting at 1.
     pub attempt: i32,
+    /// No attempt follows this one (retryPolicy.maxAttempts reached): a failure, retryable or not,
+    /// ends the migration, so the runner restores what it changed on the source.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub final_attempt: bool,
     pub mode: RunnerMode,
     pub source: ProviderPlan,
     /// The source VM: its name on the hypervisor and, when known, the hypervisor's id.
@@ -75,6 +81,9 @@ pub struct RunnerPlan {
     /// The storage spec, credentials removed (they are files next to the plan).
     pub storage: StorageSpec,
     pub cleanup_policy: CleanupPolicy,
+    /// Whether the source may be stopped for the final copy, and when the target is started.
+    #[serde(default)]
+    pub cutover: Cutover,
     /// Loopback endpoints (and libvirt's local socket) may be connected to: the operator runs with
     /// `--allow-loopback-endpoints` (local test worlds only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

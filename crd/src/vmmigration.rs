@@ -17,7 +17,7 @@ use crate::references::PinnedReference;
     group = "infra.virtrigaud.io",
     version = "v1beta1",
     kind = "VMMigration",
-    doc = "Migrates a virtual machine between hypervisors (libvirt/KVM, Proxmox VE, VMware vSphere) through intermediate storage (S3, HTTP or NFS). The source VM is snapshotted, its disks exported, converted when the target needs another format, staged with SHA-256 checksums, imported into the target provider, and a new VM is created there. The source VM is never changed beyond a temporary snapshot.",
+    doc = "Migrates a virtual machine between hypervisors (libvirt/KVM, Proxmox VE, VMware vSphere) through intermediate storage (S3, HTTP or NFS). The source VM is snapshotted, its disks exported, converted when the target needs another format, staged with SHA-256 checksums, imported into the target provider, and a new VM is created there. The source VM is never changed beyond a temporary snapshot, unless spec.cutover asks the migration to stop it for the final copy (required by cleanupPolicy.deleteSource).",
     plural = "vmmigrations",
     singular = "vmmigration",
     namespaced,
@@ -33,6 +33,7 @@ use crate::references::PinnedReference;
     validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name: must be at most 63 characters (it names the runner Job and its labels)")
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable after creation: delete the VMMigration and create a new one"))]
+#[x_kube(validation = Rule::new("!has(self.cleanupPolicy) || !has(self.cleanupPolicy.deleteSource) || !self.cleanupPolicy.deleteSource || (has(self.cutover) && has(self.cutover.stopSource) && self.cutover.stopSource != 'Never')").message("cleanupPolicy.deleteSource needs cutover.stopSource Shutdown or PowerOff: the source is deleted only after a final copy taken while the migration held it stopped was read back from the target and matched").field_path(".cleanupPolicy.deleteSource"))]
 #[serde(rename_all = "camelCase")]
 pub struct VMMigrationSpec {
     /// Name of the source VirtualMachine object (its name on the source hypervisor).
@@ -78,6 +79,12 @@ pub struct VMMigrationSpec {
     /// What is removed after the migration.
     #[serde(default)]
     pub cleanup_policy: CleanupPolicy,
+
+    /// Whether the migration may stop the source VM for the final copy, and when the target VM is
+    /// started. By default a running source keeps running (its disks are copied from a snapshot)
+    /// and the target VM is left stopped, so two copies of one VM never run at once.
+    #[serde(default, skip_serializing_if = "Cutover::is_default")]
+    pub cutover: Cutover,
 
     /// How failed attempts are retried.
     #[serde(default)]
@@ -245,6 +252,94 @@ impl Default for CleanupPolicy {
             delete_source: false,
         }
     }
+}
+
+/// Cutover: stopping the source for a final, unchanging copy and starting the target.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Cutover {
+    /// How a running source VM is stopped before its disks are copied. `Never` (the default): it
+    /// keeps running and is copied from a snapshot. `Shutdown`: the guest is asked to shut down
+    /// (ACPI, VMware Tools) and the attempt fails if it is still running after shutdownTimeout.
+    /// `PowerOff`: powered off at once. A source the migration stopped stays stopped while attempts
+    /// are retried and is started again when the migration fails for good.
+    #[serde(default)]
+    pub stop_source: StopSource,
+    /// How long a guest shutdown may take (stopSource: Shutdown), as a duration such as `5m`.
+    /// Defaults to 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 32),
+        pattern(r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
+    )]
+    pub shutdown_timeout: Option<String>,
+    /// When the target VM is started once verified. `AfterCutover` (the default): only when the
+    /// source was running and the migration stopped it. `Always`: even while the source still
+    /// runs (two copies with the same MAC addresses). `Never`: the target is left stopped.
+    #[serde(default)]
+    pub start_target: StartTarget,
+}
+
+impl Cutover {
+    /// The shutdown timeout of a guest shutdown when the spec gives none.
+    pub const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+    fn is_default(&self) -> bool {
+        self == &Cutover::default()
+    }
+
+    /// The shutdown timeout as a duration.
+    pub fn shutdown_timeout(&self) -> Result<std::time::Duration, crate::DurationError> {
+        match &self.shutdown_timeout {
+            Some(t) => crate::parse_duration(t),
+            None => Ok(Self::DEFAULT_SHUTDOWN_TIMEOUT),
+        }
+    }
+
+    /// Whether the target VM is started, given whether the source was running when the migration
+    /// first saw it and whether the migration stopped it.
+    pub fn starts_target(&self, source_was_running: bool, stopped_by_migration: bool) -> bool {
+        match self.start_target {
+            StartTarget::Always => true,
+            StartTarget::Never => false,
+            StartTarget::AfterCutover => source_was_running && stopped_by_migration,
+        }
+    }
+}
+
+/// How the migration stops a running source VM (spec.cutover.stopSource).
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum StopSource {
+    /// The source keeps running; its disks are copied from a snapshot.
+    #[default]
+    Never,
+    /// A guest shutdown, waited for up to shutdownTimeout.
+    Shutdown,
+    /// An immediate power-off.
+    PowerOff,
+}
+
+impl StopSource {
+    /// Whether the migration stops a running source.
+    pub fn stops(self) -> bool {
+        self != StopSource::Never
+    }
+}
+
+/// When the target VM is started (spec.cutover.startTarget).
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum StartTarget {
+    /// Only when the source was running and the migration stopped it.
+    #[default]
+    AfterCutover,
+    /// Always, even while the source still runs.
+    Always,
+    /// Never: the target is left stopped.
+    Never,
 }
 
 /// How failed attempts are retried: the wait before attempt N+1 is backoffDuration x 2^(N-1), capped
@@ -451,6 +546,20 @@ pub struct VMMigrationStatus {
     /// cleanup removes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotHandle>,
+    /// The source VM's power state as the first attempt found it, and whether the migration stopped
+    /// it (spec.cutover): later attempts and the decision to start the target rely on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_power: Option<SourcePower>,
+}
+
+/// The source VM's power as the migration found and left it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourcePower {
+    /// The source VM was running when the first attempt inspected it.
+    pub was_running: bool,
+    /// The migration stopped it (spec.cutover.stopSource) and has not started it again.
+    pub stopped_by_migration: bool,
 }
 
 /// Progress and integrity record of one disk.
@@ -484,6 +593,10 @@ pub struct DiskStatus {
     /// file); a later attempt reuses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_disk: Option<TargetDiskHandle>,
+    /// SHA-256 (hex) of the disk's guest-visible content as exported from the stopped source,
+    /// compared with the target's disk read back before deleteSource acts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_sha256: Option<String>,
 }
 
 impl VMMigrationSpec {

@@ -174,6 +174,7 @@ pub fn runner_plan(
             uid: m.meta().uid.clone().ok_or(Error::MissingMetadata("uid"))?,
         },
         attempt: kind.attempt,
+        final_attempt: kind.attempt >= spec.retry_policy.max_attempts,
         mode: kind.mode,
         source: provider_plan(&r.source_provider),
         source_vm: VmPlan {
@@ -188,6 +189,7 @@ pub fn runner_plan(
         target_resources: spec.target_resources.clone(),
         storage,
         cleanup_policy: spec.cleanup_policy.clone(),
+        cutover: spec.cutover.clone(),
         allow_loopback_endpoints: settings.allow_loopback_endpoints,
     })
 }

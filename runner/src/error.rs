@@ -24,6 +24,11 @@ pub enum Error {
         expected: String,
         actual: String,
     },
+    /// A guest did not shut down within spec.cutover.shutdownTimeout.
+    #[error(
+        "source VM {vm} was still running {timeout} after the guest was asked to shut down; raise spec.cutover.shutdownTimeout or use stopSource: PowerOff"
+    )]
+    ShutdownTimedOut { vm: String, timeout: String },
     /// Not enough space on scratch, storage or target.
     #[error("not enough space: {0}")]
     NoSpace(String),
@@ -85,7 +90,8 @@ impl Error {
     /// Whether a later attempt (or an in-process retry) may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Transient { .. } | Error::Kube(_) => true,
+            // A busy guest may shut down on the next try.
+            Error::Transient { .. } | Error::Kube(_) | Error::ShutdownTimedOut { .. } => true,
             Error::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted
@@ -118,6 +124,7 @@ impl Error {
             Error::Invalid(_) => "Invalid",
             Error::ChecksumMismatch { .. } => "ChecksumMismatch",
             Error::NoSpace(_) => "NoSpace",
+            Error::ShutdownTimedOut { .. } => "ShutdownTimedOut",
             Error::NotOurs(_) => "NotOwned",
             Error::ForbiddenEndpoint(_) => "ForbiddenEndpoint",
             Error::Transient { .. } => "Unavailable",

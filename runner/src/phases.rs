@@ -29,7 +29,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crd::plan::RunnerPlan;
-use crd::{DiskFormat, Phase, SnapshotHandle, TargetDiskHandle, TargetVmHandle, VMMigrationStatus};
+use crd::{
+    DiskFormat, Phase, SnapshotHandle, SourcePower, TargetDiskHandle, TargetVmHandle,
+    VMMigrationStatus,
+};
 
 use crate::error::{Retry, with_retries};
 use crate::progress::{self, Overall, Progress, Step, human_bytes};
@@ -75,7 +78,8 @@ struct Disk {
     imported: bool,
     /// The disk's own handle on the target, where it has one.
     handle: Option<TargetDiskHandle>,
-    /// Guest-visible SHA-256, computed when the target can read disks back.
+    /// Guest-visible SHA-256 of the exported content, computed for deleteSource (the target's
+    /// disks are read back and compared with it).
     guest_sha256: Option<String>,
 }
 
@@ -143,8 +147,10 @@ impl Pipeline {
             if let Err(write) = self.status.fail(self.current, e).await {
                 tracing::warn!("could not record the failure in the status: {write}");
             }
-            if !e.is_retryable() {
-                self.discard_partial().await;
+            if !e.is_retryable() || self.plan.final_attempt {
+                self.discard_partial(work.as_ref().map(|w| &w.vm)).await;
+            } else {
+                self.kept_for_retry().await;
             }
         }
         let _ = tokio::fs::remove_dir_all(self.scratch_dir()).await;
@@ -156,6 +162,7 @@ impl Pipeline {
     /// The phases, in order.
     async fn walk(&mut self, work: &mut Option<Work>) -> Result<String> {
         let w = work.insert(self.validating().await?);
+        self.stop_source(w).await?;
         let snapshot = self.snapshotting(w).await?;
         self.exporting(w, snapshot.as_ref()).await?;
         self.staged(w).await?;
@@ -217,6 +224,14 @@ impl Pipeline {
         }
         let target = &*self.target;
         with_retries("target check", tries, || target.check()).await?;
+        self.check_delete_source().await?;
+        if self.status.status().source_power.is_none() {
+            let found = SourcePower {
+                was_running: vm.running,
+                stopped_by_migration: false,
+            };
+            self.status.set_source_power(found).await?;
+        }
         let format = self.target_format()?;
         self.check_target_name().await?;
         self.stage.check().await?;
@@ -245,6 +260,29 @@ impl Pipeline {
             disks,
             dir,
             new_vm,
+        })
+    }
+
+    /// deleteSource needs the user's consent to stop the source (the webhook and the CRD refuse it
+    /// without, checked again here) and a target whose disks can be read back.
+    async fn check_delete_source(&self) -> Result<()> {
+        if !self.plan.cleanup_policy.delete_source {
+            return Ok(());
+        }
+        if !self.plan.cutover.stop_source.stops() {
+            return Err(Error::Invalid(
+                "spec.cleanupPolicy.deleteSource needs spec.cutover.stopSource Shutdown or PowerOff: \
+                 the source is deleted only after a final copy taken while the migration held it \
+                 stopped was read back from the target and matched"
+                    .into(),
+            ));
+        }
+        self.target.reader().check_export().await.map_err(|e| {
+            Error::Invalid(format!(
+                "spec.cleanupPolicy.deleteSource needs the target's disks read back, and target {} \
+                 cannot export them: {e}",
+                self.plan.target.name
+            ))
         })
     }
 
@@ -430,6 +468,7 @@ impl Pipeline {
         if recorded.target_format != Some(format) {
             return Ok(disk);
         }
+        disk.guest_sha256 = recorded.guest_sha256.clone();
         if let Some(handle) = &recorded.target_disk {
             disk.imported = true;
             disk.handle = Some(handle.clone());
@@ -483,17 +522,21 @@ impl Pipeline {
         }
     }
 
-    /// Scratch bytes the largest pending disk needs: the export, a converted copy, and a raw copy
-    /// for hashing when the target reads back.
+    /// Scratch bytes the largest disk needs: the export, a converted copy, and (deleteSource) a raw
+    /// copy for the guest-visible hash, and the target's disk read back with its raw copy.
     fn scratch_needed(&self, disks: &[Disk], format: DiskFormat) -> u64 {
-        let reads_back = self.target.reads_back();
+        let reads_back = self.plan.cleanup_policy.delete_source;
         disks
             .iter()
-            .filter(|d| !d.imported)
+            .filter(|d| !d.imported || reads_back)
             .map(|d| {
-                let copies = 1
-                    + u64::from(d.source.format != format)
-                    + u64::from(reads_back && d.source.format != DiskFormat::Raw);
+                let copies = if d.imported {
+                    2
+                } else {
+                    1 + u64::from(d.source.format != format)
+                        + u64::from(reads_back && d.source.format != DiskFormat::Raw)
+                };
+                let copies = if reads_back { copies.max(2) } else { copies };
                 d.source.virtual_size.saturating_mul(copies)
             })
             .max()
@@ -541,7 +584,6 @@ impl Pipeline {
                 .collect(),
             networks: plan.target_network_hints.clone(),
             storage_hint: plan.target_storage_hint.clone(),
-            start: vm.running,
             owner: plan.migration.uid.clone(),
         })
     }
@@ -562,6 +604,56 @@ impl Pipeline {
             self.plan.target.name,
             self.stage.describe(),
         )
+    }
+
+    /// Cutover (spec.cutover.stopSource): a running source is stopped for the final copy. The
+    /// status records that the migration stops it before it does, so a later attempt or a failure
+    /// that ends the migration knows to start it again. Disks staged while it still ran (it was
+    /// started again between attempts) are exported again.
+    async fn stop_source(&mut self, w: &mut Work) -> Result<()> {
+        let how = self.plan.cutover.stop_source;
+        if !w.vm.running || !how.stops() {
+            return Ok(());
+        }
+        let timeout = self
+            .plan
+            .cutover
+            .shutdown_timeout()
+            .map_err(|e| Error::Invalid(format!("spec.cutover.shutdownTimeout: {e}")))?;
+        let name = self.plan.source_vm.name.clone();
+        let wait = match how {
+            crd::StopSource::Shutdown => {
+                format!(" (guest shutdown, up to {})", crd::format_duration(timeout))
+            }
+            _ => " (power-off)".to_string(),
+        };
+        self.enter(
+            Phase::Snapshotting,
+            format!("Stopping source VM {name}{wait} for the final copy (spec.cutover)"),
+        )
+        .await?;
+        let mut power = self.status.status().source_power.unwrap_or_default();
+        power.stopped_by_migration = true;
+        self.status.set_source_power(power).await?;
+        self.source.stop(&w.vm, how, timeout).await?;
+        let source = &*self.source;
+        let vm = with_retries("source inspect", self.tries, || source.inspect(&name)).await?;
+        if vm.id != w.vm.id || vm.running {
+            return Err(Error::Invalid(format!(
+                "source VM {name} is {} after it was stopped (was {})",
+                if vm.running { "running" } else { "another VM" },
+                w.vm.id
+            )));
+        }
+        tracing::info!("source VM {name} stopped for the final copy");
+        if w.disks.iter().any(|d| d.staged.is_some() || d.imported) {
+            tracing::info!(
+                "disks staged earlier were copied while the source ran again: exporting them again"
+            );
+            self.drop_staged(w).await;
+        }
+        w.vm = vm;
+        Ok(())
     }
 
     /// Snapshotting: freezes the source disks, unless every disk is already staged or imported.
@@ -590,8 +682,19 @@ impl Pipeline {
             self.forget_other_point_in_time(w).await;
         }
         self.status.set_snapshot(snapshot.clone()).await?;
+        let stopped = self
+            .status
+            .status()
+            .source_power
+            .is_some_and(|p| p.stopped_by_migration);
         let (reason, message) = match &snapshot {
             Some(s) => ("Snapshotted", format!("snapshot {} taken", s.name())),
+            None if stopped => (
+                "SourceStopped",
+                "the migration stopped the source VM (spec.cutover): its disks are exported as \
+                 they are"
+                    .to_string(),
+            ),
             None => (
                 "NotNeeded",
                 "the source VM is stopped: its disks are exported as they are".to_string(),
@@ -610,6 +713,11 @@ impl Pipeline {
         tracing::info!(
             "the disks staged earlier come from another snapshot: exporting every disk again"
         );
+        self.drop_staged(w).await;
+    }
+
+    /// Forgets every staged or imported disk (they are exported again) and deletes the imported ones.
+    async fn drop_staged(&mut self, w: &mut Work) {
         let owner = self.plan.migration.uid.as_str();
         for d in &mut w.disks {
             d.staged = None;
@@ -663,11 +771,12 @@ impl Pipeline {
         }
         let label = disk_label(i, w.disks.len());
         let exported = self.export_one(w, session, i, &label).await?;
-        if self.target.reads_back() {
+        if self.plan.cleanup_policy.delete_source {
             w.disks[i].guest_sha256 = Some(disk::guest_sha256(&exported, &w.dir).await?);
         }
         let image = self.convert_one(w, i, &label, exported).await?;
-        let object = self.upload_one(&d, i, &label, &image).await?;
+        let guest = w.disks[i].guest_sha256.clone();
+        let object = self.upload_one(&d, i, &label, &image, guest).await?;
         w.disks[i].staged = Some(object);
         Ok(())
     }
@@ -756,6 +865,7 @@ impl Pipeline {
         i: usize,
         label: &str,
         image: &LocalImage,
+        guest_sha256: Option<String>,
     ) -> Result<StagedObject> {
         self.enter(
             Phase::Transferring,
@@ -798,6 +908,7 @@ impl Pipeline {
         entry.sha256 = Some(object.sha256.clone());
         entry.staged_url = Some(object.url.clone());
         entry.target_disk = None;
+        entry.guest_sha256 = guest_sha256;
         self.status.set_disk(entry).await?;
         tracing::info!(
             "{} staged at {} ({}, sha256 {})",
@@ -1072,8 +1183,13 @@ impl Pipeline {
                 object.url, info.virtual_size, d.source.virtual_size
             )));
         }
-        if self.target.reads_back() && d.guest_sha256.is_none() {
-            w.disks[i].guest_sha256 = Some(disk::guest_sha256(&image, &w.dir).await?);
+        if self.plan.cleanup_policy.delete_source && d.guest_sha256.is_none() {
+            let guest = disk::guest_sha256(&image, &w.dir).await?;
+            w.disks[i].guest_sha256 = Some(guest.clone());
+            if let Some(mut entry) = self.status.disk(&d.source.name).cloned() {
+                entry.guest_sha256 = Some(guest);
+                self.status.set_disk(entry).await?;
+            }
         }
         Ok(image)
     }
@@ -1093,8 +1209,7 @@ impl Pipeline {
         self.status.set_disk(entry).await
     }
 
-    /// Creating: ends the import session, which makes the VM (and starts it when asked); records
-    /// the VM as created.
+    /// Creating: ends the import session, which makes the VM (stopped); records the VM as created.
     async fn creating(&mut self, session: Box<dyn ImportSession>) -> Result<TargetVmHandle> {
         self.enter(
             Phase::Creating,
@@ -1114,28 +1229,21 @@ impl Pipeline {
         Ok(vm)
     }
 
-    /// ValidatingTarget: the target checks the VM and its disk capacities; where it reads disks
-    /// back, each guest-visible SHA-256 must equal the source's.
+    /// ValidatingTarget: the target checks the VM and its disk capacities; for deleteSource every
+    /// disk is read back from the target and its guest-visible SHA-256 must equal the exported one.
     async fn validating_target(&mut self, w: &Work, vm: &TargetVmHandle) -> Result<()> {
         self.enter(Phase::ValidatingTarget, format!("Validating {vm}"))
             .await?;
         let (target, handles) = (&*self.target, w.handles());
-        let hashes = with_retries("validate", self.tries, || {
+        with_retries("validate", self.tries, || {
             target.validate(&w.new_vm, vm, &handles)
         })
         .await?;
-        if hashes.len() != w.disks.len() {
-            return Err(Error::Invalid(format!(
-                "target {vm} reports {}, expected {}",
-                count(hashes.len(), "disk"),
-                w.disks.len()
-            )));
-        }
-        let verified = self.compare_hashes(w, &hashes)?;
-        let content = if verified > 0 {
+        let content = if self.plan.cleanup_policy.delete_source {
+            self.read_back(w, vm).await?;
             format!(
-                ", guest content of {} matches the source (sha256)",
-                count(verified, "disk")
+                ", guest content of {} read back and matching the source (sha256)",
+                count(w.disks.len(), "disk")
             )
         } else {
             String::new()
@@ -1150,34 +1258,80 @@ impl Pipeline {
             .await
     }
 
-    /// Compares the target's guest-visible hashes with the source's; returns how many matched.
-    fn compare_hashes(&self, w: &Work, hashes: &[Option<String>]) -> Result<usize> {
-        let mut verified = 0;
-        for (d, actual) in w.disks.iter().zip(hashes) {
-            match (actual, &d.guest_sha256) {
-                (Some(actual), Some(expected)) if actual != expected => {
-                    return Err(Error::ChecksumMismatch {
-                        object: format!(
-                            "target disk {} of VM {}",
-                            d.source.name, self.plan.target_name
-                        ),
-                        expected: expected.clone(),
-                        actual: actual.clone(),
-                    });
-                }
-                (Some(_), Some(_)) => verified += 1,
-                _ => {}
+    /// Reads every disk of the created (stopped) VM back through the target's source role and
+    /// compares its guest-visible SHA-256 with the one computed at export.
+    async fn read_back(&mut self, w: &Work, vm: &TargetVmHandle) -> Result<()> {
+        let (reader, name, tries) = (self.target.reader(), &self.plan.target_name, self.tries);
+        let shape = with_retries("read-back inspect", tries, || reader.inspect(name)).await?;
+        if shape.id != vm.id() || shape.running || shape.disks.len() != w.disks.len() {
+            return Err(Error::Invalid(format!(
+                "read-back: the VM named {name} on {} is {} ({}, {}), expected the stopped {vm} \
+                 with {}",
+                self.plan.target.name,
+                shape.id,
+                if shape.running { "running" } else { "stopped" },
+                count(shape.disks.len(), "disk"),
+                count(w.disks.len(), "disk"),
+            )));
+        }
+        let mut session = reader.export(&shape, None).await?;
+        for (i, (d, on_target)) in w.disks.iter().zip(&shape.disks).enumerate() {
+            if let Err(e) = self.read_back_disk(w, i, d, on_target, &mut *session).await {
+                session.abort().await;
+                return Err(e);
             }
         }
-        Ok(verified)
+        session.finish().await
     }
 
-    /// Cleanup policy after a verified target, then Ready.
+    /// Reads disk `i` back from the target and compares it with the source's guest hash.
+    async fn read_back_disk(
+        &mut self,
+        w: &Work,
+        i: usize,
+        d: &Disk,
+        on_target: &SourceDisk,
+        session: &mut dyn ExportSession,
+    ) -> Result<()> {
+        let object = format!(
+            "target disk {} of VM {}",
+            d.source.name, self.plan.target_name
+        );
+        let expected = d.guest_sha256.clone().ok_or_else(|| {
+            Error::Invalid(format!(
+                "{object}: no guest-visible SHA-256 of the source was recorded to compare with"
+            ))
+        })?;
+        let label = disk_label(i, w.disks.len());
+        self.enter(
+            Phase::ValidatingTarget,
+            format!("Reading back {label} ({}) from the target", on_target.name),
+        )
+        .await?;
+        let counter = Progress::new(on_target.virtual_size);
+        let image = export_retried(session, self.tries, on_target, &w.dir, &counter).await?;
+        let actual = disk::guest_sha256(&image, &w.dir).await;
+        remove(&image.path).await;
+        let actual = actual?;
+        if actual != expected {
+            return Err(Error::ChecksumMismatch {
+                object,
+                expected,
+                actual,
+            });
+        }
+        tracing::info!("{object} read back: sha256 {actual} matches the source");
+        Ok(())
+    }
+
+    /// Cleanup policy after a verified target, the target started (spec.cutover.startTarget),
+    /// then Ready.
     async fn finish(&mut self, w: &Work, vm: &TargetVmHandle) -> Result<()> {
         let mut notes = Vec::new();
         if self.plan.cleanup_policy.delete_intermediate {
             self.delete_staged(w, &mut notes).await?;
         }
+        notes.push(self.start_target(vm).await?);
         if self.plan.cleanup_policy.delete_source {
             notes.push(self.delete_source(&w.vm).await);
         }
@@ -1211,9 +1365,46 @@ impl Pipeline {
         Ok(())
     }
 
-    /// deleteSource, once the target is verified; returns the note for the Ready message.
+    /// Starts the target VM when spec.cutover.startTarget says so; returns the note for the Ready
+    /// message.
+    async fn start_target(&mut self, vm: &TargetVmHandle) -> Result<String> {
+        let power = self.status.status().source_power.unwrap_or_default();
+        let cutover = &self.plan.cutover;
+        if !cutover.starts_target(power.was_running, power.stopped_by_migration) {
+            let why = match cutover.start_target {
+                crd::StartTarget::Never => "spec.cutover.startTarget is Never",
+                _ if power.was_running => {
+                    "the source VM still runs (spec.cutover.stopSource Never); startTarget: Always \
+                     starts it anyway"
+                }
+                _ => "the source VM was not running",
+            };
+            tracing::info!("target {vm} left stopped: {why}");
+            return Ok(format!("left stopped: {why}"));
+        }
+        let (target, owner) = (&*self.target, self.plan.migration.uid.as_str());
+        with_retries("start target", self.tries, || target.start_vm(vm, owner)).await?;
+        tracing::info!("target {vm} started");
+        Ok("started".into())
+    }
+
+    /// deleteSource, once the target's disks were read back and matched; only a source that is
+    /// still the stopped, inspected VM is deleted. Returns the note for the Ready message.
     async fn delete_source(&self, vm: &VmShape) -> String {
         let (source, name) = (&*self.source, &vm.name);
+        match with_retries("source inspect", self.tries, || source.inspect(name)).await {
+            Ok(now) if now.id == vm.id && !now.running => {}
+            Ok(now) => {
+                let why = if now.running {
+                    "it is running again"
+                } else {
+                    "it is another VM now"
+                };
+                tracing::warn!("source VM {name} not deleted: {why}");
+                return format!("source VM {name} not deleted: {why}");
+            }
+            Err(e) => return format!("source VM {name} not deleted: {e}"),
+        }
         match with_retries("delete source", self.tries, || source.delete(vm)).await {
             Ok(()) => {
                 tracing::info!("source VM {name} deleted (cleanupPolicy.deleteSource)");
@@ -1226,12 +1417,41 @@ impl Pipeline {
         }
     }
 
-    /// After a terminal failure: removes the target VM and disks this migration created and, by
-    /// policy, the source snapshot. Staged objects stay for inspection until the cleanup runner.
-    async fn discard_partial(&mut self) {
-        if let Err(e) = self.discard_target("after a terminal failure").await {
+    /// After a retryable failure with attempts left: the source snapshot (at most one per
+    /// migration: its label is the migration's) is kept for the next attempt, and the Snapshotted
+    /// condition says so.
+    async fn kept_for_retry(&mut self) {
+        let Some(snapshot) = self.status.status().snapshot.clone() else {
+            return;
+        };
+        let message = format!(
+            "snapshot {} of source VM {} kept for attempt {} (one per migration; removed when the \
+             migration ends, fails or is deleted)",
+            snapshot.name(),
+            self.plan.source_vm.name,
+            self.plan.attempt + 1
+        );
+        let kept = self
+            .status
+            .complete(Phase::Snapshotting, "KeptForRetry", &message)
+            .await;
+        if let Err(e) = kept {
+            tracing::warn!("could not record the kept snapshot: {e}");
+        }
+    }
+
+    /// After a failure that ends the migration (terminal, or the final attempt): removes the target
+    /// VM and disks this migration created, by policy the source snapshot, and starts the source
+    /// again when the migration stopped it. Staged objects stay for inspection until the cleanup
+    /// runner.
+    async fn discard_partial(&mut self, vm: Option<&VmShape>) {
+        if let Err(e) = self
+            .discard_target("after a failure that ends the migration")
+            .await
+        {
             tracing::warn!("could not remove what this attempt made on the target: {e}");
         }
+        self.restart_source(vm).await;
         let snapshot = self.status.status().snapshot.clone();
         if let (true, Some(snapshot)) = (self.plan.cleanup_policy.delete_snapshot, snapshot) {
             let owner = self.plan.migration.uid.as_str();
@@ -1247,6 +1467,48 @@ impl Pipeline {
             }
         }
     }
+
+    /// Starts the source again when the migration stopped it (the migration ends without a
+    /// target); records that it did.
+    async fn restart_source(&mut self, vm: Option<&VmShape>) {
+        let Some(mut power) = self.status.status().source_power else {
+            return;
+        };
+        if !power.stopped_by_migration {
+            return;
+        }
+        match restart(&self.plan, &*self.source, vm).await {
+            Ok(()) => {
+                power.stopped_by_migration = false;
+                if let Err(e) = self.status.set_source_power(power).await {
+                    tracing::warn!("could not record the source restart: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(
+                "could not start source VM {} again: {e}",
+                self.plan.source_vm.name
+            ),
+        }
+    }
+}
+
+/// Starts the source VM the migration stopped: `vm` when inspected in this run, else the VM of the
+/// plan's name, which must still have the plan's id when the plan knows it.
+async fn restart(plan: &RunnerPlan, source: &dyn Source, vm: Option<&VmShape>) -> Result<()> {
+    let name = &plan.source_vm.name;
+    let vm = match vm {
+        Some(vm) => vm.clone(),
+        None => source.inspect(name).await?,
+    };
+    if plan.source_vm.id.as_ref().is_some_and(|id| id != &vm.id) {
+        return Err(Error::NotOurs(format!(
+            "source VM {name} is now {}, not the migrated {:?}: it is not started",
+            vm.id, plan.source_vm.id
+        )));
+    }
+    source.start(&vm).await?;
+    tracing::info!("source VM {name} started again: the migration ended without a target");
+    Ok(())
 }
 
 /// Removes what a migration left behind (the `cleanup` mode, run when a VMMigration is deleted or
@@ -1264,6 +1526,19 @@ pub async fn cleanup(
     check_owner(plan)?;
     let owner = plan.migration.uid.as_str();
     let mut errors: Vec<Error> = Vec::new();
+    let stopped = status.source_power.is_some_and(|p| p.stopped_by_migration);
+    if stopped && status.phase != Some(Phase::Ready) {
+        match restart(plan, source, None).await {
+            Ok(()) => tracing::info!("cleanup: source VM {} started again", plan.source_vm.name),
+            Err(e) => {
+                tracing::warn!(
+                    "cleanup: source VM {} not started: {e}",
+                    plan.source_vm.name
+                );
+                errors.push(e);
+            }
+        }
+    }
     let mut note = |what: String, r: Result<()>| match r {
         Ok(()) => tracing::info!("cleanup: {what} removed"),
         Err(Error::NotOurs(detail)) => tracing::warn!("cleanup: {what} kept: {detail}"),

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use crd::{
-    Condition, ConditionStatus, DiskStatus, Phase, SnapshotHandle, TargetVmHandle, VMMigration,
-    VMMigrationStatus,
+    Condition, ConditionStatus, DiskStatus, Phase, SnapshotHandle, SourcePower, TargetVmHandle,
+    VMMigration, VMMigrationStatus,
 };
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -130,6 +130,7 @@ impl StatusWriter {
                 .collect(),
             disks: previous.disks.clone(),
             snapshot: previous.snapshot.clone(),
+            source_power: previous.source_power,
             target_vm: previous.target_vm.clone(),
             target_vm_id: previous.target_vm_id.clone(),
             ..VMMigrationStatus::default()
@@ -245,6 +246,12 @@ impl StatusWriter {
     /// Records the source snapshot the disks are exported from (`None` once deleted).
     pub async fn set_snapshot(&mut self, snapshot: Option<SnapshotHandle>) -> Result<()> {
         self.state.snapshot = snapshot;
+        self.write().await
+    }
+
+    /// Records the source VM's power as the migration found and left it.
+    pub async fn set_source_power(&mut self, power: SourcePower) -> Result<()> {
+        self.state.source_power = Some(power);
         self.write().await
     }
 

@@ -93,7 +93,6 @@ async fn volume_stream_throughput() {
             }],
             networks: Vec::new(),
             storage_hint: None,
-            start: false,
             owner: "measure".into(),
         };
         let mut session = Target::import(&p, &vm, &[None]).await.unwrap();

@@ -29,6 +29,7 @@ fn plan(world: &World, name: &str, run: &Run) -> RunnerPlan {
             uid: format!("uid-{name}"),
         },
         attempt: 1,
+        final_attempt: false,
         mode: RunnerMode::Migrate,
         source: world.plan_for(world.uri()),
         source_vm: VmPlan {
@@ -46,6 +47,7 @@ fn plan(world: &World, name: &str, run: &Run) -> RunnerPlan {
         }),
         storage: run.spec.clone(),
         cleanup_policy: CleanupPolicy::default(),
+        cutover: Default::default(),
         allow_loopback_endpoints: true,
     }
 }

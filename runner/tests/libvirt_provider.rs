@@ -15,9 +15,10 @@ use libvirt_world::{
 };
 use runner::Error;
 use runner::credentials::Credentials;
+use runner::disk;
 use runner::progress::Progress;
 use runner::provider::libvirt::LibvirtProvider;
-use runner::provider::{Firmware, ImportInput, LocalImage, NewVm, Source, Target, mark};
+use runner::provider::{Firmware, ImportInput, LocalImage, Source, Target, mark};
 use sha2::{Digest as _, Sha256};
 
 const MIB: u64 = 1 << 20;
@@ -298,9 +299,35 @@ async fn import_define_validate_and_delete() {
     assert_eq!(&shape.id, uuid);
     let disks = handles(&imported);
 
-    // stopped: the raw disk is hashed on read-back, the qcow2 one cannot be
-    let hashes = p.validate(&spec, &created, &disks).await.unwrap();
-    assert_eq!(hashes, [None, Some(sha256_file(&vdb.path))]);
+    p.validate(&spec, &created, &disks).await.unwrap();
+    assert!(
+        world.virsh_ok(&["domstate", &name]).contains("shut off"),
+        "created stopped"
+    );
+
+    // read back through the source role (what deleteSource relies on): the guest-visible content
+    // of the qcow2 disk and of the raw one equals what was imported
+    let back = tempfile::tempdir().unwrap();
+    let mut export = p.export(&shape, None).await.unwrap();
+    for (d, original) in shape.disks.iter().zip([&vda, &vdb]) {
+        let image = export
+            .export_disk(d, back.path(), &Progress::default())
+            .await
+            .unwrap();
+        assert_eq!(image.format, original.format, "{}", d.name);
+        assert_eq!(
+            disk::guest_sha256(&image, back.path()).await.unwrap(),
+            disk::guest_sha256(original, back.path()).await.unwrap(),
+            "{}",
+            d.name
+        );
+    }
+    export.finish().await.unwrap();
+    assert_eq!(
+        disk::guest_sha256(&vdb, back.path()).await.unwrap(),
+        sha256_file(&vdb.path),
+        "a raw image's guest content is its bytes"
+    );
 
     // the same name again is a clash
     let clash = create(&p, &spec, &imported).await.unwrap_err();
@@ -309,20 +336,19 @@ async fn import_define_validate_and_delete() {
         "{clash}"
     );
 
-    // defined again and started (the disks stay): the guest runs and validation checks it
-    world.virsh_ok(&["undefine", &name]);
-    let running = NewVm {
-        start: true,
-        ..spec.clone()
-    };
-    let created = create(&p, &running, &imported).await.unwrap();
+    // started only by start_vm, which checks the mark first; validation holds while it runs
+    let err = p
+        .start_vm(&created, "uid-of-another-migration")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotOurs(_)), "{err:?}");
+    assert!(world.virsh_ok(&["domstate", &name]).contains("shut off"));
+    p.start_vm(&created, OWNER).await.unwrap();
     assert!(world.virsh_ok(&["domstate", &name]).contains("running"));
-    assert_eq!(
-        p.validate(&running, &created, &disks).await.unwrap(),
-        [None, None]
-    );
+    p.start_vm(&created, OWNER).await.unwrap();
+    p.validate(&spec, &created, &disks).await.unwrap();
     // a disk of the wrong size fails validation
-    let mut wrong = running.clone();
+    let mut wrong = spec.clone();
     wrong.disks[1].virtual_size += 1;
     let err = p.validate(&wrong, &created, &disks).await.unwrap_err();
     assert!(err.to_string().contains("capacity"), "{err}");
@@ -400,22 +426,19 @@ async fn create_starts_a_running_source_copy_with_a_nic() {
         network: None,
         bridge: Some(bridge.clone()),
     }];
-    spec.start = true;
     let disk = import_one(&p, &spec, 0, &image, &Progress::default())
         .await
         .unwrap();
     let created = create(&p, &spec, std::slice::from_ref(&disk))
         .await
         .unwrap();
+    p.start_vm(&created, OWNER).await.unwrap();
     assert!(world.virsh_ok(&["domstate", &name]).contains("running"));
     let iface = world.virsh_ok(&["domiflist", &name]);
     assert!(iface.contains(&bridge), "{iface}");
-    assert_eq!(
-        p.validate(&spec, &created, &handles(&[disk]))
-            .await
-            .unwrap(),
-        [None]
-    );
+    p.validate(&spec, &created, &handles(&[disk]))
+        .await
+        .unwrap();
     p.delete_vm(&created, OWNER).await.unwrap();
 }
 

@@ -138,7 +138,6 @@ async fn export_and_import_throughput() {
         }],
         networks: Vec::new(),
         storage_hint: Some("local-lvm".into()),
-        start: false,
         owner: "uid-measure".into(),
     };
     let mut session = target.import(&vm, &[None]).await.unwrap();

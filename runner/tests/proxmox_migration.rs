@@ -43,6 +43,7 @@ fn plan(
             uid: format!("uid-{migration}"),
         },
         attempt: 1,
+        final_attempt: false,
         mode: RunnerMode::Migrate,
         source,
         source_vm: VmPlan {
@@ -57,6 +58,7 @@ fn plan(
         target_resources: None,
         storage: run.spec.clone(),
         cleanup_policy: CleanupPolicy::default(),
+        cutover: Default::default(),
         allow_loopback_endpoints: true,
     }
 }

@@ -9,7 +9,7 @@ mod proxmox_world;
 use runner::endpoint::Guard;
 use std::path::Path;
 
-use crd::{DiskFormat, SnapshotHandle, TargetDiskHandle, TargetVmHandle};
+use crd::{DiskFormat, SnapshotHandle, StopSource, TargetDiskHandle, TargetVmHandle};
 use proxmox_world::{
     Store, TestVm, World, copy_of_source, holds, linked_clone, qemu_io, reference, unique,
     volume_file,
@@ -438,7 +438,6 @@ fn new_vm(name: &str, storage: Option<&str>) -> NewVm {
         }],
         networks: Vec::new(),
         storage_hint: storage.map(str::to_string),
-        start: false,
         owner: format!("uid-{name}"),
     }
 }
@@ -544,11 +543,9 @@ async fn import_session_survives_a_taken_vmid_and_deletes_only_its_own() {
         vmid,
         name: name.clone(),
     };
-    let hashes = p
-        .validate(&vm, &created, &[Some(handle.clone())])
+    p.validate(&vm, &created, &[Some(handle.clone())])
         .await
         .unwrap();
-    assert_eq!(hashes, [None]);
     assert!(
         proxmox_world::import_files(&client, w.node(), "local", &name)
             .await
@@ -761,7 +758,6 @@ async fn import_files_of_an_earlier_attempt_are_reused_and_a_failed_creation_lea
     };
     let mut vm = new_vm(&name, None);
     vm.firmware = Firmware::Uefi;
-    vm.start = true;
 
     // attempt 1 imports the disk and ends early: the file stays for the next attempt
     let mut first = p.import(&vm, &[None]).await.unwrap();
@@ -789,6 +785,37 @@ async fn import_files_of_an_earlier_attempt_are_reused_and_a_failed_creation_lea
     p.validate(&vm, &created, std::slice::from_ref(&handle))
         .await
         .unwrap();
+    let shape = Source::inspect(&p, &name).await.unwrap();
+    assert!(!shape.running, "created stopped");
+
+    // started only with the migration's mark; stopped and started in the source role (cutover)
+    let err = p.start_vm(&created, "uid-of-another").await.unwrap_err();
+    assert!(matches!(err, runner::Error::NotOurs(_)), "{err:?}");
+    p.start_vm(&created, &vm.owner).await.unwrap();
+    assert!(Source::inspect(&p, &name).await.unwrap().running);
+    let timeout = std::time::Duration::from_secs(30);
+    for how in [StopSource::Shutdown, StopSource::PowerOff] {
+        p.stop(&shape, how, timeout).await.unwrap();
+        assert!(
+            !Source::inspect(&p, &name).await.unwrap().running,
+            "{how:?}"
+        );
+        p.stop(&shape, how, timeout).await.unwrap();
+        p.start(&shape).await.unwrap();
+        assert!(Source::inspect(&p, &name).await.unwrap().running, "{how:?}");
+    }
+    let mut renamed = shape.clone();
+    renamed.name = format!("{name}-other");
+    let err = p
+        .stop(&renamed, StopSource::PowerOff, timeout)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not the inspected"), "{err}");
+    assert!(
+        Source::inspect(&p, &name).await.unwrap().running,
+        "left running"
+    );
+
     let config = proxmox_world::config(&client, w.node(), vmid).await;
     assert_eq!(config.get("bios"), Some("ovmf"));
     assert!(

@@ -119,7 +119,6 @@ async fn vsphere_transfer_throughput() {
         }],
         networks: Vec::new(),
         storage_hint: None,
-        start: false,
         owner: "measure".into(),
     };
     let mut import = target.import(&new, &[None]).await.unwrap();

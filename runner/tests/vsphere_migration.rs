@@ -60,6 +60,7 @@ fn plan(name: &str, source: ProviderPlan, target: ProviderPlan, run: &Run) -> Ru
             uid: format!("uid-{name}"),
         },
         attempt: 1,
+        final_attempt: false,
         mode: RunnerMode::Migrate,
         source,
         source_vm: VmPlan {
@@ -74,6 +75,7 @@ fn plan(name: &str, source: ProviderPlan, target: ProviderPlan, run: &Run) -> Ru
         target_resources: None,
         storage: run.spec.clone(),
         cleanup_policy: CleanupPolicy::default(),
+        cutover: Default::default(),
         allow_loopback_endpoints: true,
     }
 }

@@ -53,13 +53,34 @@ pub fn check(
     check_resources(&mut v, spec);
     check_storage(&mut v, namespace, &spec.storage, addresses);
     check_retry(&mut v, spec);
+    check_cutover(&mut v, spec);
+    v
+}
 
-    if spec.cleanup_policy.delete_source {
+/// deleteSource needs the user's consent to stop the source for the final copy; the shutdown
+/// timeout must parse.
+fn check_cutover(v: &mut Verdict, spec: &VMMigrationSpec) {
+    let cutover = &spec.cutover;
+    if let Some(timeout) = &cutover.shutdown_timeout
+        && let Err(why) = crd::parse_duration(timeout)
+    {
+        v.deny("spec.cutover.shutdownTimeout", why.to_string());
+    }
+    if !spec.cleanup_policy.delete_source {
+        return;
+    }
+    if !cutover.stop_source.stops() {
+        v.deny(
+            "spec.cleanupPolicy.deleteSource",
+            "needs spec.cutover.stopSource: Shutdown or PowerOff: the source is deleted only after a \
+             final copy taken while the migration held it stopped was read back from the target and \
+             matched; without that consent a running source could change after its copy",
+        );
+    } else {
         v.warn(
-            "spec.cleanupPolicy.deleteSource is true: the source VM will be deleted once the target VM is verified, and that cannot be undone",
+            "spec.cleanupPolicy.deleteSource is true: the source VM will be stopped for the final copy and deleted once the target's disks were read back and matched, and that cannot be undone",
         );
     }
-    v
 }
 
 fn label(v: &mut Verdict, field: &str, value: &str) {
@@ -376,9 +397,41 @@ mod tests {
     }
 
     #[test]
+    fn delete_source_needs_consent_to_stop_the_source() {
+        let mut s = spec();
+        s.cleanup_policy.delete_source = true;
+        let verdict = check("default", "m", &s, &AddressPolicy::default());
+        let fields: Vec<_> = verdict
+            .violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["spec.cleanupPolicy.deleteSource"]);
+        assert!(
+            verdict.message().contains("cutover.stopSource"),
+            "{}",
+            verdict.message()
+        );
+
+        s.cutover.stop_source = crd::StopSource::Shutdown;
+        s.cutover.shutdown_timeout = Some("5 minutes".into());
+        let verdict = check("default", "m", &s, &AddressPolicy::default());
+        let fields: Vec<_> = verdict
+            .violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["spec.cutover.shutdownTimeout"]);
+
+        s.cutover.shutdown_timeout = Some("90s".into());
+        assert!(check("default", "m", &s, &AddressPolicy::default()).is_allowed());
+    }
+
+    #[test]
     fn risky_choices_are_warnings() {
         let mut s = spec();
         s.cleanup_policy.delete_source = true;
+        s.cutover.stop_source = crd::StopSource::PowerOff;
         s.storage = StorageSpec {
             type_: StorageType::Http,
             endpoint: Some("http://files.example.com/x".into()),

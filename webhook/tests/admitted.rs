@@ -62,6 +62,11 @@ async fn risky_choices_are_allowed_with_warnings() {
     set(&mut object, "/spec/cleanupPolicy/deleteSource", json!(true));
     set(
         &mut object,
+        "/spec/cutover",
+        json!({"stopSource": "PowerOff"}),
+    );
+    set(
+        &mut object,
         "/spec/storage",
         json!({
             "type": "http",

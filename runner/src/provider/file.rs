@@ -11,10 +11,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use crd::{DiskFormat, ProviderType, SnapshotHandle, TargetDiskHandle, TargetVmHandle};
+use crd::{DiskFormat, ProviderType, SnapshotHandle, StopSource, TargetDiskHandle, TargetVmHandle};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -75,6 +77,8 @@ struct Inner {
     kind: ProviderType,
     calls: Mutex<BTreeMap<&'static str, usize>>,
     failures: Mutex<BTreeMap<&'static str, (usize, bool)>>,
+    /// The next imported disk gets a flipped byte after it was copied (a target that damages data).
+    corrupt_import: AtomicBool,
 }
 
 impl FileProvider {
@@ -86,6 +90,7 @@ impl FileProvider {
                 kind,
                 calls: Mutex::default(),
                 failures: Mutex::default(),
+                corrupt_import: AtomicBool::new(false),
             }),
         }
     }
@@ -118,6 +123,18 @@ impl FileProvider {
         })?;
         serde_json::from_slice(&text)
             .map_err(|e| Error::Invalid(format!("descriptor {}: {e}", path.display())))
+    }
+
+    /// Powers VM `name` on or off (someone else's action on the hypervisor).
+    pub fn set_running(&self, name: &str, running: bool) -> Result<()> {
+        let mut file = self.read_vm(name)?;
+        file.running = running;
+        write_descriptor(&self.vm_dir(name), &file)
+    }
+
+    /// Damages the next imported disk: one byte of its content flipped after the copy.
+    pub fn corrupt_next_import(&self) {
+        self.inner.corrupt_import.store(true, Ordering::SeqCst);
     }
 
     /// How many times `method` was called.
@@ -300,6 +317,16 @@ impl Source for FileProvider {
         write_descriptor(&self.vm_dir(&vm), &file)
     }
 
+    async fn stop(&self, vm: &VmShape, how: StopSource, _timeout: Duration) -> Result<()> {
+        self.enter("stop_vm")?;
+        self.power_inspected(vm, false, how.stops())
+    }
+
+    async fn start(&self, vm: &VmShape) -> Result<()> {
+        self.enter("start_source")?;
+        self.power_inspected(vm, true, true)
+    }
+
     async fn delete(&self, vm: &VmShape) -> Result<()> {
         self.enter("delete_vm")?;
         match self.vm_name_of(&vm.id) {
@@ -371,8 +398,8 @@ impl Target for FileProvider {
         self.inner.kind.accepted_formats()
     }
 
-    fn reads_back(&self) -> bool {
-        true
+    fn reader(&self) -> &dyn Source {
+        self
     }
 
     async fn find_vms(&self, name: &str, owner: &str) -> Result<Vec<FoundVm>> {
@@ -417,7 +444,7 @@ impl Target for FileProvider {
         vm: &NewVm,
         handle: &TargetVmHandle,
         _disks: &[Option<TargetDiskHandle>],
-    ) -> Result<Vec<Option<String>>> {
+    ) -> Result<()> {
         self.enter("validate_vm")?;
         let file = self.read_vm(handle.name())?;
         if file.disks.len() != vm.disks.len() {
@@ -428,9 +455,6 @@ impl Target for FileProvider {
                 vm.disks.len()
             )));
         }
-        let tmp = self.inner.root.join(".validate");
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io("creating validate dir", e))?;
-        let mut hashes = Vec::new();
         for (d, expected) in file.disks.iter().zip(&vm.disks) {
             let path = self.disk_path(&vm.name, &d.file);
             let info = disk::inspect(&path, d.format).await?;
@@ -440,13 +464,22 @@ impl Target for FileProvider {
                     d.name, vm.name, info.virtual_size, expected.virtual_size
                 )));
             }
-            let image = LocalImage {
-                path,
-                format: d.format,
-            };
-            hashes.push(Some(disk::guest_sha256(&image, &tmp).await?));
         }
-        Ok(hashes)
+        Ok(())
+    }
+
+    async fn start_vm(&self, handle: &TargetVmHandle, owner: &str) -> Result<()> {
+        self.enter("start_vm")?;
+        let name = handle.name();
+        let mut file = self.read_vm(name)?;
+        if file.id != handle.id() || file.owner.as_deref() != Some(owner) {
+            return Err(Error::NotOurs(format!(
+                "VM {name} is not {} or lacks the mark of migration {owner}: it is not started",
+                handle.id()
+            )));
+        }
+        file.running = true;
+        write_descriptor(&self.vm_dir(name), &file)
     }
 
     async fn delete_vm(&self, handle: &TargetVmHandle, owner: &str) -> Result<()> {
@@ -480,6 +513,24 @@ impl Target for FileProvider {
             _ => Ok(()),
         }
     }
+}
+
+/// Flips one byte of the guest content of image `path` (through qemu-io for formats with
+/// metadata, so the image stays valid and only its content differs).
+async fn damage(path: &Path, format: DiskFormat) -> Result<()> {
+    let out = tokio::process::Command::new("qemu-io")
+        .args(["-f", format.as_str(), "-c", "write -P 0x5a 4096 512"])
+        .arg(path)
+        .output()
+        .await
+        .map_err(|e| Error::io("running qemu-io", e))?;
+    if !out.status.success() {
+        return Err(Error::Tool {
+            tool: "qemu-io".into(),
+            detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// Refuses a disk file whose name does not carry `owner`'s tag.
@@ -519,6 +570,14 @@ impl ImportSession for FileImport {
         let name = mark::tagged(&self.vm.disks[index].name, &self.vm.owner);
         let dest = dir.join(format!("{name}.{}", image.format));
         copy_counted(&image.path, &dest, progress).await?;
+        if self
+            .provider
+            .inner
+            .corrupt_import
+            .swap(false, Ordering::SeqCst)
+        {
+            damage(&dest, image.format).await?;
+        }
         self.files[index] = Some(dest.clone());
         Ok(Some(TargetDiskHandle::Libvirt {
             path: dest.to_string_lossy().into_owned(),
@@ -556,7 +615,7 @@ impl ImportSession for FileImport {
             cpus: vm.cpus,
             memory_bytes: vm.memory_bytes,
             uefi: vm.firmware == Firmware::Uefi,
-            running: vm.start,
+            running: false,
             nics: vm.networks.len(),
             disks,
             snapshots: Vec::new(),
@@ -580,6 +639,21 @@ impl ImportSession for FileImport {
 }
 
 impl FileProvider {
+    /// Sets the inspected VM's power (when `change`), refusing one that is no longer it.
+    fn power_inspected(&self, vm: &VmShape, running: bool, change: bool) -> Result<()> {
+        let name = self.vm_name_of(&vm.id)?;
+        if name != vm.name {
+            return Err(Error::Invalid(format!(
+                "VM {} is now named {name}, not the migrated {}",
+                vm.id, vm.name
+            )));
+        }
+        if change {
+            self.set_running(&name, running)?;
+        }
+        Ok(())
+    }
+
     fn check_root(&self, method: &'static str) -> Result<()> {
         self.enter(method)?;
         if !self.inner.root.is_dir() {

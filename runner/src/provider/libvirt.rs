@@ -13,7 +13,7 @@
 //!   Provider's `defaults.datastore`, else `default`) and filled through upload streams (sparse for raw
 //!   images), each named `<vm>-<disk>-<tag>.<format>` with the migration's UID tag
 //!   ([`super::mark`]); the domain is defined from the source's shape, marked with the migration's
-//!   UID in its `<metadata>`, and started only if the source was running. A domain is deleted by
+//!   UID in its `<metadata>`, and left stopped (the pipeline starts it per spec.cutover). A domain is deleted by
 //!   UUID, and only its volumes that carry the tag go with it.
 //!
 //! Sessions hold nothing on the host: an export reads volumes, an import's volumes are recorded as
@@ -27,10 +27,11 @@ mod target;
 mod xml;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use crd::plan::ProviderPlan;
-use crd::{DiskFormat, ProviderType, SnapshotHandle, TargetDiskHandle, TargetVmHandle};
+use crd::{DiskFormat, ProviderType, SnapshotHandle, StopSource, TargetDiskHandle, TargetVmHandle};
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::error::{Error as VirtError, ErrorNumber};
@@ -226,6 +227,16 @@ impl Source for LibvirtProvider {
         let vm = vm.clone();
         self.run(move |h| h.delete_source(&vm)).await
     }
+
+    async fn stop(&self, vm: &VmShape, how: StopSource, timeout: Duration) -> Result<()> {
+        let vm = vm.clone();
+        self.run(move |h| h.stop(&vm, how, timeout)).await
+    }
+
+    async fn start(&self, vm: &VmShape) -> Result<()> {
+        let vm = vm.clone();
+        self.run(move |h| h.start_source(&vm)).await
+    }
 }
 
 /// Export of one domain's disks: reads the frozen base images (or the images of a stopped domain).
@@ -307,18 +318,31 @@ impl Target for LibvirtProvider {
         }))
     }
 
+    fn reader(&self) -> &dyn Source {
+        self
+    }
+
     async fn validate(
         &self,
         vm: &NewVm,
         handle: &TargetVmHandle,
         disks: &[Option<TargetDiskHandle>],
-    ) -> Result<Vec<Option<String>>> {
+    ) -> Result<()> {
         let TargetVmHandle::Libvirt { uuid, .. } = handle.clone() else {
             return Err(foreign(handle.provider(), "VM"));
         };
         let paths = disk_paths(disks)?;
         let vm = vm.clone();
         self.run(move |h| h.validate(&vm, &uuid, &paths)).await
+    }
+
+    async fn start_vm(&self, handle: &TargetVmHandle, owner: &str) -> Result<()> {
+        let TargetVmHandle::Libvirt { uuid, name } = handle.clone() else {
+            return Err(foreign(handle.provider(), "VM"));
+        };
+        let owner = owner.to_string();
+        self.run(move |h| h.start_target(&uuid, &name, &owner))
+            .await
     }
 
     async fn delete_vm(&self, handle: &TargetVmHandle, owner: &str) -> Result<()> {
@@ -461,6 +485,50 @@ impl Host<'_> {
             },
             _ => self.err(format_args!("looking up domain {name:?}"), e),
         })
+    }
+
+    fn is_active(&self, dom: &Domain) -> Result<bool> {
+        dom.is_active()
+            .map_err(|e| self.err("reading the domain state", e))
+    }
+
+    /// Starts a defined domain (a running one is left as it is). A KVM guest a nested KVM host
+    /// refuses for an MSR ("failed to set MSR 0x10a") is redefined with `arch-capabilities`
+    /// disabled and started again.
+    fn start_domain(&self, dom: &Domain, name: &str) -> Result<()> {
+        if self.is_active(dom)? {
+            return Ok(());
+        }
+        let failed = |e: VirtError| {
+            Error::Invalid(format!(
+                "starting domain {name:?} on {} failed: {}",
+                self.ep.shown(),
+                e.message()
+            ))
+        };
+        let Err(e) = dom.create() else {
+            tracing::info!("domain {name:?} started");
+            return Ok(());
+        };
+        let definition = dom
+            .get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+            .map_err(|e| self.err("reading the domain definition", e))?;
+        let fixed = xml::without_arch_capabilities(&definition);
+        let (true, Some(fixed)) = (e.message().contains("MSR"), fixed) else {
+            return Err(failed(e));
+        };
+        tracing::warn!(
+            "starting {name:?} failed ({}); redefining its CPU without arch-capabilities, as nested \
+             KVM hosts need",
+            e.message()
+        );
+        let dom = Domain::define_xml(self.conn, &fixed).map_err(|e| {
+            self.ep
+                .definition_error(format_args!("redefining domain {name:?}"), e)
+        })?;
+        dom.create().map_err(failed)?;
+        tracing::info!("domain {name:?} started");
+        Ok(())
     }
 
     /// A domain by UUID (the one inspection or creation recorded).

@@ -22,11 +22,13 @@ pub mod proxmox;
 pub mod vsphere;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use crd::plan::ProviderPlan;
 use crd::{
-    DiskFormat, NetworkHint, ProviderType, SnapshotHandle, TargetDiskHandle, TargetVmHandle,
+    DiskFormat, NetworkHint, ProviderType, SnapshotHandle, StopSource, TargetDiskHandle,
+    TargetVmHandle,
 };
 
 use crate::Result;
@@ -151,7 +153,7 @@ pub struct VmShape {
     pub memory_bytes: u64,
     pub firmware: Firmware,
     pub os: OsFamily,
-    /// Whether the VM was running when inspected (the target is started only if so).
+    /// Whether the VM was running when inspected.
     pub running: bool,
     pub disks: Vec<SourceDisk>,
     /// Number of network interfaces.
@@ -189,8 +191,6 @@ pub struct NewVm {
     pub networks: Vec<NetworkHint>,
     /// Pool, datastore or storage for the disks (the target's default when None).
     pub storage_hint: Option<String>,
-    /// Start the VM once created (only when the source was running).
-    pub start: bool,
     /// UID of the migration: providers mark what they create with it and delete only what carries
     /// it.
     pub owner: String,
@@ -233,6 +233,12 @@ pub trait Source: Send + Sync {
     /// with the disks staged before.
     async fn snapshot(&self, vm: &VmShape, label: &str) -> Result<Option<SnapshotHandle>>;
 
+    /// Checks that [`Source::export`] has what it needs besides the VM (Proxmox: its SSH login),
+    /// so a migration that will read disks back fails in Validating, not at its end.
+    async fn check_export(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Opens a session that exports the disks of `vm` as they are in `snapshot` (as they are now
     /// when `None`).
     async fn export(
@@ -240,6 +246,16 @@ pub trait Source: Send + Sync {
         vm: &VmShape,
         snapshot: Option<&SnapshotHandle>,
     ) -> Result<Box<dyn ExportSession>>;
+
+    /// Stops the running VM `vm` for the final copy (spec.cutover.stopSource): a guest shutdown
+    /// waited for up to `timeout` ([`crate::Error::ShutdownTimedOut`] after it), or a power-off.
+    /// Refuses when the VM found by name is no longer the inspected one (`vm.id`). A VM already
+    /// stopped is not an error.
+    async fn stop(&self, vm: &VmShape, how: StopSource, timeout: Duration) -> Result<()>;
+
+    /// Starts `vm` again (a source the migration stopped, once the migration failed for good).
+    /// Refuses when the VM found by name is no longer the inspected one.
+    async fn start(&self, vm: &VmShape) -> Result<()>;
 
     /// Removes a migration snapshot, leaving the VM exactly as before it, after checking it is
     /// `owner`'s: named [`mark::snapshot_label`] of `owner` (else [`crate::Error::NotOurs`], and
@@ -294,11 +310,9 @@ pub trait Target: Send + Sync {
         false
     }
 
-    /// Whether [`Target::validate`] reads disk content back. When true, the pipeline computes the
-    /// guest-visible SHA-256 of every disk it exports to compare.
-    fn reads_back(&self) -> bool {
-        false
-    }
+    /// The same hypervisor, with the target's credentials, in the source role: the pipeline reads
+    /// the created VM's disks back through it (inspect, export) before deleteSource acts.
+    fn reader(&self) -> &dyn Source;
 
     /// Every VM named `name` (target-name check), each by its id and with whether it carries the
     /// mark of migration `owner`. Empty when the name is free.
@@ -319,14 +333,17 @@ pub trait Target: Send + Sync {
         imported: &[Option<TargetDiskHandle>],
     ) -> Result<Box<dyn ImportSession>>;
 
-    /// Checks the created VM: exists, disks attached with the expected capacity, NICs. Returns the
-    /// hex SHA-256 of each disk's guest-visible content when the target can read it back.
+    /// Checks the created (stopped) VM: exists, disks attached with the expected capacity, NICs.
     async fn validate(
         &self,
         vm: &NewVm,
         handle: &TargetVmHandle,
         disks: &[Option<TargetDiskHandle>],
-    ) -> Result<Vec<Option<String>>>;
+    ) -> Result<()>;
+
+    /// Starts the created VM (spec.cutover.startTarget) after checking it carries the `owner` mark,
+    /// and checks that it runs.
+    async fn start_vm(&self, handle: &TargetVmHandle, owner: &str) -> Result<()>;
 
     /// Deletes a VM this migration created, with its disks, by the id in the handle, after checking
     /// that the VM of that id still has the handle's name and carries the `owner` mark (else
@@ -342,8 +359,7 @@ pub trait Target: Send + Sync {
     async fn close(&self) {}
 }
 
-/// The import of one VM: disk by disk, then [`ImportSession::finish`] makes the VM (and starts it
-/// when asked); [`ImportSession::abort`] leaves no half-made VM.
+/// The import of one VM: disk by disk, then [`ImportSession::finish`] makes the VM, stopped; [`ImportSession::abort`] leaves no half-made VM.
 #[async_trait]
 pub trait ImportSession: Send {
     /// The VM the session already created (vSphere's ImportVApp makes it up front). The pipeline
@@ -361,7 +377,7 @@ pub trait ImportSession: Send {
         progress: &Progress,
     ) -> Result<Option<TargetDiskHandle>>;
 
-    /// Makes the VM from the imported disks and starts it when asked. Returns its handle.
+    /// Makes the VM from the imported disks, without starting it. Returns its handle.
     async fn finish(self: Box<Self>) -> Result<TargetVmHandle>;
 
     /// Ends the session without a VM: removes a VM the session created up front. Disks that have

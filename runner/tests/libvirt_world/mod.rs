@@ -310,7 +310,6 @@ pub fn new_vm(
             .collect(),
         networks: Vec::new(),
         storage_hint: None,
-        start: false,
         owner: OWNER.to_string(),
     }
 }

@@ -302,6 +302,7 @@ impl World {
                 uid: "5f0c2a8e-1b7d-4c1e-9a8b-3d2e1f0a9b8c".into(),
             },
             attempt: 1,
+            final_attempt: false,
             mode: RunnerMode::Migrate,
             source: provider_plan("kvm-a", ProviderType::Libvirt),
             source_vm: VmPlan {
@@ -323,6 +324,7 @@ impl World {
                 credentials_secret_ref: None,
             },
             cleanup_policy: CleanupPolicy::default(),
+            cutover: Default::default(),
             allow_loopback_endpoints: true,
         };
         World {

@@ -478,6 +478,40 @@ pub fn cases() -> Vec<Case> {
             "spec.retryPolicy.maxAttempts",
             &["invalid type"],
         ),
+        // Cutover.
+        create(
+            "deleteSource without consent to stop the source",
+            |r| s(r, "/spec/cleanupPolicy/deleteSource", json!(true)),
+            "spec.cleanupPolicy.deleteSource",
+            &["cutover.stopSource"],
+        ),
+        create(
+            "deleteSource with stopSource Never",
+            |r| {
+                s(r, "/spec/cleanupPolicy/deleteSource", json!(true));
+                s(r, "/spec/cutover", json!({"stopSource": "Never"}));
+            },
+            "spec.cleanupPolicy.deleteSource",
+            &["cutover.stopSource"],
+        ),
+        create(
+            "unknown stopSource",
+            |r| s(r, "/spec/cutover", json!({"stopSource": "Hibernate"})),
+            "spec.cutover.stopSource",
+            &["Hibernate"],
+        ),
+        create(
+            "unparsable shutdownTimeout",
+            |r| {
+                s(
+                    r,
+                    "/spec/cutover",
+                    json!({"stopSource": "Shutdown", "shutdownTimeout": "5 minutes"}),
+                )
+            },
+            "spec.cutover.shutdownTimeout",
+            &["5 minutes"],
+        ),
         // Target shape.
         create(
             "raw disks for vSphere",
@@ -653,6 +687,7 @@ pub fn cases() -> Vec<Case> {
                 s(r, "/spec/sourceName", json!("ubuntu-server"));
                 s(r, "/spec/sourceNamespace", json!("kvm-vms"));
                 s(r, "/spec/cleanupPolicy/deleteSource", json!(true));
+                s(r, "/spec/cutover", json!({"stopSource": "PowerOff"}));
             },
             field: "spec.cleanupPolicy.deleteSource",
             mentions: &["may not delete VirtualMachine kvm-vms/ubuntu-server"],

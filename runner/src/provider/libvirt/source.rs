@@ -6,7 +6,7 @@ use std::io::{Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crd::{DiskFormat, SnapshotHandle};
+use crd::{DiskFormat, SnapshotHandle, StopSource};
 use virt::domain::Domain;
 use virt::domain_snapshot::DomainSnapshot;
 use virt::error::{Error as VirtError, ErrorNumber};
@@ -464,16 +464,65 @@ impl Host<'_> {
             }
             Err(e) => return Err(e),
         };
+        self.ensure_inspected(&dom, vm, "deleted")?;
+        self.delete_domain(&dom, &vm.name, None)
+    }
+
+    /// Stops the inspected source domain: a guest shutdown waited for up to `timeout`, or a
+    /// power-off (destroy).
+    pub(super) fn stop(&self, vm: &VmShape, how: StopSource, timeout: Duration) -> Result<()> {
+        let dom = self.domain_by_name(&vm.name)?;
+        self.ensure_inspected(&dom, vm, "stopped")?;
+        let name = &vm.name;
+        if !self.is_active(&dom)? {
+            return Ok(());
+        }
+        match how {
+            StopSource::Never => return Ok(()),
+            StopSource::PowerOff => {
+                dom.destroy()
+                    .map_err(|e| self.err(format_args!("powering off domain {name:?}"), e))?;
+                return Ok(());
+            }
+            StopSource::Shutdown => {
+                dom.shutdown()
+                    .map_err(|e| self.err(format_args!("shutting down domain {name:?}"), e))?;
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        while self.is_active(&dom)? {
+            if Instant::now() >= deadline {
+                return Err(Error::ShutdownTimedOut {
+                    vm: format!("{name:?}"),
+                    timeout: crd::format_duration(timeout),
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+        Ok(())
+    }
+
+    /// Starts the inspected source domain again (a migration that stopped it ended without a
+    /// target).
+    pub(super) fn start_source(&self, vm: &VmShape) -> Result<()> {
+        let dom = self.domain_by_name(&vm.name)?;
+        self.ensure_inspected(&dom, vm, "started")?;
+        self.start_domain(&dom, &vm.name)
+    }
+
+    /// Refuses a domain that is no longer the inspected one (`vm.id`); `action` says what is then
+    /// not done to it.
+    fn ensure_inspected(&self, dom: &Domain, vm: &VmShape, action: &str) -> Result<()> {
         let uuid = dom
             .get_uuid_string()
             .map_err(|e| self.err("reading the domain UUID", e))?;
         if uuid != vm.id {
             return Err(Error::Invalid(format!(
-                "domain {:?} is now {uuid}, not the migrated {}: it is not deleted",
+                "domain {:?} is now {uuid}, not the migrated {}: it is not {action}",
                 vm.name, vm.id
             )));
         }
-        self.delete_domain(&dom, &vm.name, None)
+        Ok(())
     }
 
     /// Commits every overlay of `snap` back into its base, pivots the disk onto the base, removes

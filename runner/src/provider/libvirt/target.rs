@@ -10,7 +10,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use crd::{DiskFormat, TargetVmHandle};
-use sha2::{Digest as _, Sha256};
 use virt::domain::Domain;
 use virt::error::ErrorNumber;
 use virt::storage_pool::StoragePool;
@@ -18,7 +17,7 @@ use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 use virt::sys;
 
-use super::ffi::{self, Received};
+use super::ffi;
 use super::xml;
 use super::{CHUNK, Host, POLL};
 use crate::progress::{Progress, human_bytes};
@@ -300,7 +299,7 @@ impl Host<'_> {
         Ok(())
     }
 
-    /// Defines (and, when asked, starts) the domain of `vm` on the volumes at `paths`.
+    /// Defines the domain of `vm` on the volumes at `paths`, stopped.
     pub(super) fn create(&self, vm: &NewVm, paths: &[String]) -> Result<TargetVmHandle> {
         let ep = self.ep.shown();
         match Domain::lookup_by_name(self.conn, &vm.name) {
@@ -350,49 +349,17 @@ impl Host<'_> {
                     .definition_error(format_args!("defining domain {:?}", vm.name), e)
             })
         };
-        let mut dom = define(None, false)?;
+        let dom = define(None, false)?;
         let id = dom
             .get_uuid_string()
             .map_err(|e| self.err("reading the domain UUID", e))?;
-        if vm.start {
-            let mut started = dom.create().map(|_| ());
-            if let Err(e) = &started
-                && domain_type == "kvm"
-                && e.message().contains("MSR")
-            {
-                tracing::warn!(
-                    "starting {:?} failed ({}); redefining its CPU without arch-capabilities, as nested \
-                     KVM hosts need",
-                    vm.name,
-                    e.message()
-                );
-                dom = define(Some(&id), true)?;
-                started = dom.create().map(|_| ());
-            }
-            if let Err(e) = started {
-                // leave nothing half-made: a retry would otherwise meet its own domain as a name clash
-                if let Err(u) = dom.undefine_flags(sys::VIR_DOMAIN_UNDEFINE_NVRAM) {
-                    tracing::warn!(
-                        "undefining {:?} after a failed start: {}",
-                        vm.name,
-                        u.message()
-                    );
-                }
-                return Err(Error::Invalid(format!(
-                    "starting domain {:?} on {ep} failed: {}",
-                    vm.name,
-                    e.message()
-                )));
-            }
-        }
         tracing::info!(
-            "defined domain {:?} ({domain_type}, {} vCPU, {}, {} disk(s), {} NIC(s)){}",
+            "defined domain {:?} ({domain_type}, {} vCPU, {}, {} disk(s), {} NIC(s)), stopped",
             vm.name,
             vm.cpus,
             human_bytes(vm.memory_bytes),
             vm.disks.len(),
             vm.networks.len(),
-            if vm.start { ", started" } else { "" }
         );
         Ok(TargetVmHandle::Libvirt {
             uuid: id,
@@ -400,24 +367,9 @@ impl Host<'_> {
         })
     }
 
-    /// Checks domain `uuid` against `vm`: state, disks on `paths` with the expected capacities,
-    /// NICs; hashes raw volumes of a stopped domain.
-    pub(super) fn validate(
-        &self,
-        vm: &NewVm,
-        uuid: &str,
-        paths: &[String],
-    ) -> Result<Vec<Option<String>>> {
+    /// Checks domain `uuid` against `vm`: disks on `paths` with the expected capacities, NICs.
+    pub(super) fn validate(&self, vm: &NewVm, uuid: &str, paths: &[String]) -> Result<()> {
         let dom = self.domain_by_uuid(uuid)?;
-        let active = dom
-            .is_active()
-            .map_err(|e| self.err("reading the domain state", e))?;
-        if vm.start && !active {
-            return Err(Error::Invalid(format!(
-                "domain {:?} is not running",
-                vm.name
-            )));
-        }
         let info = self.domain_info(&dom)?;
         let disks = info.data_disks();
         if disks.len() != vm.disks.len() {
@@ -436,7 +388,6 @@ impl Host<'_> {
                 vm.networks.len()
             )));
         }
-        let mut hashes = Vec::new();
         for ((disk, expected), want) in disks.iter().zip(&vm.disks).zip(paths) {
             let path = self.disk_path(disk)?;
             if &path != want {
@@ -456,55 +407,8 @@ impl Host<'_> {
                     disk.target, vm.name, expected.virtual_size
                 )));
             }
-            // Only a raw volume's bytes are its guest-visible content, and only a stopped guest
-            // leaves them still while they are read.
-            hashes.push(if expected.format == DiskFormat::Raw && !active {
-                Some(self.hash_volume(&vol, &path)?)
-            } else {
-                None
-            });
         }
-        Ok(hashes)
-    }
-
-    /// SHA-256 of a volume's bytes, read back through a sparse download stream.
-    fn hash_volume(&self, vol: &StorageVol, path: &str) -> Result<String> {
-        let (stream, sparse) = self.open_download(vol, path)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; CHUNK];
-        let zeros = vec![0u8; CHUNK];
-        let result = (|| -> Result<()> {
-            loop {
-                let received = if sparse {
-                    ffi::recv_sparse(&stream, &mut buf)
-                } else {
-                    stream.recv(&mut buf).map(|n| match n {
-                        0 => Received::End,
-                        n => Received::Data(n),
-                    })
-                }
-                .map_err(|e| self.err(format_args!("reading {path}"), e))?;
-                match received {
-                    Received::Data(n) => hasher.update(&buf[..n]),
-                    Received::Hole(mut n) => {
-                        while n > 0 {
-                            let k = n.min(CHUNK as u64);
-                            hasher.update(&zeros[..k as usize]);
-                            n -= k;
-                        }
-                    }
-                    Received::End => return Ok(()),
-                }
-            }
-        })();
-        if let Err(e) = result {
-            let _ = stream.abort();
-            return Err(e);
-        }
-        stream
-            .finish()
-            .map_err(|e| self.err(format_args!("finishing the read of {path}"), e))?;
-        Ok(hex::encode(hasher.finalize()))
+        Ok(())
     }
 
     /// The domain named `name`, if there is one, by UUID, with whether it carries `owner`'s mark.
@@ -527,6 +431,13 @@ impl Host<'_> {
         }])
     }
 
+    /// Starts target domain `uuid` after checking it is `name` and carries `owner`'s mark.
+    pub(super) fn start_target(&self, uuid: &str, name: &str, owner: &str) -> Result<()> {
+        let dom = self.domain_by_uuid(uuid)?;
+        self.ensure_domain_ours(&dom, uuid, name, owner, "started")?;
+        self.start_domain(&dom, name)
+    }
+
     /// Deletes domain `uuid` after checking it is the one this migration created: named `name`
     /// and marked with `owner`.
     pub(super) fn delete_target(&self, uuid: &str, name: &str, owner: &str) -> Result<()> {
@@ -538,16 +449,30 @@ impl Host<'_> {
             }
             Err(e) => return Err(e),
         };
+        self.ensure_domain_ours(&dom, uuid, name, owner, "deleted")?;
+        self.delete_domain(&dom, name, Some(owner))
+    }
+
+    /// Refuses ([`Error::NotOurs`]) a domain not named `name` or without `owner`'s mark; `action`
+    /// says what is then not done to it.
+    fn ensure_domain_ours(
+        &self,
+        dom: &Domain,
+        uuid: &str,
+        name: &str,
+        owner: &str,
+        action: &str,
+    ) -> Result<()> {
         let current = dom
             .get_name()
             .map_err(|e| self.err("reading the domain name", e))?;
-        let mark = self.domain_info(&dom)?.owner;
+        let mark = self.domain_info(dom)?.owner;
         if current != name || mark.as_deref() != Some(owner) {
             return Err(Error::NotOurs(format!(
                 "domain {current:?} ({uuid}) is not named {name:?} or lacks the mark of migration \
-                 {owner}: it is not deleted"
+                 {owner}: it is not {action}"
             )));
         }
-        self.delete_domain(&dom, name, Some(owner))
+        Ok(())
     }
 }

@@ -355,6 +355,30 @@ pub struct NewDomain<'a> {
     pub owner: &'a str,
 }
 
+/// `domain` (a domain's XML) with `arch-capabilities` disabled in its host-model `<cpu>`, for a
+/// nested KVM host that refuses its MSR; `None` when there is no such `<cpu>` or it is disabled
+/// already.
+pub fn without_arch_capabilities(domain: &str) -> Option<String> {
+    const FEATURE: &str = "<feature policy='disable' name='arch-capabilities'/>";
+    if domain.contains("name='arch-capabilities'") {
+        return None;
+    }
+    let start = domain.find("<cpu ")?;
+    let end = start + domain[start..].find('>')?;
+    if !domain[start..end].contains("host-model") {
+        return None;
+    }
+    Some(if domain[..end].ends_with('/') {
+        format!(
+            "{}>{FEATURE}</cpu>{}",
+            &domain[..end - 1],
+            &domain[end + 1..]
+        )
+    } else {
+        format!("{}{FEATURE}{}", &domain[..=end], &domain[end + 1..])
+    })
+}
+
 /// The virtio target name of the `index`th disk: `vda` ... `vdz`, `vdaa` ...
 pub fn virtio_target(index: usize) -> String {
     let mut letters = Vec::new();
@@ -497,6 +521,29 @@ fn scaled(node: Node) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arch_capabilities_disabled_in_a_host_model_cpu() {
+        let closed = "<domain><cpu mode='host-model' check='partial'/><clock/></domain>";
+        let fixed = without_arch_capabilities(closed).unwrap();
+        assert_eq!(
+            fixed,
+            "<domain><cpu mode='host-model' check='partial'><feature policy='disable' \
+             name='arch-capabilities'/></cpu><clock/></domain>"
+        );
+        assert_eq!(without_arch_capabilities(&fixed), None, "once");
+        let open = "<domain><cpu mode='host-model'>\n<model fallback='allow'/></cpu></domain>";
+        let fixed = without_arch_capabilities(open).unwrap();
+        assert!(fixed.starts_with(
+            "<domain><cpu mode='host-model'><feature policy='disable' name='arch-capabilities'/>\n"
+        ));
+        roxmltree::Document::parse(&fixed).unwrap();
+        assert_eq!(
+            without_arch_capabilities("<domain><cpu mode='custom'/></domain>"),
+            None
+        );
+        assert_eq!(without_arch_capabilities("<domain/>"), None);
+    }
 
     const LIVE: &str = r#"<domain type='qemu' id='3'>
   <name>src</name>

@@ -2,9 +2,10 @@
 //! exports (made on first use by the source), and the lookups both roles need.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crd::plan::ProviderPlan;
-use crd::{ProviderDefaults, ProviderType};
+use crd::{ProviderDefaults, ProviderType, StopSource};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::Value;
@@ -312,6 +313,69 @@ impl ProxmoxProvider {
             .and_then(Value::as_str)
             .unwrap_or("unknown")
             .to_string())
+    }
+
+    /// Powers VM `vmid` on (`status/start`); a running one is left as it is.
+    pub(super) async fn power_on(&self, node: &str, vmid: u32, name: &str) -> Result<()> {
+        if self.power_state(node, vmid).await? == "running" {
+            return Ok(());
+        }
+        let id = vmid.to_string();
+        self.client()
+            .await?
+            .run_task(
+                Method::POST,
+                &["nodes", node, "qemu", &id, "status", "start"],
+                &[],
+                SHORT_TASK_TIMEOUT,
+            )
+            .await?;
+        tracing::info!("VM {name} ({vmid} on {node}) started");
+        Ok(())
+    }
+
+    /// Stops VM `vmid`: a guest shutdown (`status/shutdown`, PVE waiting up to `timeout`, never
+    /// forcing), checked afterwards, or a power-off (`status/stop`). A stopped VM is left as it is.
+    pub(super) async fn power_off(
+        &self,
+        node: &str,
+        vmid: u32,
+        name: &str,
+        how: StopSource,
+        timeout: Duration,
+    ) -> Result<()> {
+        if self.power_state(node, vmid).await? != "running" {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let id = vmid.to_string();
+        let (action, params) = match how {
+            StopSource::Never => return Ok(()),
+            StopSource::PowerOff => ("stop", vec![]),
+            StopSource::Shutdown => (
+                "shutdown",
+                vec![
+                    ("timeout", timeout.as_secs().to_string()),
+                    ("forceStop", "0".to_string()),
+                ],
+            ),
+        };
+        let path = ["nodes", node, "qemu", &id, "status", action];
+        let ran = client
+            .run_task(Method::POST, &path, &params, timeout + SHORT_TASK_TIMEOUT)
+            .await;
+        if how == StopSource::Shutdown && self.power_state(node, vmid).await? == "running" {
+            if let Err(e) = ran {
+                tracing::warn!("shutdown of VM {name} ({vmid}) failed: {e}");
+            }
+            return Err(Error::ShutdownTimedOut {
+                vm: format!("{name} ({vmid} on {node})"),
+                timeout: crd::format_duration(timeout),
+            });
+        }
+        ran?;
+        tracing::info!("VM {name} ({vmid} on {node}) stopped ({action})");
+        Ok(())
     }
 
     /// Stops a running VM, then destroys it with its disks (`purge`, unreferenced disks too).

@@ -2,9 +2,10 @@
 //! snapshot when it runs (`vmstate` 0), its disks read over SSH ([`super::export`]).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use crd::{DiskFormat, ProviderType, SnapshotHandle};
+use crd::{DiskFormat, ProviderType, SnapshotHandle, StopSource};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -139,6 +140,21 @@ impl Source for ProxmoxProvider {
             .await?;
         tracing::info!("snapshot {name} of VM {vmid} removed");
         Ok(())
+    }
+
+    async fn check_export(&self) -> Result<()> {
+        self.ssh().await.map(|_| ())
+    }
+
+    async fn stop(&self, vm: &VmShape, how: StopSource, timeout: Duration) -> Result<()> {
+        let res = self.source_by_id(vm).await?;
+        self.power_off(&res.node, res.vmid, &res.name, how, timeout)
+            .await
+    }
+
+    async fn start(&self, vm: &VmShape) -> Result<()> {
+        let res = self.source_by_id(vm).await?;
+        self.power_on(&res.node, res.vmid, &res.name).await
     }
 
     async fn delete(&self, vm: &VmShape) -> Result<()> {

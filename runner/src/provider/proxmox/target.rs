@@ -11,12 +11,12 @@ use crd::{DiskFormat, ProviderType, TargetDiskHandle, TargetVmHandle};
 use reqwest::Method;
 use serde_json::Value;
 
-use super::api::{LONG_TASK_TIMEOUT, SHORT_TASK_TIMEOUT, as_u64};
+use super::api::{LONG_TASK_TIMEOUT, as_u64};
 use super::config::{self, TAG, VmConfig, split_volid};
 use super::provider::{NodeStorage, ProxmoxProvider, foreign};
 use super::transfer;
 use crate::progress::Progress;
-use crate::provider::{Firmware, FoundVm, ImportInput, ImportSession, NewVm, Target, mark};
+use crate::provider::{Firmware, FoundVm, ImportInput, ImportSession, NewVm, Source, Target, mark};
 use crate::{Error, Result, stream};
 
 const MIB: u64 = 1 << 20;
@@ -115,23 +115,32 @@ impl Target for ProxmoxProvider {
         vm: &NewVm,
         handle: &TargetVmHandle,
         _disks: &[Option<TargetDiskHandle>],
-    ) -> Result<Vec<Option<String>>> {
+    ) -> Result<()> {
         let TargetVmHandle::Proxmox { node, vmid, .. } = handle else {
             return Err(foreign(handle.provider(), "VM"));
         };
         let config = self.config(node, *vmid).await?;
         let bridges = bridges(vm, self.inner.defaults.network.as_deref())?;
-        check_config(vm, &config, &bridges)?;
-        let running = self.power_state(node, *vmid).await? == "running";
-        if running != vm.start {
+        check_config(vm, &config, &bridges)
+    }
+
+    fn reader(&self) -> &dyn Source {
+        self
+    }
+
+    async fn start_vm(&self, handle: &TargetVmHandle, owner: &str) -> Result<()> {
+        let TargetVmHandle::Proxmox { node, vmid, name } = handle else {
+            return Err(foreign(handle.provider(), "VM"));
+        };
+        let config = self.config(node, *vmid).await?;
+        ensure_ours(&config, *vmid, name, owner)?;
+        self.power_on(node, *vmid, name).await?;
+        if self.power_state(node, *vmid).await? != "running" {
             return Err(Error::Invalid(format!(
-                "VM {} ({vmid}) is {}, expected {}",
-                vm.name,
-                if running { "running" } else { "stopped" },
-                if vm.start { "running" } else { "stopped" }
+                "VM {name} ({vmid} on {node}) is not running after its start task"
             )));
         }
-        Ok(vec![None; vm.disks.len()])
+        Ok(())
     }
 
     async fn delete_vm(&self, handle: &TargetVmHandle, owner: &str) -> Result<()> {
@@ -329,12 +338,6 @@ impl ImportSession for Import {
     async fn finish(mut self: Box<Self>) -> Result<TargetVmHandle> {
         let volids = self.volids()?;
         self.create(&volids).await?;
-        if self.vm.start
-            && let Err(e) = self.start().await
-        {
-            self.discard(self.vmid).await;
-            return Err(e);
-        }
         self.remove_files(&volids).await;
         Ok(self.handle(self.vmid))
     }
@@ -491,25 +494,6 @@ impl Import {
             }
         }
         unreachable!("the last try returns")
-    }
-
-    /// Starts the created VM.
-    async fn start(&self) -> Result<()> {
-        let id = self.vmid.to_string();
-        let path = [
-            "nodes",
-            self.place.node.as_str(),
-            "qemu",
-            &id,
-            "status",
-            "start",
-        ];
-        let client = self.provider.client().await?;
-        client
-            .run_task(Method::POST, &path, &[], SHORT_TASK_TIMEOUT)
-            .await?;
-        tracing::info!("VM {} ({}) started", self.vm.name, self.vmid);
-        Ok(())
     }
 
     /// Removes VM `vmid` when it exists and is ours (a creation that failed half-way).
@@ -758,7 +742,6 @@ mod tests {
                 bridge: Some("vmbr1".into()),
             }],
             storage_hint: Some("local-lvm".into()),
-            start: true,
             owner: "uid-1".into(),
         }
     }

@@ -182,7 +182,6 @@ mod tests {
                 .collect(),
             networks: Vec::new(),
             storage_hint: None,
-            start: false,
             owner: "uid".into(),
         }
     }

@@ -9,9 +9,10 @@
 //!   Datastore.Browse privilege, a locked file), or the disk is not plain files (RDM, vSAN/vVol).
 
 use std::path::Path;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use crd::{ProviderType, SnapshotHandle};
+use crd::{ProviderType, SnapshotHandle, StopSource};
 use futures::StreamExt as _;
 use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 
@@ -147,12 +148,57 @@ impl Source for VsphereProvider {
         self.destroy(&info).await
     }
 
+    async fn stop(&self, vm: &VmShape, how: StopSource, timeout: Duration) -> Result<()> {
+        let info = self.inspected(vm, "stopped").await?;
+        if info.power_state != PowerState::PoweredOn {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        match how {
+            StopSource::Never => return Ok(()),
+            StopSource::PowerOff => return client.power_off(&info.moref).await,
+            StopSource::Shutdown => client.shutdown_guest(&info.moref).await?,
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while client.vm_info(&info.moref).await?.power_state == PowerState::PoweredOn {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::ShutdownTimedOut {
+                    vm: format!("{} ({})", vm.name, vm.id),
+                    timeout: crd::format_duration(timeout),
+                });
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Ok(())
+    }
+
+    async fn start(&self, vm: &VmShape) -> Result<()> {
+        let info = self.inspected(vm, "started").await?;
+        if info.power_state == PowerState::PoweredOn {
+            return Ok(());
+        }
+        self.client().await?.power_on(&info.moref).await
+    }
+
     async fn close(&self) {
         VsphereProvider::close(self).await
     }
 }
 
 impl VsphereProvider {
+    /// The inspected VM, by moref, refused when it no longer has the inspected name; `action` says
+    /// what is then not done to it.
+    async fn inspected(&self, vm: &VmShape, action: &str) -> Result<VmInfo> {
+        let info = self.client().await?.vm_info(&vm_ref(&vm.id)).await?;
+        if info.name != vm.name {
+            return Err(Error::Invalid(format!(
+                "VM {} is now named {:?}, not the migrated {:?}: it is not {action}",
+                vm.id, info.name, vm.name
+            )));
+        }
+        Ok(info)
+    }
+
     /// The source VM: at `<datacenter>/vm/<defaults.folder>/<name>` when the Provider names a
     /// folder, else the one VM of that name.
     async fn find_source(&self, name: &str) -> Result<MoRef> {

@@ -20,7 +20,7 @@ use super::ovf;
 use super::provider::{OWNER_KEY, VsphereProvider, guest_id, vm_ref, vsphere_firmware};
 use super::{Client, Datacenter, DeviceUrl, ImportParams, MoRef, PowerState, VmInfo};
 use crate::progress::{Progress, human_bytes};
-use crate::provider::{FoundVm, ImportInput, ImportSession, LocalImage, NewVm, Target};
+use crate::provider::{FoundVm, ImportInput, ImportSession, LocalImage, NewVm, Source, Target};
 use crate::{Error, Result};
 
 #[async_trait]
@@ -130,13 +130,29 @@ impl Target for VsphereProvider {
         vm: &NewVm,
         handle: &TargetVmHandle,
         _disks: &[Option<TargetDiskHandle>],
-    ) -> Result<Vec<Option<String>>> {
+    ) -> Result<()> {
         let TargetVmHandle::Vsphere { vm: id, .. } = handle else {
             return Err(foreign(handle.provider()));
         };
         let info = self.client().await?.vm_info(&vm_ref(id)).await?;
-        check_shape(vm, &info)?;
-        Ok(vec![None; vm.disks.len()])
+        check_shape(vm, &info)
+    }
+
+    fn reader(&self) -> &dyn Source {
+        self
+    }
+
+    async fn start_vm(&self, handle: &TargetVmHandle, owner: &str) -> Result<()> {
+        let TargetVmHandle::Vsphere { vm: id, name } = handle else {
+            return Err(foreign(handle.provider()));
+        };
+        let client = self.client().await?;
+        let info = client.vm_info(&vm_ref(id)).await?;
+        ensure_ours(&info, name, owner)?;
+        if info.power_state != PowerState::PoweredOn {
+            client.power_on(&info.moref).await?;
+        }
+        Ok(())
     }
 
     async fn delete_vm(&self, handle: &TargetVmHandle, owner: &str) -> Result<()> {
@@ -306,13 +322,6 @@ fn check_shape(vm: &NewVm, info: &VmInfo) -> Result<()> {
     if !networks.is_empty() && got != networks {
         return mismatch(format!("has NICs on {got:?}, expected {networks:?}"));
     }
-    let on = info.power_state == PowerState::PoweredOn;
-    if on != vm.start {
-        return mismatch(format!(
-            "is {}",
-            if on { "powered on" } else { "powered off" }
-        ));
-    }
     Ok(())
 }
 
@@ -394,12 +403,7 @@ impl ImportSession for Import {
             .lease
             .take()
             .expect("a session holds its lease until it ends");
-        let completed = lease.complete().await;
-        let started = match (&completed, self.vm.start) {
-            (Ok(()), true) => self.client.power_on(&self.entity).await,
-            _ => Ok(()),
-        };
-        if let Err(e) = completed.and(started) {
+        if let Err(e) = lease.complete().await {
             if let Err(d) = self.destroy_entity().await {
                 tracing::warn!("removing the half-made VM {}: {d}", self.vm.name);
             }

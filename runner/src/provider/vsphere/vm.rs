@@ -183,6 +183,13 @@ impl Client {
         Ok(())
     }
 
+    /// Asks the guest of `vm` to shut down (VMware Tools); returns at once, the VM powers off
+    /// when the guest is done.
+    pub async fn shutdown_guest(&self, vm: &MoRef) -> Result<()> {
+        self.call("ShutdownGuest", vm, Xml::new()).await?;
+        Ok(())
+    }
+
     /// Deletes `vm` and its files (the VM must be powered off).
     pub async fn destroy(&self, vm: &MoRef) -> Result<()> {
         self.run_task("Destroy_Task", vm, Xml::new()).await?;
