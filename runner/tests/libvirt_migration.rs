@@ -104,7 +104,8 @@ async fn migrate(via: Backend, format: Option<DiskFormat>) {
     assert_eq!(last.phase, Some(Phase::Ready), "{last:?}");
     assert_eq!(last.target_vm_id.as_deref(), Some(id.as_str()));
 
-    // the target: defined from the source's shape (vCPU override), started like the source
+    // the target: defined from the source's shape (vCPU override), left stopped while the
+    // source runs (spec.cutover defaults)
     let target_xml = world.virsh_ok(&["dumpxml", &target_name]);
     assert!(
         target_xml.contains(&format!("<uuid>{id}</uuid>")),
@@ -114,7 +115,7 @@ async fn migrate(via: Backend, format: Option<DiskFormat>) {
     assert!(
         world
             .virsh_ok(&["domstate", &target_name])
-            .contains("running")
+            .contains("shut off")
     );
     let want = format.unwrap_or(DiskFormat::Qcow2);
     let disks: Vec<String> = world
@@ -170,6 +171,79 @@ async fn running_domain_migrates_through_http() {
 #[tokio::test(flavor = "multi_thread")]
 async fn running_domain_migrates_through_nfs() {
     migrate(Backend::Nfs, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_source_powers_the_source_off_reads_the_target_back_and_then_deletes_it() {
+    let world = World::load();
+    let name = unique("lvm-cut");
+    let target_name = format!("{name}-copy");
+    let refs = tempfile::tempdir().unwrap();
+    let _source_guard = world.make_source_vm(&name, true, refs.path());
+    let _target_guard = world.guard(&target_name);
+    let run = world.staging(Backend::Nfs, both_ends(&world));
+    let mut plan = plan(&world, &name, &run);
+    plan.cleanup_policy.delete_source = true;
+    plan.cutover.stop_source = crd::StopSource::PowerOff;
+
+    let (result, rec) = attempt(&plan, &run, &VMMigrationStatus::default()).await;
+    result.unwrap_or_else(|e| panic!("migration failed: {e}; {:?}", rec.last()));
+    let last = rec.last();
+    assert_eq!(last.phase, Some(Phase::Ready), "{last:?}");
+    let snapshotted = last
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Snapshotted")
+        .unwrap();
+    assert_eq!(
+        snapshotted.reason.as_deref(),
+        Some("SourceStopped"),
+        "no snapshot of a stopped source"
+    );
+    let validated = last
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "TargetValidated")
+        .and_then(|c| c.message.clone())
+        .unwrap();
+    assert!(
+        validated.contains("guest content of 2 disks read back and matching the source"),
+        "{validated}"
+    );
+    for d in &last.disks {
+        assert_eq!(d.guest_sha256.as_ref().map(String::len), Some(64), "{d:?}");
+    }
+
+    // the target runs the source's content; the source domain and its volumes are gone
+    assert!(
+        world
+            .virsh_ok(&["domstate", &target_name])
+            .contains("running")
+    );
+    let disks: Vec<String> = world
+        .virsh_ok(&["domblklist", &target_name])
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .filter(|p| p != "-" && p != "Source")
+        .collect();
+    for (disk, reference) in disks.iter().zip(["vda.raw", "vdb.raw"]) {
+        assert!(
+            same_content(Path::new(disk), &refs.path().join(reference)),
+            "{disk}"
+        );
+    }
+    assert_eq!(domains_named(&world, &name), 0, "the source is deleted");
+    let mut left = world.volumes(&name);
+    left.retain(|v| !v.starts_with(&target_name));
+    assert!(
+        left.is_empty(),
+        "the source's volumes went with it: {left:?}"
+    );
+    assert!(
+        last.message
+            .unwrap()
+            .contains(&format!("source VM {name} deleted"))
+    );
 }
 
 /// How many domains (running or not) are called `name`.

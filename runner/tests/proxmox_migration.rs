@@ -225,14 +225,14 @@ async fn running_lvm_thin_linked_clone_migrates_to_libvirt_through_nfs() {
     );
 }
 
-/// The Proxmox target VM of a migration: marked, shaped, disks holding `refs` (raw files).
+/// The Proxmox target VM of a migration: marked, shaped, disks holding `refs` (raw files),
+/// stopped.
 async fn check_proxmox_target(
     w: &World,
     plan: &RunnerPlan,
     id: &str,
     storage: &str,
     refs: &[PathBuf],
-    running: bool,
 ) -> VmConfig {
     let client = w.client().await;
     let vmid: u32 = id.parse().unwrap();
@@ -260,11 +260,8 @@ async fn check_proxmox_target(
         .get(&["nodes", w.node(), "qemu", id, "status", "current"], &[])
         .await
         .unwrap();
-    assert_eq!(
-        state["status"].as_str() == Some("running"),
-        running,
-        "{state}"
-    );
+    // spec.cutover defaults: never two running copies, the target is left stopped
+    assert_eq!(state["status"].as_str(), Some("stopped"), "{state}");
     let prefix = format!("{}-", plan.target_name);
     assert!(
         proxmox_world::import_files(&client, w.node(), "local", &prefix)
@@ -321,7 +318,7 @@ async fn vsphere_vm_migrates_to_proxmox_lvm_thin_through_nfs_as_in_scenario_2() 
         vmid: id.parse().unwrap(),
         name: plan.target_name.clone(),
     };
-    let config = check_proxmox_target(&pw, &plan, &id, "local-lvm", &src.refs, true).await;
+    let config = check_proxmox_target(&pw, &plan, &id, "local-lvm", &src.refs).await;
     assert_eq!(
         (config.cpus(), config.memory_mib()),
         (2, 256),
@@ -353,7 +350,7 @@ async fn libvirt_vm_migrates_to_proxmox_through_s3_which_pve_downloads_itself() 
         name: plan.target_name.clone(),
     };
     let refs = [refs.path().join("vda.raw"), refs.path().join("vdb.raw")];
-    let config = check_proxmox_target(&pw, &plan, &id, "local", &refs, true).await;
+    let config = check_proxmox_target(&pw, &plan, &id, "local", &refs).await;
     assert_eq!(
         config.bridges(),
         [Some("vmbr0".to_string())],
@@ -412,7 +409,7 @@ async fn running_dir_linked_clone_migrates_proxmox_to_proxmox_through_http() {
     };
     let dir = tempfile::tempdir().unwrap();
     let refs = [reference(&clone.disks[0], dir.path())];
-    let config = check_proxmox_target(&pw, &plan, &id, "local-lvm", &refs, true).await;
+    let config = check_proxmox_target(&pw, &plan, &id, "local-lvm", &refs).await;
     assert_eq!(
         (config.cpus(), config.get("ostype")),
         (2, Some("win10")),

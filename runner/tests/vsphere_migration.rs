@@ -150,8 +150,9 @@ async fn vsphere_to_libvirt(kinds: &[DiskKind], running: bool, via: Backend) -> 
             "{kind:?} disk {disk} does not hold the source's guest content"
         );
     }
+    // spec.cutover defaults: never two running copies, the target is left stopped
     let state = lw.virsh_ok(&["domstate", &plan.target_name]);
-    assert_eq!(state.contains("running"), running, "{state}");
+    assert!(state.contains("shut off"), "{state}");
     let xml = lw.virsh_ok(&["dumpxml", &plan.target_name]);
     assert!(xml.contains(">2</vcpu>"), "the source's 2 vCPUs: {xml}");
 
@@ -259,8 +260,8 @@ async fn libvirt_vm_migrates_to_vsphere_through_s3_as_in_scenario_1() {
     assert_eq!(networks, ["VM Network"]);
     assert_eq!(
         info.power_state,
-        PowerState::PoweredOn,
-        "the source was running"
+        PowerState::PoweredOff,
+        "left stopped while the source runs (spec.cutover defaults)"
     );
     assert!(
         info.extra_config
@@ -285,6 +286,101 @@ async fn libvirt_vm_migrates_to_vsphere_through_s3_as_in_scenario_1() {
     }
     let imported = condition(&last, "Imported");
     assert_eq!(imported.status, ConditionStatus::True);
+}
+
+/// vcsim hashes the disk bytes an import lease receives and discards them (facts.md), so a VM it
+/// imports reads back empty: with deleteSource, the read-back refuses it, and the source the
+/// migration powered off is kept and started again. (Against vSphere the read-back goes through
+/// the datastore file interface like any export.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vsphere_target_that_reads_back_wrong_keeps_the_libvirt_source_and_starts_it_again() {
+    let (vw, lw) = (vsphere_world::World::load(), libvirt_world::World::load());
+    let client = vw.client().await;
+    let name = libvirt_world::unique("l2v-cut");
+    let refs = tempfile::tempdir().unwrap();
+    let _source = lw.make_source_vm(&name, true, refs.path());
+    let run = lw.staging(
+        Backend::Nfs,
+        vsphere_creds(&vw, "target", lw.creds("source")),
+    );
+    let mut plan = plan(&name, lw.plan_for(lw.uri()), vsphere_plan(&vw), &run);
+    plan.cleanup_policy.delete_source = true;
+    plan.cutover.stop_source = crd::StopSource::PowerOff;
+    let (result, rec) = migrate(&plan, &run).await;
+    let err = result.expect_err("vcsim's imported disks are empty");
+    assert!(!err.is_retryable(), "{err}");
+    let last = rec.last();
+    assert_eq!(last.phase, Some(Phase::Failed), "{last:?}");
+    let validated = condition(&last, "TargetValidated");
+    assert_eq!(validated.status, ConditionStatus::False);
+    assert!(
+        validated
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("disk-0-flat.vmdk has 0 bytes"),
+        "{validated:?}"
+    );
+    assert!(
+        lw.virsh_ok(&["domstate", &name]).contains("running"),
+        "started again"
+    );
+    assert_eq!(
+        last.source_power.map(|p| p.stopped_by_migration),
+        Some(false)
+    );
+    assert!(
+        client.find_vms(&plan.target_name).await.unwrap().is_empty(),
+        "the unverified target VM is removed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vsphere_source_shut_down_for_cutover_is_deleted_once_the_libvirt_target_reads_back() {
+    let (vw, lw) = (vsphere_world::World::load(), libvirt_world::World::load());
+    let client = vw.client().await;
+    let name = unique("v2l-cut");
+    let src = source_vm(
+        &client,
+        &name,
+        &[DiskKind::Flat, DiskKind::Stream],
+        MIB,
+        true,
+    )
+    .await;
+    let run = lw.staging(
+        Backend::Http,
+        vsphere_creds(&vw, "source", lw.creds("target")),
+    );
+    let mut plan = plan(&name, vsphere_plan(&vw), lw.plan_for(lw.uri()), &run);
+    plan.target_storage_hint = Some("default".into());
+    plan.cleanup_policy.delete_source = true;
+    plan.cutover.stop_source = crd::StopSource::Shutdown;
+    plan.cutover.shutdown_timeout = Some("1m".into());
+    let _target = lw.guard(&plan.target_name);
+    let (result, rec) = migrate(&plan, &run).await;
+    result.unwrap_or_else(|e| panic!("migration failed: {e}; {:?}", rec.last()));
+    let last = rec.last();
+    assert_eq!(last.phase, Some(Phase::Ready), "{last:?}");
+    assert_eq!(
+        condition(&last, "Snapshotted").reason.as_deref(),
+        Some("SourceStopped"),
+        "shut down instead of snapshotted"
+    );
+    assert!(
+        lw.virsh_ok(&["domstate", &plan.target_name])
+            .contains("running")
+    );
+    for (disk, reference) in domain_disks(&lw, &plan.target_name).iter().zip(&src.refs) {
+        assert!(same_content(Path::new(disk), reference), "{disk}");
+    }
+    assert!(
+        matches!(
+            client.vm_info(&src.vm.vm).await,
+            Err(runner::Error::NotFound { .. })
+        ),
+        "the vSphere source is deleted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
