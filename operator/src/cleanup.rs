@@ -26,7 +26,7 @@ use crate::events::{action, reason};
 use crate::objects::{self, Created};
 use crate::resolve;
 use crate::verdict::{self, Verdict};
-use crate::{Context, names};
+use crate::{Context, finalizer, names};
 
 /// How long deletion waits for a stopped runner's pod to go away before carrying on.
 pub const STOP_GRACE: Duration = Duration::from_secs(300);
@@ -153,8 +153,24 @@ async fn stop_runners(
     Ok(Some(Action::requeue(POLL)))
 }
 
-/// Creates the cleanup run. Returns false when it cannot be run (and says why in an Event).
+/// Whether `m` is still there as this reconcile read it: the same UID, still held by the finalizer.
+/// A reconcile of a stale cached copy, after the finalizer went, must not launch a cleanup run (and
+/// make its Secret, Job and runner identity again) for a migration that is gone.
+async fn still_held(m: &VMMigration, ctx: &Context) -> Result<bool> {
+    let ns = m.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let api: Api<VMMigration> = Api::namespaced(ctx.client.clone(), &ns);
+    Ok(api.get_opt(&m.name_any()).await?.is_some_and(|now| {
+        now.uid() == m.uid() && now.finalizers().iter().any(|f| f == finalizer::FINALIZER)
+    }))
+}
+
+/// Creates the cleanup run. Returns false when it cannot be run (and says why in an Event); true
+/// when it runs, or when the migration is already gone (nothing to launch, nothing to wait for).
 async fn launch_cleanup(m: &VMMigration, ctx: &Context) -> Result<bool> {
+    if !still_held(m, ctx).await? {
+        tracing::info!("{} is gone already: no cleanup run", m.name_any());
+        return Ok(true);
+    }
     let skip = |why: String| async move {
         ctx.event(
             m,

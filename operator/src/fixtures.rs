@@ -1022,7 +1022,8 @@ mod scenarios {
 
     /// The calls that launch the cleanup run, after the Job list.
     fn cleanup_launch() -> Vec<Call> {
-        let mut calls = resolve_calls();
+        let mut calls = vec![still_there()];
+        calls.extend(resolve_calls());
         for (create, kind) in [
             (
                 "/api/v1/namespaces/default/serviceaccounts?",
@@ -1077,11 +1078,26 @@ mod scenarios {
     }
 
     #[tokio::test]
+    async fn a_stale_copy_of_a_migration_already_gone_launches_no_cleanup_run() {
+        // The cache still shows the migration after its finalizer went and it was deleted: its
+        // Jobs are gone too. Nothing is made again for it.
+        let calls = vec![
+            Call::get(JOB_LIST).ok(job_list(vec![])),
+            Call::get("/apis/infra.virtrigaud.io/v1beta1/namespaces/default/vmmigrations/mig")
+                .not_found(),
+        ];
+        let action = scenario(deleting(running_status(1, "Transferring")), calls).await;
+        assert_eq!(action, Action::requeue(crate::cleanup::POLL));
+    }
+
+    #[tokio::test]
     async fn deleting_after_a_reference_changed_runs_no_cleanup_with_the_new_credentials() {
         let mut status = running_status(1, "Transferring");
         status["references"] = pinned();
-        let mut calls =
-            vec![Call::get(JOB_LIST).ok(job_list(vec![job("mig-a1", "runner", 1, failed())]))];
+        let mut calls = vec![
+            Call::get(JOB_LIST).ok(job_list(vec![job("mig-a1", "runner", 1, failed())])),
+            still_there(),
+        ];
         calls.extend(repointed_resolve_calls());
         calls.push(Call::event("CleanupSkipped", "Warning").check(|body| {
             let note = body["note"].as_str().unwrap();
@@ -1094,6 +1110,13 @@ mod scenarios {
         calls.extend(teardown(&["mig-a1"]));
         let action = scenario(deleting(status), calls).await;
         assert_eq!(action, Action::await_change());
+    }
+
+    /// The fresh read of the migration before a cleanup run is launched: still there, still held.
+    fn still_there() -> Call {
+        let m = deleting(running_status(1, "Transferring"));
+        Call::get("/apis/infra.virtrigaud.io/v1beta1/namespaces/default/vmmigrations/mig")
+            .ok(serde_json::to_value(&m).unwrap())
     }
 
     /// The deletes of everything the migration owns, then the finalizer's removal.
@@ -1153,6 +1176,7 @@ mod scenarios {
     async fn deleting_when_references_are_gone_skips_cleanup_instead_of_hanging() {
         let mut calls = vec![
             Call::get(JOB_LIST).ok(job_list(vec![job("mig-a1", "runner", 1, failed())])),
+            still_there(),
             Call::get(
                 "/apis/infra.virtrigaud.io/v1beta1/namespaces/default/virtualmachines/src-vm",
             )

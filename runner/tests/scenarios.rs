@@ -112,7 +112,11 @@ async fn scenario_1_libvirt_to_vsphere_through_s3() {
         ["VM Network"],
         "the NIC on the Provider's default network"
     );
-    assert_eq!(info.power_state, PowerState::PoweredOn, "the source runs");
+    assert_eq!(
+        info.power_state,
+        PowerState::PoweredOff,
+        "left stopped while the source runs (spec.cutover defaults: never two running copies)"
+    );
 
     // every upload was checked against the lease manifest's SHA-1 of the bytes received
     let logs = cluster.runner_logs(ns, "kvm-to-vsphere");
@@ -402,8 +406,86 @@ async fn scenario_3_proxmox_to_libvirt_through_http() {
     );
 }
 
+/// Scenario 3 with the source deleted: the user consents to stopping it (cutover.stopSource), the
+/// running Proxmox VM is shut down for the final copy, the libvirt target's disks are read back and
+/// compared, and only then is the source deleted and the target started.
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_source_shuts_the_proxmox_source_down_reads_the_target_back_and_deletes_it() {
+    let cluster = Cluster::load().await;
+    let ns = "e2e-cutover";
+    cluster.fresh_namespace(ns).await;
+    cluster.apply(&cluster.objects(ns));
+    let source = unique("cutover-src");
+    let target = libvirt_world::unique("cutover-kvm");
+    let src = fleet::source(ProviderType::Proxmox, &source).await;
+    cluster.apply(&virtual_machine(ns, &source, "proxmox-cluster"));
+    let yaml = adapt(
+        "proxmox-to-libvirt.yaml",
+        ns,
+        &[
+            ("/spec/sourceName", json!(source)),
+            ("/spec/targetName", json!(target)),
+            ("/spec/storage/endpoint", json!(cluster.var("VRG_HTTP_URL"))),
+            (
+                "/spec/targetStorageHint",
+                json!(cluster.var("VRG_LIBVIRT_POOL")),
+            ),
+            ("/spec/cleanupPolicy/deleteSource", json!(true)),
+            (
+                "/spec/cutover",
+                json!({"stopSource": "Shutdown", "shutdownTimeout": "2m"}),
+            ),
+        ],
+    );
+    cluster.apply(&yaml);
+    let m = cluster.wait_done(ns, "proxmox-to-kvm", TIMEOUT).await;
+    ready(&cluster, &m);
+    let _target =
+        fleet::check_target(&cluster, &m, ProviderType::Libvirt, &target, &src.refs).await;
+    let status = m.status.as_ref().unwrap();
+    assert_eq!(
+        status.source_power,
+        Some(crd::SourcePower {
+            was_running: true,
+            stopped_by_migration: true
+        })
+    );
+    assert_eq!(
+        condition(&m, "Snapshotted").reason.as_deref(),
+        Some("SourceStopped")
+    );
+    let validated = condition(&m, "TargetValidated").message.clone().unwrap();
+    let disks = match src.refs.len() {
+        1 => "1 disk".to_string(),
+        n => format!("{n} disks"),
+    };
+    assert!(
+        validated.contains(&format!(
+            "guest content of {disks} read back and matching the source"
+        )),
+        "{validated}"
+    );
+    let lw = libvirt_world::World::load();
+    assert!(lw.virsh_ok(&["domstate", &target]).contains("running"));
+    let world = proxmox_world::World::load();
+    assert_eq!(
+        find_vmid(&world, &source).await,
+        None,
+        "the source is deleted"
+    );
+    let logs = cluster.runner_logs(ns, "proxmox-to-kvm");
+    assert!(logs.contains("read back: sha256"), "{logs}");
+}
+
 /// The VMID of the Proxmox VM named `name`.
 async fn client_vmid(world: &proxmox_world::World, name: &str) -> u32 {
+    find_vmid(world, name)
+        .await
+        .unwrap_or_else(|| panic!("no Proxmox VM {name}"))
+}
+
+/// The VMID of the Proxmox VM named `name`, if there is one.
+async fn find_vmid(world: &proxmox_world::World, name: &str) -> Option<u32> {
     let client = world.client().await;
     let vms: Vec<serde_json::Value> = client
         .get(&["cluster", "resources"], &[("type", "vm".into())])
@@ -412,5 +494,5 @@ async fn client_vmid(world: &proxmox_world::World, name: &str) -> u32 {
     vms.iter()
         .find(|v| v["name"] == name)
         .and_then(|v| v["vmid"].as_u64())
-        .unwrap_or_else(|| panic!("no Proxmox VM {name}")) as u32
+        .map(|id| id as u32)
 }

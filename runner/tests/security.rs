@@ -62,6 +62,7 @@ async fn tenant(cluster: &Cluster, ns: &str) {
          spec:\n  sourceName: vm1\n  targetProviderRef: {{name: mine}}\n  targetName: vm1-copy\n  \
          storage: {{type: http, endpoint: \"http://storage.does-not-resolve.invalid/x\"}}\n  \
          cleanupPolicy: {{deleteSource: true}}\n  \
+         cutover: {{stopSource: PowerOff}}\n  \
          retryPolicy: {{maxAttempts: 3, backoffDuration: 20s, maxBackoffDuration: 1m}}\n"
     ));
 }
