@@ -22,7 +22,7 @@ use serde_json::json;
 const TEST_TAINT: &str = "e2e.virtrigaud.io/test-node";
 
 fn world() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(".world")
+    manifest_dir().join(".world")
 }
 
 /// The kubectl of the control plane's scripts.
@@ -905,4 +905,12 @@ async fn a_restarted_node_restarts_lost_containers_or_fails_their_pods() {
         (t.exit_code, t.reason.as_deref()),
         (137, Some("ContainerStatusUnknown"))
     );
+}
+
+/// This package's directory, as `cargo test` gives it when the test runs: the cargo target dir is
+/// shared between checkouts (CI's clones reuse this machine's builds), so a test binary built in
+/// another checkout must not read that checkout's files through a path fixed at compile time.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
 }

@@ -17,7 +17,7 @@ use pvesim::fixture;
 fn world_env() -> Option<HashMap<String, String>> {
     let world = std::env::var_os("VRG_WORLD")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.world"));
+        .unwrap_or_else(|| manifest_dir().join("../.world"));
     let text = std::fs::read_to_string(world.join("endpoints.env")).ok()?;
     let unquote = |v: &str| {
         let mut out = String::new();
@@ -198,4 +198,12 @@ fn thin_snapshot_read_over_real_sshd() {
         Some(1),
         "no device path once deactivated"
     );
+}
+
+/// This package's directory, as `cargo test` gives it when the test runs: the cargo target dir is
+/// shared between checkouts (CI's clones reuse this machine's builds), so a test binary built in
+/// another checkout must not read that checkout's files through a path fixed at compile time.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
 }

@@ -9,7 +9,7 @@
 #![allow(dead_code)] // each test file uses a different part
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use serde_json::Value;
 const SYSTEM_NS: &str = "virtrigaud-system";
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    manifest_dir().join("..")
 }
 
 fn world_dir() -> PathBuf {
@@ -360,4 +360,12 @@ pub fn bytes_moved(m: &VMMigration) -> u64 {
         .as_ref()
         .map(|s| s.disks.iter().filter_map(|d| d.bytes_total).sum::<i64>() as u64)
         .unwrap_or(0)
+}
+
+/// This package's directory, as `cargo test` gives it when the test runs: the cargo target dir is
+/// shared between checkouts (CI's clones reuse this machine's builds), so a test binary built in
+/// another checkout must not read that checkout's files through a path fixed at compile time.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
 }

@@ -26,7 +26,7 @@ use runner::storage::StageOptions;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    manifest_dir().join("..")
 }
 
 /// The running e2e world.
@@ -449,4 +449,12 @@ impl World {
             }
         }
     }
+}
+
+/// This package's directory, as `cargo test` gives it when the test runs: the cargo target dir is
+/// shared between checkouts (CI's clones reuse this machine's builds), so a test binary built in
+/// another checkout must not read that checkout's files through a path fixed at compile time.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
 }
