@@ -7,7 +7,7 @@ export VRG_CACHE ?= $(HOME)/.cache/virtrigaud
 export CARGO_TARGET_DIR ?= $(VRG_CACHE)/target
 CARGO ?= cargo
 
-.PHONY: all build test deps unit lint fmt crds crds-check demo e2e-up e2e-down e2e-check bench matrix toolchain
+.PHONY: all build test deps unit lint fmt crds crds-check demo e2e-up e2e-down e2e-check bench matrix toolchain images images-check
 
 all: build
 
@@ -18,7 +18,7 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 ## Every test: formatting, lints, CRD drift, unit tests, and tests against the real e2e world.
-test: toolchain deps lint build e2e-up e2e-check unit
+test: toolchain deps lint build e2e-up e2e-check unit images-check
 
 ## Debian packages, s3s-fs, vcsim (idempotent; fast when present).
 deps:
@@ -28,6 +28,7 @@ unit:
 	$(CARGO) test --workspace --no-fail-fast
 
 lint: toolchain
+	bash images/context-check.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
@@ -58,6 +59,14 @@ e2e-check:
 ## The nine source x target pairs through the cluster, one staging backend each (rotated); prints the table.
 matrix: build e2e-up
 	$(CARGO) test -p runner --test matrix -- --nocapture
+
+## The operator, webhook and runner images as OCI archives (debootstrap + umoci; no container daemon).
+images:
+	bash images/build.sh
+
+## Runs each image's entrypoint under containerd (and qemu-img in the runner image).
+images-check: images
+	bash images/check.sh
 
 ## Benchmarks: the runner's engine vs standalone tools, ratios printed per figure.
 bench:

@@ -11,13 +11,11 @@ use crate::error::{Error, Result};
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "operator", version, about = "VirtRigaud migration operator")]
 pub struct Args {
-    /// Image of the runner Jobs.
-    #[arg(
-        long,
-        env = "VRG_RUNNER_IMAGE",
-        default_value = "virtrigaud/runner:dev"
-    )]
-    pub runner_image: String,
+    /// Image of the runner Jobs. Default: the image of the `runner-image` init container of this
+    /// operator's own pod, so that `kustomize edit set image` (or `kubectl set image`) retargets the
+    /// runner together with the operator.
+    #[arg(long, env = "VRG_RUNNER_IMAGE")]
+    pub runner_image: Option<String>,
 
     /// imagePullPolicy of the runner container.
     #[arg(long, env = "VRG_RUNNER_PULL_POLICY", default_value = "IfNotPresent")]
@@ -142,7 +140,7 @@ impl Default for RunnerResources {
 /// What the object builders need to know besides the migration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
-    /// Runner image.
+    /// Runner image (empty until resolved: see [`Args::runner_image`]).
     pub runner_image: String,
     /// Runner imagePullPolicy.
     pub image_pull_policy: String,
@@ -266,11 +264,11 @@ impl Settings {
                 args.runner_pull_policy
             )));
         }
-        if args.runner_image.is_empty() {
+        if args.runner_image.as_deref() == Some("") {
             return Err(Error::Config("--runner-image must not be empty".into()));
         }
         Ok(Settings {
-            runner_image: args.runner_image.clone(),
+            runner_image: args.runner_image.clone().unwrap_or_default(),
             image_pull_policy: args.runner_pull_policy.clone(),
             runner_resources: RunnerResources::from_args(args)?,
             scratch: Scratch::from_args(args)?,
@@ -296,8 +294,13 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let s = parse(&[]).unwrap();
+        let s = parse(&["--runner-image=virtrigaud/runner:dev"]).unwrap();
         assert_eq!(s, Settings::default());
+        assert_eq!(
+            parse(&[]).unwrap().runner_image,
+            "",
+            "resolved from the pod at start"
+        );
         let args = Args::try_parse_from(["operator"]).unwrap();
         assert_eq!(args.metrics_port, 8080);
         assert!(!args.leader_election);

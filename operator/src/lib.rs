@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod names;
 pub mod objects;
 pub mod resolve;
+pub mod runner_image;
 pub mod server;
 pub mod status;
 pub mod verdict;
@@ -205,8 +206,16 @@ pub fn error_policy(m: Arc<VMMigration>, error: &Error, ctx: Arc<Context>) -> Ac
 
 /// Runs the operator until a signal or the loss of the Lease.
 pub async fn run(args: Args) -> Result<()> {
-    let settings = Settings::from_args(&args)?;
+    let mut settings = Settings::from_args(&args)?;
     let client = Client::try_default().await?;
+    settings.runner_image = runner_image::resolve(
+        &client,
+        &settings.runner_image,
+        &args.lease_namespace,
+        args.pod_name.as_deref(),
+    )
+    .await?;
+    tracing::info!("runner image {}", settings.runner_image);
     let identity = args
         .pod_name
         .clone()
