@@ -1,7 +1,6 @@
 //! The CRD YAML under kustomize/ is generated; this fails when it was edited by hand or the types changed
 //! without `make crds`.
 
-
 #[test]
 fn committed_crds_match_the_types() {
     let dir = manifest_dir().join("../kustomize/base/crds");

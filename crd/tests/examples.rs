@@ -1,6 +1,5 @@
 //! Every object in examples/ parses into the API types (the webhook's tests also admit them).
 
-
 use serde::Deserialize;
 
 fn documents() -> Vec<(String, serde_yaml::Value)> {

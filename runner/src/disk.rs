@@ -21,7 +21,7 @@ use tokio::process::Command;
 use crate::progress::Progress;
 use crate::provider::LocalImage;
 use crate::stream::hash_file;
-use crate::{Error, Result};
+use crate::{Error, Result, vmdk};
 
 const QEMU_IMG: &str = "qemu-img";
 
@@ -270,16 +270,124 @@ pub fn converted_path(dir: &Path, stem: &str, format: DiskFormat) -> PathBuf {
     dir.join(format!("{stem}.{format}"))
 }
 
-/// Converts `src` into `format` at `dest` with `qemu-img convert`, reporting progress as a share of
-/// the source's virtual size. Zeroed areas stay holes (qemu-img's default `-S 4k`), so raw and qcow2
-/// outputs are sparse; VMDK is written streamOptimized, the form vSphere imports.
+/// Environment variable choosing the streamOptimized VMDK writer: `qemu-img` falls back to qemu-img's
+/// (single-threaded) one; anything else, or unset, uses [`vmdk`]'s.
+pub const ENV_VMDK_WRITER: &str = "VRG_VMDK_WRITER";
+
+/// Converts `src` into `format` at `dest`, reporting progress as a share of the source's virtual
+/// size. VMDK is written streamOptimized, the form vSphere imports, by [`vmdk::write`] on every core
+/// (from a raw image, or a qcow2 image whose clusters `qemu-img map` locates), else by qemu-img.
+/// Other formats by `qemu-img convert`; zeroed areas stay holes (its default `-S 4k`), so raw and
+/// qcow2 outputs are sparse.
 pub async fn convert(
     src: &LocalImage,
     format: DiskFormat,
     dest: &Path,
     progress: &Progress,
 ) -> Result<LocalImage> {
+    let ours = std::env::var(ENV_VMDK_WRITER).map_or(true, |w| w != "qemu-img");
+    if format == DiskFormat::Vmdk
+        && ours
+        && let Some(source) = vmdk_source(src).await?
+    {
+        return write_vmdk(source, dest, progress).await;
+    }
     convert_with(src, &[], format, dest, progress).await
+}
+
+/// The guest content of `image` for [`vmdk::write`]: a raw image as it is, a qcow2 image through
+/// `qemu-img map` (under [`InspectLimits`]); `None` where only qemu-img can read it (VMDK input, or
+/// qcow2 clusters that are compressed or not in the file itself).
+async fn vmdk_source(image: &LocalImage) -> Result<Option<vmdk::Source>> {
+    match image.format {
+        DiskFormat::Raw => vmdk::Source::raw(&image.path).map(Some),
+        DiskFormat::Qcow2 => {
+            let info = inspect(&image.path, image.format).await?;
+            let Some(extents) = map_extents(image).await? else {
+                return Ok(None);
+            };
+            vmdk::Source::mapped(&image.path, info.virtual_size, extents).map(Some)
+        }
+        DiskFormat::Vmdk => Ok(None),
+    }
+}
+
+/// One entry of `qemu-img map --output=json`.
+#[derive(serde::Deserialize)]
+struct MapEntry {
+    start: u64,
+    length: u64,
+    #[serde(default)]
+    depth: u32,
+    #[serde(default)]
+    zero: bool,
+    #[serde(default)]
+    data: bool,
+    #[serde(default)]
+    compressed: bool,
+    offset: Option<u64>,
+}
+
+/// Where `image`'s data is in its own file, by `qemu-img map`; `None` when some data is not
+/// readable straight from the file (compressed clusters, a backing file).
+async fn map_extents(image: &LocalImage) -> Result<Option<Vec<vmdk::Extent>>> {
+    let mut cmd = Command::new(QEMU_IMG);
+    cmd.args(["map", "--output=json", "-f", image.format.as_str()])
+        .arg(&image.path);
+    let inspection = Inspection {
+        command: "map",
+        image: &image.path,
+    };
+    let out = inspection.run(cmd, &InspectLimits::default()).await?;
+    if !out.status.success() {
+        return Err(tool_error(last_line(&out.stderr)));
+    }
+    let entries: Vec<MapEntry> = serde_json::from_slice(&out.stdout)
+        .map_err(|e| tool_error(format!("qemu-img map of {}: {e}", image.path.display())))?;
+    let mut extents = Vec::with_capacity(entries.len());
+    for e in entries {
+        if e.zero || !e.data {
+            continue;
+        }
+        match (e.offset, e.depth, e.compressed) {
+            (Some(offset), 0, false) => extents.push(vmdk::Extent {
+                start: e.start,
+                len: e.length,
+                file_offset: Some(offset),
+            }),
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(extents))
+}
+
+/// Writes `source` as a streamOptimized VMDK at `dest` on a blocking thread.
+async fn write_vmdk(source: vmdk::Source, dest: &Path, progress: &Progress) -> Result<LocalImage> {
+    let (path, progress) = (dest.to_path_buf(), progress.clone());
+    let written = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::create(&path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        let written = vmdk::write(&source, &file, vmdk::Options::default(), &progress)?;
+        file.sync_all()
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        Ok::<_, Error>(written)
+    })
+    .await
+    .map_err(|e| Error::io("the VMDK writer", std::io::Error::other(e)))?
+    .inspect_err(|_| {
+        let _ = std::fs::remove_file(dest);
+    })?;
+    tracing::info!(
+        "wrote streamOptimized {} ({} grains, {} stored uncompressed, {} bytes)",
+        dest.display(),
+        written.grains,
+        written.stored,
+        written.bytes
+    );
+    Ok(LocalImage {
+        path: dest.to_path_buf(),
+        format: DiskFormat::Vmdk,
+    })
 }
 
 /// [`convert`] with extra source options (`-l snapshot.name=...`).

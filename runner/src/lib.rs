@@ -18,5 +18,6 @@ pub mod provider;
 pub mod status;
 pub mod storage;
 pub mod stream;
+pub mod vmdk;
 
 pub use error::{Error, Result};
