@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 VRG_CACHE=${VRG_CACHE:-$HOME/.cache/virtrigaud}
 OUT=$VRG_CACHE/images
-TAG=$(bash images/build.sh --tag)
+# The tag `make images` last built (written once all three archives are there).
+TAG=$(cat "$OUT/tag" 2>/dev/null || bash images/build.sh --tag)
 DIR=$VRG_CACHE/containerd-check
 SOCK=$DIR/containerd.sock
 NS=virtrigaud-check
