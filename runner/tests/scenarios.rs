@@ -367,34 +367,43 @@ async fn scenario_2_vsphere_to_proxmox_through_nfs() {
         fleet::check_target(&cluster, &m, ProviderType::Proxmox, &target, &src.refs).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn scenario_3_proxmox_to_libvirt_through_http() {
+/// Scenario 3 (`proxmox-to-libvirt.yaml`, staged on the world's HTTP server) in namespace `ns`, from a
+/// fresh running Proxmox VM `source` into libvirt as `target`, with `edits` on top of the adapted
+/// example; waits until it is Ready and checks the target's content. Returns the migration, the
+/// source (removed on drop) and the target's guard.
+async fn scenario_3(
+    ns: &str,
+    source: &str,
+    target: &str,
+    edits: &[(&str, serde_json::Value)],
+) -> (VMMigration, fleet::Source, Box<dyn std::any::Any + Send>) {
     let cluster = Cluster::load().await;
-    let ns = "e2e-scenario-3";
     cluster.fresh_namespace(ns).await;
     cluster.apply(&cluster.objects(ns));
-    let source = unique("database-server");
-    let target = libvirt_world::unique("database-server-kvm");
-    let src = fleet::source(ProviderType::Proxmox, &source).await;
-    cluster.apply(&virtual_machine(ns, &source, "proxmox-cluster"));
-    let yaml = adapt(
-        "proxmox-to-libvirt.yaml",
-        ns,
-        &[
-            ("/spec/sourceName", json!(source)),
-            ("/spec/targetName", json!(target)),
-            ("/spec/storage/endpoint", json!(cluster.var("VRG_HTTP_URL"))),
-            (
-                "/spec/targetStorageHint",
-                json!(cluster.var("VRG_LIBVIRT_POOL")),
-            ),
-        ],
-    );
-    cluster.apply(&yaml);
+    let src = fleet::source(ProviderType::Proxmox, source).await;
+    cluster.apply(&virtual_machine(ns, source, "proxmox-cluster"));
+    let mut all = vec![
+        ("/spec/sourceName", json!(source)),
+        ("/spec/targetName", json!(target)),
+        ("/spec/storage/endpoint", json!(cluster.var("VRG_HTTP_URL"))),
+        (
+            "/spec/targetStorageHint",
+            json!(cluster.var("VRG_LIBVIRT_POOL")),
+        ),
+    ];
+    all.extend(edits.iter().cloned());
+    cluster.apply(&adapt("proxmox-to-libvirt.yaml", ns, &all));
     let m = cluster.wait_done(ns, "proxmox-to-kvm", TIMEOUT).await;
     ready(&cluster, &m);
-    let _target =
-        fleet::check_target(&cluster, &m, ProviderType::Libvirt, &target, &src.refs).await;
+    let guard = fleet::check_target(&cluster, &m, ProviderType::Libvirt, target, &src.refs).await;
+    (m, src, guard)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scenario_3_proxmox_to_libvirt_through_http() {
+    let source = unique("database-server");
+    let target = libvirt_world::unique("database-server-kvm");
+    let (_m, _src, _target) = scenario_3("e2e-scenario-3", &source, &target, &[]).await;
     let world = proxmox_world::World::load();
     let client = world.client().await;
     let vmid = client_vmid(&world, &source).await;
@@ -411,37 +420,17 @@ async fn scenario_3_proxmox_to_libvirt_through_http() {
 /// compared, and only then is the source deleted and the target started.
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_source_shuts_the_proxmox_source_down_reads_the_target_back_and_deletes_it() {
-    let cluster = Cluster::load().await;
     let ns = "e2e-cutover";
-    cluster.fresh_namespace(ns).await;
-    cluster.apply(&cluster.objects(ns));
     let source = unique("cutover-src");
     let target = libvirt_world::unique("cutover-kvm");
-    let src = fleet::source(ProviderType::Proxmox, &source).await;
-    cluster.apply(&virtual_machine(ns, &source, "proxmox-cluster"));
-    let yaml = adapt(
-        "proxmox-to-libvirt.yaml",
-        ns,
-        &[
-            ("/spec/sourceName", json!(source)),
-            ("/spec/targetName", json!(target)),
-            ("/spec/storage/endpoint", json!(cluster.var("VRG_HTTP_URL"))),
-            (
-                "/spec/targetStorageHint",
-                json!(cluster.var("VRG_LIBVIRT_POOL")),
-            ),
-            ("/spec/cleanupPolicy/deleteSource", json!(true)),
-            (
-                "/spec/cutover",
-                json!({"stopSource": "Shutdown", "shutdownTimeout": "2m"}),
-            ),
-        ],
-    );
-    cluster.apply(&yaml);
-    let m = cluster.wait_done(ns, "proxmox-to-kvm", TIMEOUT).await;
-    ready(&cluster, &m);
-    let _target =
-        fleet::check_target(&cluster, &m, ProviderType::Libvirt, &target, &src.refs).await;
+    let edits = [
+        ("/spec/cleanupPolicy/deleteSource", json!(true)),
+        (
+            "/spec/cutover",
+            json!({"stopSource": "Shutdown", "shutdownTimeout": "2m"}),
+        ),
+    ];
+    let (m, src, _target) = scenario_3(ns, &source, &target, &edits).await;
     let status = m.status.as_ref().unwrap();
     assert_eq!(
         status.source_power,
@@ -473,7 +462,7 @@ async fn delete_source_shuts_the_proxmox_source_down_reads_the_target_back_and_d
         None,
         "the source is deleted"
     );
-    let logs = cluster.runner_logs(ns, "proxmox-to-kvm");
+    let logs = Cluster::load().await.runner_logs(ns, "proxmox-to-kvm");
     assert!(logs.contains("read back: sha256"), "{logs}");
 }
 

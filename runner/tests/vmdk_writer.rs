@@ -67,6 +67,17 @@ fn qemu_img(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Converts `raw` to a qcow2 image at `qcow2`, with compressed clusters when `compressed`.
+fn to_qcow2(raw: &Path, qcow2: &Path, compressed: bool) {
+    let mut args = vec!["convert", "-f", "raw", "-O", "qcow2"];
+    if compressed {
+        args.push("-c");
+    }
+    args.extend([raw.to_str().unwrap(), qcow2.to_str().unwrap()]);
+    let (ok, text) = qemu_img(&args);
+    assert!(ok, "{text}");
+}
+
 /// Whether the runner's writer made `vmdk` (its descriptor names the lsilogic adapter; qemu-img's
 /// says ide).
 fn written_by_us(vmdk: &Path) -> bool {
@@ -137,16 +148,7 @@ async fn random_sparse_layouts_from_raw_and_qcow2_are_identical_and_check_clean(
 
         // the same content from a qcow2 image, through the runner's conversion
         let qcow2 = dir.path().join(format!("l{seed}.qcow2"));
-        let (ok, text) = qemu_img(&[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            raw.to_str().unwrap(),
-            qcow2.to_str().unwrap(),
-        ]);
-        assert!(ok, "{text}");
+        to_qcow2(&raw, &qcow2, false);
         let from_qcow2 = dir.path().join(format!("l{seed}-q.vmdk"));
         let image = LocalImage {
             path: qcow2,
@@ -195,17 +197,7 @@ async fn compressed_qcow2_clusters_fall_back_to_qemu_img() {
     let raw = dir.path().join("c.raw");
     random_layout(&raw, 3 << 20, &mut Rng(7));
     let qcow2 = dir.path().join("c.qcow2");
-    let (ok, text) = qemu_img(&[
-        "convert",
-        "-c",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        raw.to_str().unwrap(),
-        qcow2.to_str().unwrap(),
-    ]);
-    assert!(ok, "{text}");
+    to_qcow2(&raw, &qcow2, true);
     let out = dir.path().join("c.vmdk");
     let image = LocalImage {
         path: qcow2,
