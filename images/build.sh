@@ -29,7 +29,7 @@ TAG="$version-g$commit$dirty"
 CREATED=$(date -u -d "@$(git log -1 --format=%ct)" +%Y-%m-%dT%H:%M:%SZ)
 [ "${1:-}" = --tag ] && { echo "$TAG"; exit 0; }
 
-say() { printf '[images] %s\n' "$*"; }
+say() { printf '[images] %s\n' "$*" >&2; }
 t0=$(date +%s)
 since() { echo "$(( $(date +%s) - t0 ))s"; }
 
@@ -58,6 +58,7 @@ backports() {
 }
 
 mkdir -p "$OUT"
+rm -rf "$OUT"/.debootstrap.* "$OUT"/.rootfs.* "$OUT"/.layout.* "$OUT"/.bundle.* # an interrupted run's
 base=$OUT/rootfs-$SUITE-minbase.tar
 if [ ! -s "$base" ]; then
   say "debootstrap --variant=minbase $SUITE (once; cached in $base)"
