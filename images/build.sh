@@ -74,7 +74,7 @@ fi
 rootfs() {
   local name=$1 key cached dir
   key=$(printf '%s|%s|%s' "$SUITE" "$(packages "$name")" "$(backports "$name")" | sha256sum | cut -c1-16)
-  cached=$OUT/rootfs-$name-$key.tar
+  cached=$OUT/rootfs-$key.tar # images with the same packages share it
   if [ ! -s "$cached" ]; then
     say "root filesystem of $name: $(packages "$name") $(backports "$name")"
     dir=$(mktemp -d "$OUT/.rootfs.XXXXXX")
@@ -155,4 +155,8 @@ for name in "${IMAGES[@]}"; do
   build_image "$name"
 done
 echo "$TAG" >"$OUT/tag"
+# archives of other tags go (each build is ~150 MB); the cached root filesystems stay
+for name in "${IMAGES[@]}"; do
+  find "$OUT" -maxdepth 1 -name "$name-*.tar" ! -name "$name-$TAG.tar" -delete
+done
 say "done: virtrigaud/{${IMAGES[*]// /,}}:$TAG in $OUT ($(since))"
