@@ -30,6 +30,7 @@ BOOKWORM_PKGS=(
   pkg-config libsasl2-modules sasl2-bin
   nginx-full openssh-server openssh-client
   openssl ca-certificates jq curl procps iproute2
+  strace # tests: which files qemu-img opens while it inspects a hostile image
 )
 
 say() { printf '[install-deps] %s\n' "$*"; }

@@ -203,6 +203,9 @@ pub async fn inspect_with(
     format: DiskFormat,
     limits: &InspectLimits,
 ) -> Result<ImageInfo> {
+    if format == DiskFormat::Vmdk {
+        refuse_vmdk_descriptor(path)?;
+    }
     let mut cmd = Command::new(QEMU_IMG);
     cmd.args(["info", "--output=json", "-f", format.as_str()])
         .arg(path);
@@ -226,6 +229,32 @@ pub async fn inspect_with(
         virtual_size: info.virtual_size,
         actual_size: info.actual_size,
     })
+}
+
+/// Refuses a VMDK that is a text descriptor rather than a single-file sparse image: its extents are
+/// other files, and qemu-img would open them (whatever they name on this host) to describe it. A
+/// migration's VMDKs are single files (hosted sparse or streamOptimized); vSphere descriptors are
+/// read by the runner itself, never handed to an inspection.
+fn refuse_vmdk_descriptor(path: &Path) -> Result<()> {
+    use std::io::Read as _;
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut magic))
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    if read < magic.len() {
+        return Err(Error::Invalid(format!(
+            "{} is not a valid vmdk image: {read} bytes, no header",
+            path.display()
+        )));
+    }
+    if &magic == b"KDMV" || &magic == b"COWD" {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "refusing image {}: not a single-file VMDK (no sparse header): a descriptor's extents point \
+         at other files",
+        path.display()
+    )))
 }
 
 fn check_self_contained(path: &Path, format: DiskFormat, info: &InfoJson) -> Result<()> {
@@ -942,7 +971,11 @@ mod tests {
         ])
         .await;
         let err = inspect(&flat, DiskFormat::Vmdk).await.unwrap_err();
-        assert!(err.to_string().contains("extent points at"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("a descriptor's extents point at other files"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
