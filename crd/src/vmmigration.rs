@@ -29,6 +29,11 @@ use crate::references::PinnedReference;
     printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetName", description = "Name of the new VM"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Current phase"),
     printcolumn(name = "Progress", type_ = "integer", json_path = ".status.progress", description = "Percent of the migration done"),
+    printcolumn(name = "Attempt", type_ = "integer", json_path = ".status.attempt", description = "Current attempt"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Why the migration is (not yet) Ready"),
+    printcolumn(name = "Target-Provider", type_ = "string", json_path = ".spec.targetProviderRef.name", description = "Target Provider", priority = 1),
+    printcolumn(name = "Storage", type_ = "string", json_path = ".spec.storage.type", description = "Intermediate storage", priority = 1),
+    printcolumn(name = "Message", type_ = "string", json_path = ".status.message", description = "Current state or last error", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name: must be at most 63 characters (it names the runner Job and its labels)")
 )]
@@ -109,7 +114,8 @@ pub struct NetworkHint {
     pub bridge: Option<String>,
 }
 
-/// Disk image format.
+// Disk image format. (No doc comment: the CRD schema inlines the enum, and its description would
+// replace the description of every field of this type.)
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DiskFormat {

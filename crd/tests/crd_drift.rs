@@ -37,7 +37,31 @@ fn vmmigration_crd_teaches_the_api() {
         .iter()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(columns, ["Source", "Target", "Phase", "Progress", "Age"]);
+    assert_eq!(
+        columns,
+        [
+            "Source",
+            "Target",
+            "Phase",
+            "Progress",
+            "Attempt",
+            "Reason",
+            "Target-Provider",
+            "Storage",
+            "Message",
+            "Age"
+        ]
+    );
+    // the target provider, storage and message only with `-o wide`
+    let wide: Vec<_> = version
+        .additional_printer_columns
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter(|c| c.priority == Some(1))
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(wide, ["Target-Provider", "Storage", "Message"]);
 
     // Every field of the schema carries a description, so `kubectl explain` explains it.
     let schema = serde_json::to_value(
@@ -56,6 +80,14 @@ fn vmmigration_crd_teaches_the_api() {
     assert!(
         missing.is_empty(),
         "fields without a description: {missing:?}"
+    );
+    // An optional enum field keeps its own text (the default), not its type's.
+    let format = &schema["properties"]["spec"]["properties"]["targetDiskFormat"]["description"];
+    assert!(
+        format
+            .as_str()
+            .is_some_and(|d| d.contains("Defaults to the target's native format")),
+        "{format}"
     );
 }
 
