@@ -68,6 +68,16 @@ fn secret_untouched(image: &Path, format: DiskFormat, secret: &Path) {
     );
 }
 
+/// A 1 MiB qcow2 image `name` in `dir` whose backing file is the host file `secret` (raw).
+fn backed_by(dir: &Path, secret: &Path, name: &str) -> PathBuf {
+    let image = dir.join(name);
+    let (secret, path) = (secret.to_str().unwrap(), image.to_str().unwrap());
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "-F", "raw", "-b", secret, path, "1M",
+    ]);
+    image
+}
+
 fn refused(err: Error, mentions: &str) {
     assert!(matches!(err, Error::Invalid(_)), "{err:?}");
     assert!(err.to_string().contains(mentions), "{err}");
@@ -78,19 +88,7 @@ fn refused(err: Error, mentions: &str) {
 async fn a_qcow2_backed_by_a_host_file_is_refused_before_it_is_converted() {
     let dir = tempfile::tempdir().unwrap();
     let secret = host_secret(dir.path());
-    let top = dir.path().join("top.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        "-b",
-        secret.to_str().unwrap(),
-        top.to_str().unwrap(),
-        "1M",
-    ]);
+    let top = backed_by(dir.path(), &secret, "top.qcow2");
     refused(
         disk::inspect(&top, DiskFormat::Qcow2).await.unwrap_err(),
         "backing file",
@@ -197,19 +195,7 @@ async fn a_raw_disk_starting_with_a_qcow2_header_stays_raw() {
     let dir = tempfile::tempdir().unwrap();
     let secret = host_secret(dir.path());
     // a raw disk whose first bytes are a qcow2 header naming a host file as its backing file
-    let disguised = dir.path().join("disguised.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        "-b",
-        secret.to_str().unwrap(),
-        disguised.to_str().unwrap(),
-        "1M",
-    ]);
+    let disguised = backed_by(dir.path(), &secret, "disguised.qcow2");
     let raw = dir.path().join("disk.raw");
     let mut bytes = std::fs::read(&disguised).unwrap();
     bytes.resize(4 << 20, 0x17);
