@@ -83,16 +83,28 @@ pub struct Request<'a> {
 
 /// Validation of one kind whose spec parses into `T`.
 #[async_trait::async_trait]
-pub trait Validate<T>: Send + Sync {
+pub trait Validate<T: DeserializeOwned + Send + 'static>: Send + Sync {
     /// A CREATE of an object with `spec`.
     async fn create(&self, request: &Request<'_>, spec: T) -> Verdict;
-    /// An UPDATE, given the old and new `spec` as sent (so nothing is lost to parsing).
+    /// An UPDATE, given the old and new `spec` as sent (so nothing is lost to parsing). By default
+    /// an unchanged spec passes and a changed one is checked as a create of the new one.
     async fn update(
         &self,
         request: &Request<'_>,
         old: Option<&serde_json::Value>,
         new: Option<&serde_json::Value>,
-    ) -> Verdict;
+    ) -> Verdict {
+        if old == new {
+            return Verdict::default();
+        }
+        match parse_spec::<T>(new) {
+            Ok(spec) => self.create(request, spec).await,
+            Err(violation) => Verdict {
+                violations: vec![violation],
+                warnings: vec![],
+            },
+        }
+    }
 }
 
 /// How a request ended, for metrics.
@@ -195,7 +207,7 @@ impl Admission {
 
     async fn admit<T>(&self, request: &AdmissionRequest<DynamicObject>) -> Verdict
     where
-        T: DeserializeOwned,
+        T: DeserializeOwned + Send + 'static,
         Self: Validate<T>,
     {
         let object = request.object.as_ref();

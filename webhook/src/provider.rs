@@ -46,24 +46,6 @@ impl Validate<ProviderSpec> for Admission {
         }
         verdict
     }
-
-    async fn update(
-        &self,
-        request: &Request<'_>,
-        old: Option<&serde_json::Value>,
-        new: Option<&serde_json::Value>,
-    ) -> Verdict {
-        if old == new {
-            return Verdict::default();
-        }
-        match crate::admission::parse_spec::<ProviderSpec>(new) {
-            Ok(spec) => self.create(request, spec).await,
-            Err(violation) => Verdict {
-                violations: vec![violation],
-                warnings: vec![],
-            },
-        }
-    }
 }
 
 impl Admission {

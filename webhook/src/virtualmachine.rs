@@ -18,22 +18,4 @@ impl Validate<VirtualMachineSpec> for Admission {
             .await;
         verdict
     }
-
-    async fn update(
-        &self,
-        request: &Request<'_>,
-        old: Option<&serde_json::Value>,
-        new: Option<&serde_json::Value>,
-    ) -> Verdict {
-        if old == new {
-            return Verdict::default();
-        }
-        match crate::admission::parse_spec::<VirtualMachineSpec>(new) {
-            Ok(spec) => self.create(request, spec).await,
-            Err(violation) => Verdict {
-                violations: vec![violation],
-                warnings: vec![],
-            },
-        }
-    }
 }
