@@ -105,6 +105,24 @@ async fn attempt(
     (result, recorder)
 }
 
+/// A fresh libvirt domain `name` (running or not, its guest content in `refs`) to migrate into
+/// vcsim through NFS: its guard, the staging and the plan.
+fn libvirt_to_vsphere<'w>(
+    vw: &vsphere_world::World,
+    lw: &'w libvirt_world::World,
+    name: &str,
+    running: bool,
+    refs: &Path,
+) -> (libvirt_world::DomainGuard<'w>, Run, RunnerPlan) {
+    let source = lw.make_source_vm(name, running, refs);
+    let run = lw.staging(
+        Backend::Nfs,
+        vsphere_creds(vw, "target", lw.creds("source")),
+    );
+    let plan = plan(name, lw.plan_for(lw.uri()), vsphere_plan(vw), &run);
+    (source, run, plan)
+}
+
 fn condition<'a>(s: &'a VMMigrationStatus, type_: &str) -> &'a crd::Condition {
     s.conditions
         .iter()
@@ -298,12 +316,7 @@ async fn a_vsphere_target_that_reads_back_wrong_keeps_the_libvirt_source_and_sta
     let client = vw.client().await;
     let name = libvirt_world::unique("l2v-cut");
     let refs = tempfile::tempdir().unwrap();
-    let _source = lw.make_source_vm(&name, true, refs.path());
-    let run = lw.staging(
-        Backend::Nfs,
-        vsphere_creds(&vw, "target", lw.creds("source")),
-    );
-    let mut plan = plan(&name, lw.plan_for(lw.uri()), vsphere_plan(&vw), &run);
+    let (_source, run, mut plan) = libvirt_to_vsphere(&vw, &lw, &name, true, refs.path());
     plan.cleanup_policy.delete_source = true;
     plan.cutover.stop_source = crd::StopSource::PowerOff;
     let (result, rec) = migrate(&plan, &run).await;
@@ -467,12 +480,7 @@ async fn a_target_vm_whose_status_was_lost_is_found_by_its_mark_and_made_again()
     let client = vw.client().await;
     let name = libvirt_world::unique("l2v-lost");
     let refs = tempfile::tempdir().unwrap();
-    let _source = lw.make_source_vm(&name, false, refs.path());
-    let run = lw.staging(
-        Backend::Nfs,
-        vsphere_creds(&vw, "target", lw.creds("source")),
-    );
-    let plan = plan(&name, lw.plan_for(lw.uri()), vsphere_plan(&vw), &run);
+    let (_source, run, plan) = libvirt_to_vsphere(&vw, &lw, &name, false, refs.path());
 
     // the first run made the VM; its status never reached the cluster
     let (first, _) = migrate(&plan, &run).await;
@@ -513,12 +521,7 @@ async fn a_foreign_vm_with_the_target_name_fails_the_migration_and_is_left_as_it
     let client = vw.client().await;
     let name = libvirt_world::unique("l2v-foreign");
     let refs = tempfile::tempdir().unwrap();
-    let _source = lw.make_source_vm(&name, false, refs.path());
-    let run = lw.staging(
-        Backend::Nfs,
-        vsphere_creds(&vw, "target", lw.creds("source")),
-    );
-    let plan = plan(&name, lw.plan_for(lw.uri()), vsphere_plan(&vw), &run);
+    let (_source, run, plan) = libvirt_to_vsphere(&vw, &lw, &name, false, refs.path());
 
     // no mark at all, then the mark of another migration
     for mark in [None, Some("uid-someone-else")] {
