@@ -46,8 +46,9 @@ crds-check:
 demo: toolchain deps build e2e-up
 	bash e2e/demo.sh
 
-## The local world: control plane, process node, libvirtd, vcsim, S3, nginx, sshd, Proxmox simulator.
-e2e-up: build
+## The local world: control plane, libvirtd, vcsim, S3, nginx, sshd, Proxmox simulator, and a real node
+## (containerd, kubelet, kube-proxy in a network namespace) running the images.
+e2e-up: build images
 	bash e2e/scripts/world-up.sh
 
 e2e-down:

@@ -22,7 +22,7 @@ SRC=ubuntu-server
 TARGET=ubuntu-server-vcenter
 MIGRATION=kvm-to-vsphere
 
-say "Installing the operator and the webhook (kubectl apply -k e2e/kustomize = kustomize/default + loopback endpoints)"
+say "Installing the operator and the webhook (kubectl apply -k e2e/kustomize = kustomize/default with the images make images built)"
 K apply -k "$HERE/kustomize" >/dev/null
 K -n virtrigaud-system rollout status deploy/virtrigaud-operator --timeout=180s
 K -n virtrigaud-system rollout status deploy/virtrigaud-webhook --timeout=180s

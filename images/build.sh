@@ -47,7 +47,9 @@ need debootstrap umoci
 packages() {
   case $1 in
     operator | webhook) echo "ca-certificates" ;;
-    runner) echo "ca-certificates openssh-client" ;;
+    # libsasl2-modules: the SASL mechanisms libvirt authenticates with (DIGEST-MD5, SCRAM); libvirt0 only
+    # recommends it, and without it every qemu+tcp connection fails with "No worthy mechs found".
+    runner) echo "ca-certificates openssh-client libsasl2-modules" ;;
   esac
 }
 backports() {
@@ -104,6 +106,11 @@ rootfs() {
   echo "$cached"
 }
 
+if [ -z "$dirty" ] && [ "$(cat "$OUT/tag" 2>/dev/null)" = "$TAG" ] \
+   && [ -s "$OUT/operator-$TAG.tar" ] && [ -s "$OUT/webhook-$TAG.tar" ] && [ -s "$OUT/runner-$TAG.tar" ]; then
+  say "virtrigaud/{operator,webhook,runner}:$TAG already built (a clean tree's tag names its content)"
+  exit 0
+fi
 say "release build of ${IMAGES[*]} (tag $TAG)"
 cargo build --release --locked -p operator -p webhook -p runner
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local e2e world's Kubernetes control plane from Go modules (no container runtime, no kind):
-#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  <- k8s.io/kubernetes v1.36.3
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
+#   kubelet, kube-proxy                                               <- k8s.io/kubernetes v1.36.3
 #   etcd                                                              <- go.etcd.io/etcd/server/v3 v3.6.8
 # using the wrapper module in e2e/k8s (go.mod pins every k8s.io staging module to v0.36.3).
 #
@@ -32,8 +33,10 @@ declare -A PKG=(
   [kube-controller-manager]=k8s.io/kubernetes/cmd/kube-controller-manager
   [kube-scheduler]=k8s.io/kubernetes/cmd/kube-scheduler
   [kubectl]=k8s.io/kubernetes/cmd/kubectl
+  [kubelet]=k8s.io/kubernetes/cmd/kubelet
+  [kube-proxy]=k8s.io/kubernetes/cmd/kube-proxy
 )
-ORDER=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)
+ORDER=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 
 mkdir -p "$BIN"
 missing=()

@@ -82,12 +82,13 @@ stop() { # stop component $1 by pid: TERM, then KILL after 15 s (5 s for kube-ap
   rm -f "$PIDS/$1.pid"
 }
 
-port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+# Busy on loopback (the gateway's socat on the node network's address forwards to it and does not count).
+port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | awk '{print $4}' | grep -Eq '^(127\.0\.0\.1|0\.0\.0\.0|\*|\[::\]):'; }
 
 start() { # start NAME PORT ARGS...: detached from this shell, log appended, pid recorded
   local name=$1 port=$2; shift 2
   if port_busy "$port"; then
-    die "port $port is already in use by a process that is not our $name: $(ss -Hltnp "sport = :$port" | head -n1)"
+    die "port $port is already in use by a process that is not our $name: $(ss -Hltnp "sport = :$port" | grep -v socat | head -n1)"
   fi
   printf '\n===== %s starting %s =====\n' "$(date -u +%FT%TZ)" "$name" >>"$LOGS/$name.log"
   # setsid: own session, so the process outlives the calling shell/job; exec keeps $! == the component's pid.

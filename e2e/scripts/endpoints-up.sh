@@ -2,11 +2,15 @@
 # Starts the hypervisor/storage endpoints of the local e2e world on 127.0.0.1, each with generated credentials:
 #
 #   libvirt   qemu+tcp://127.0.0.1:16509/system   libvirtd 11.3 + qemu 10.0 (TCG or KVM), SASL DIGEST-MD5 + sasldb
-#   vcsim     https://127.0.0.1:8989/sdk          govmomi's vCenter simulator, username/password
+#   vcsim     https://10.250.255.1:8989/sdk       govmomi's vCenter simulator, username/password (on the gateway)
 #   S3        http://127.0.0.1:9000               s3s-fs (SigV4), bucket vm-migrations
 #   HTTP(S)   http://127.0.0.1:8088, https://127.0.0.1:8443   nginx WebDAV PUT/DELETE, bearer token
 #   SSH       127.0.0.1:2222                      sshd, public-key only (root)
 #
+# Servers listen on 127.0.0.1 only; clients (the node's pods, and the tests, so both use the same addresses)
+# reach them at the node network's gateway address 10.250.255.1 (node-net.sh, brought up here), which
+# forwards each port to 127.0.0.1: every address in endpoints.env is the gateway's, and the certificates
+# and known_hosts name both addresses.
 # Credentials are generated once into e2e/.world/creds/ and reused. Logs: e2e/.world/logs/<name>.log,
 # pids: e2e/.world/pids/<name>.pid. Everything is written to e2e/.world/endpoints.env (shell exports).
 # Idempotent: a service whose pid is alive and which answers is left alone. Stop with endpoints-down.sh.
@@ -24,6 +28,10 @@ LIBVIRT_PORT=16509 VCSIM_PORT=8989 S3_PORT=9000 HTTP_PORT=8088 HTTPS_PORT=8443 S
 S3_BUCKET=vm-migrations S3_REGION=us-east-1
 LIBVIRT_USER=vrg VCSIM_USER=vrg-admin
 
+# shellcheck source=e2e/scripts/node-net.sh
+. "$HERE/node-net.sh"
+ADDR=$HOST_IP # where clients connect (the gateway)
+
 say() { printf '[endpoints-up] %s\n' "$*"; }
 die() { printf '[endpoints-up] ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -36,6 +44,7 @@ mkdir -p "$W" "$CREDS" "$LOGS" "$PIDS"
 chmod 700 "$W" "$CREDS"
 W=$(cd "$W" && pwd)   # absolute, for the config files
 CREDS=$W/creds LOGS=$W/logs PIDS=$W/pids
+E2E_WORLD=$W net_up
 
 # ---------------------------------------------------------------------------------------------------
 # helpers
@@ -85,7 +94,7 @@ gen_creds() {
   [ -s "$CREDS/s3-access-key" ] || openssl rand -hex 10 | tr 'a-f' 'A-F' | tr -d '\n' >"$CREDS/s3-access-key"
   [ -s "$CREDS/s3-secret-key" ] || openssl rand -base64 30 | tr -d '\n/+=' | head -c 40 >"$CREDS/s3-secret-key"
 
-  # TLS: a CA and one server certificate for 127.0.0.1/localhost (nginx and vcsim)
+  # TLS: a CA and one server certificate for 127.0.0.1, the gateway and localhost (nginx and vcsim)
   if [ ! -s "$CREDS/http-ca.pem" ] || [ ! -s "$CREDS/http-ca-key.pem" ]; then
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
       -subj "/O=virtrigaud e2e/CN=virtrigaud e2e CA" \
@@ -93,12 +102,13 @@ gen_creds() {
       -keyout "$CREDS/http-ca-key.pem" -out "$CREDS/http-ca.pem" 2>/dev/null
     rm -f "$CREDS/server.pem"
   fi
-  if [ ! -s "$CREDS/server.pem" ] || [ ! -s "$CREDS/server-key.pem" ]; then
+  if [ ! -s "$CREDS/server.pem" ] || [ ! -s "$CREDS/server-key.pem" ] \
+     || ! openssl x509 -in "$CREDS/server.pem" -noout -ext subjectAltName | grep -q "IP Address:$ADDR\b"; then
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/O=virtrigaud e2e/CN=127.0.0.1" \
       -keyout "$CREDS/server-key.pem" -out "$CREDS/server.csr" 2>/dev/null
     openssl x509 -req -in "$CREDS/server.csr" -CA "$CREDS/http-ca.pem" -CAkey "$CREDS/http-ca-key.pem" \
       -CAcreateserial -days 825 -out "$CREDS/server.pem" 2>/dev/null -extfile <(printf '%s\n' \
-        "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=critical,CA:FALSE" \
+        "subjectAltName=IP:127.0.0.1,IP:$ADDR,DNS:localhost" "basicConstraints=critical,CA:FALSE" \
         "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth")
     rm -f "$CREDS/server.csr"
   fi
@@ -107,7 +117,9 @@ gen_creds() {
   [ -s "$CREDS/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -C "virtrigaud-e2e-host" -f "$CREDS/ssh_host_ed25519_key"
   [ -s "$CREDS/ssh_client_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C "virtrigaud-e2e-client" -f "$CREDS/ssh_client_ed25519"
   cp "$CREDS/ssh_client_ed25519.pub" "$CREDS/ssh_authorized_keys"
-  echo "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1,2 "$CREDS/ssh_host_ed25519_key.pub")" >"$CREDS/ssh_known_hosts"
+  for a in 127.0.0.1 "$ADDR"; do
+    echo "[$a]:$SSH_PORT $(cut -d' ' -f1,2 "$CREDS/ssh_host_ed25519_key.pub")"
+  done >"$CREDS/ssh_known_hosts"
 
   # libvirt client auth file (LIBVIRT_AUTH_FILE) answering the SASL username/password prompts
   cat >"$CREDS/libvirt-auth.conf" <<EOF
@@ -119,6 +131,9 @@ password=$(cat "$CREDS/libvirt-password")
 credentials=vrg
 
 [auth-libvirt-localhost]
+credentials=vrg
+
+[auth-libvirt-$ADDR]
 credentials=vrg
 EOF
   chmod 600 "$CREDS"/*
@@ -228,7 +243,12 @@ EOF
 # ---------------------------------------------------------------------------------------------------
 # vcsim
 # ---------------------------------------------------------------------------------------------------
-vcsim_ready() { curl -sf --cacert "$CREDS/http-ca.pem" "https://127.0.0.1:$VCSIM_PORT/about" -o /dev/null; }
+# vcsim listens on the gateway address itself, not behind a forwarder: the URLs it hands out (NFC lease
+# devices) name its listen address, and a pod must be able to reach them.
+vcsim_ready() {
+  grep -qz -- "$ADDR:$VCSIM_PORT" "/proc/$(cat "$PIDS/vcsim.pid")/cmdline" 2>/dev/null &&
+    curl -sf --cacert "$CREDS/http-ca.pem" "https://$ADDR:$VCSIM_PORT/about" -o /dev/null
+}
 start_vcsim() {
   printf '%s' "$VCSIM_USER" >"$CREDS/vcsim-user"
   if pid_alive vcsim vcsim && vcsim_ready; then
@@ -236,15 +256,16 @@ start_vcsim() {
   fi
   pid_alive vcsim vcsim && kill "$(cat "$PIDS/vcsim.pid")" && sleep 1
   rm -f "$PIDS/vcsim.pid"
-  port_free_or_die "$VCSIM_PORT" vcsim
+  ! (exec 3<>"/dev/tcp/$ADDR/$VCSIM_PORT") 2>/dev/null ||
+    die "vcsim: port $ADDR:$VCSIM_PORT is in use by a process that is not ours: $(ss -ltnpH "sport = :$VCSIM_PORT" | head -1)"
   mkdir -p "$W/vcsim"
   # -username/-password take file paths (read by the simulator), so no secret shows in `ps`.
   # TMPDIR: the simulator keeps its datastore directories (LocalDS_0, ...) under it.
-  start_bg vcsim env TMPDIR="$W/vcsim" "$BIN/vcsim" -l "127.0.0.1:$VCSIM_PORT" \
+  start_bg vcsim env TMPDIR="$W/vcsim" "$BIN/vcsim" -l "$ADDR:$VCSIM_PORT" \
     -username "$CREDS/vcsim-user" -password "$CREDS/vcsim-password" \
     -tlscert "$CREDS/server.pem" -tlskey "$CREDS/server-key.pem"
-  wait_for 30 "vcsim" vcsim_ready || fail_log vcsim "vcsim does not answer on https://127.0.0.1:$VCSIM_PORT/about"
-  say "vcsim: started (pid $(cat "$PIDS/vcsim.pid")) on https://127.0.0.1:$VCSIM_PORT/sdk"
+  wait_for 30 "vcsim" vcsim_ready || fail_log vcsim "vcsim does not answer on https://$ADDR:$VCSIM_PORT/about"
+  say "vcsim: started (pid $(cat "$PIDS/vcsim.pid")) on https://$ADDR:$VCSIM_PORT/sdk"
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -413,8 +434,9 @@ write_env() {
     exp VRG_WORLD "$W"
     exp VRG_CREDS_DIR "$CREDS"
     exp VRG_CA "$CREDS/http-ca.pem"
+    exp VRG_GATEWAY_IP "$ADDR"
     echo "# libvirt (SASL DIGEST-MD5; LIBVIRT_AUTH_FILE=\$VRG_LIBVIRT_AUTH_FILE answers virsh's prompts)"
-    exp VRG_LIBVIRT_URI "$LIBVIRT_URI"
+    exp VRG_LIBVIRT_URI "qemu+tcp://$ADDR:$LIBVIRT_PORT/system"
     exp VRG_LIBVIRT_USER "$LIBVIRT_USER"
     exp VRG_LIBVIRT_PASSWORD "$(cat "$CREDS/libvirt-password")"
     exp VRG_LIBVIRT_AUTH_FILE "$CREDS/libvirt-auth.conf"
@@ -422,26 +444,26 @@ write_env() {
     exp VRG_LIBVIRT_POOL_DIR "$LV/pool"
     exp VRG_KVM "$([ -r /dev/kvm ] && [ -w /dev/kvm ] && echo 1 || echo 0)"
     echo "# vSphere simulator (TLS certificate signed by \$VRG_CA)"
-    exp VRG_VCSIM_URL "https://127.0.0.1:$VCSIM_PORT/sdk"
+    exp VRG_VCSIM_URL "https://$ADDR:$VCSIM_PORT/sdk"
     exp VRG_VCSIM_USER "$VCSIM_USER"
     exp VRG_VCSIM_PASSWORD "$(cat "$CREDS/vcsim-password")"
     exp VRG_VCSIM_CA "$CREDS/http-ca.pem"
     exp VRG_VCSIM_DIR "$W/vcsim"
     echo "# S3 (s3s-fs, SigV4, path-style)"
-    exp VRG_S3_ENDPOINT "http://127.0.0.1:$S3_PORT"
+    exp VRG_S3_ENDPOINT "http://$ADDR:$S3_PORT"
     exp VRG_S3_REGION "$S3_REGION"
     exp VRG_S3_BUCKET "$S3_BUCKET"
     exp VRG_S3_ACCESS_KEY "$(cat "$CREDS/s3-access-key")"
     exp VRG_S3_SECRET_KEY "$(cat "$CREDS/s3-secret-key")"
     exp VRG_S3_DATA_DIR "$W/s3"
     echo "# HTTP(S) WebDAV (nginx): Authorization: Bearer \$VRG_HTTP_TOKEN"
-    exp VRG_HTTP_URL "http://127.0.0.1:$HTTP_PORT"
-    exp VRG_HTTPS_URL "https://127.0.0.1:$HTTPS_PORT"
+    exp VRG_HTTP_URL "http://$ADDR:$HTTP_PORT"
+    exp VRG_HTTPS_URL "https://$ADDR:$HTTPS_PORT"
     exp VRG_HTTP_TOKEN "$(cat "$CREDS/http-token")"
     exp VRG_HTTP_CA "$CREDS/http-ca.pem"
     exp VRG_HTTP_EXPORT_DIR "$W/http/exports"
     echo "# SSH (public key only, root)"
-    exp VRG_SSH_HOST 127.0.0.1
+    exp VRG_SSH_HOST "$ADDR"
     exp VRG_SSH_PORT "$SSH_PORT"
     exp VRG_SSH_USER root
     exp VRG_SSH_KEY "$CREDS/ssh_client_ed25519"

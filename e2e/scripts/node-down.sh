@@ -1,49 +1,68 @@
 #!/usr/bin/env bash
-# Stops the process node started by e2e/scripts/node-up.sh: TERM (the node stops its container processes:
-# TERM, then KILL after 5 s), then KILL after NODE_STOP_TIMEOUT seconds (default 20). Only the pid in
-# e2e/.world/pids/node.pid is signalled, and only if it runs an e2e-node binary. Idempotent.
-# The Node object stays (it turns NotReady like a stopped kubelet's); --delete-node removes it too.
+# Stops the real node started by node-up.sh: the kubelet and kube-proxy, then every container (through
+# containerd's own API: each task killed, so no shim outlives its sandbox), containerd, the mounts left
+# under the node's state directory, and with --net also the node network (node-net.sh down).
+# Only processes whose pid files name them are signalled. Idempotent.
+# The Node object stays (NotReady, as with a stopped kubelet); --delete-node removes it too.
 #
-# Environment: E2E_WORLD, E2E_NODE_NAME (e2e-node), NODE_STOP_TIMEOUT.
+# Environment: E2E_WORLD, E2E_NODE_NAME (e2e-node).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WORLD=${E2E_WORLD:-$(cd "$HERE/.." && pwd)/.world}
+export E2E_WORLD=$WORLD
 NODE=${E2E_NODE_NAME:-e2e-node}
-PIDFILE=$WORLD/pids/node.pid
-STOP_TIMEOUT=${NODE_STOP_TIMEOUT:-20}
-DELETE_NODE=0
+DIR=$WORLD/node
+SOCK=$DIR/containerd/containerd.sock
+DELETE_NODE=0 NET=0
 for a in "$@"; do
   case $a in
     --delete-node) DELETE_NODE=1 ;;
-    *) echo "usage: $0 [--delete-node]" >&2; exit 2 ;;
+    --net) NET=1 ;;
+    *) echo "usage: $0 [--delete-node] [--net]" >&2; exit 2 ;;
   esac
 done
 say() { printf '[node] %s\n' "$*" >&2; }
 
-if [ -s "$PIDFILE" ]; then
-  pid=$(cat "$PIDFILE")
-  exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
-  if [ "$(basename "${exe% (deleted)}")" = e2e-node ]; then
+stop() { # stop NAME: TERM, then KILL after 10 s, if pids/NAME.pid runs NAME
+  local pid
+  pid=$(cat "$WORLD/pids/$1.pid" 2>/dev/null) || return 0
+  if [ -n "$pid" ] && [ "$(basename "$(readlink "/proc/$pid/exe" 2>/dev/null)" 2>/dev/null)" = "$1" ]; then
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq $((STOP_TIMEOUT * 10))); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      say "pid $pid still running after ${STOP_TIMEOUT}s: KILL"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    say "stopped (pid $pid)"
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    say "$1 stopped (pid $pid)"
   fi
-  rm -f "$PIDFILE"
-else
-  say "not running"
+  rm -f "$WORLD/pids/$1.pid"
+}
+
+stop kubelet
+stop kube-proxy
+if [ -S "$SOCK" ] && ctr -a "$SOCK" version >/dev/null 2>&1; then
+  tasks=$(ctr -a "$SOCK" -n k8s.io tasks ls -q 2>/dev/null || true)
+  for t in $tasks; do ctr -a "$SOCK" -n k8s.io tasks kill -s KILL "$t" >/dev/null 2>&1 || true; done
+  for t in $tasks; do
+    for _ in $(seq 50); do
+      ctr -a "$SOCK" -n k8s.io tasks ls -q 2>/dev/null | grep -qx "$t" || break
+      ctr -a "$SOCK" -n k8s.io tasks delete "$t" >/dev/null 2>&1 || sleep 0.1
+    done
+  done
+  [ -z "$tasks" ] || say "$(echo "$tasks" | wc -w) containers stopped"
+fi
+stop containerd
+# Mounts the kubelet and containerd left (tmpfs volumes, rootfs overlays, sandbox /dev/shm), deepest first.
+if [ -d "$DIR" ]; then
+  awk -v d="$DIR/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done
 fi
 
 if [ "$DELETE_NODE" = 1 ] && [ -s "$WORLD/kubeconfig" ]; then
   # shellcheck disable=SC1091
-  [ -f "$WORLD/control-plane.env" ] && . "$WORLD/control-plane.env"
-  "${KUBECTL:-kubectl}" --kubeconfig "$WORLD/kubeconfig" delete node "$NODE" --ignore-not-found >/dev/null
+  . "$WORLD/control-plane.env"
+  "$KUBECTL" --kubeconfig "$WORLD/kubeconfig" delete node "$NODE" --ignore-not-found >/dev/null
   say "node $NODE deleted"
+fi
+if [ "$NET" = 1 ]; then
+  bash "$HERE/node-net.sh" down
 fi

@@ -13,9 +13,11 @@
 #   apiserver-kubelet-client.{crt,key}    apiserver -> kubelet (node agent) client, O=system:masters
 #   front-proxy-ca.{crt,key}, front-proxy-client.{crt,key}   aggregation layer (requestheader)
 #   node-<NODE>.{crt,key}                 CN=system:node:<NODE>, O=system:nodes (node agent -> apiserver)
-#   node-<NODE>-serving.{crt,key}         node agent's kubelet-style serving cert (127.0.0.1, localhost, <NODE>)
-#   *.kubeconfig                          admin, kube-controller-manager, kube-scheduler, node-<NODE>
-#                                         (certs embedded, server https://127.0.0.1:6443)
+#   node-<NODE>-serving.{crt,key}         the kubelet's serving cert (127.0.0.1, localhost, <NODE>, its node IP 10.250.255.2)
+#   kube-proxy.{crt,key}                  CN=system:kube-proxy (bound to system:node-proxier)
+#   *.kubeconfig                          admin, kube-controller-manager, kube-scheduler, node-<NODE>, kube-proxy
+#                                         (certs embedded; server https://127.0.0.1:6443, the node's and kube-proxy's
+#                                         https://10.250.255.1:6443, the gateway of the node network)
 #
 # Environment: E2E_WORLD (default <repo>/e2e/.world), E2E_NODE_NAME (default e2e-node),
 #              KUBE_APISERVER_URL (default https://127.0.0.1:6443).
@@ -26,6 +28,8 @@ WORLD=${E2E_WORLD:-$(cd "$HERE/.." && pwd)/.world}
 PKI=$WORLD/pki
 NODE=${E2E_NODE_NAME:-e2e-node}
 SERVER=${KUBE_APISERVER_URL:-https://127.0.0.1:6443}
+NODE_IP=10.250.255.2         # the real node's InternalIP (node-net.sh)
+GATEWAY_IP=10.250.255.1      # where the node's network reaches the apiserver (node-net.sh)
 SERVICE_IP=10.96.0.1          # first IP of --service-cluster-ip-range=10.96.0.0/16
 DAYS_CA=3650
 DAYS=1825
@@ -57,12 +61,22 @@ ca() {
   issued+=("$name")
 }
 
+# has_sans CERT SAN: the certificate names every entry of SAN (DNS:x,IP:y,...), so a SAN added here reissues it
+has_sans() {
+  local have entry
+  have=$(openssl x509 -in "$1" -noout -ext subjectAltName 2>/dev/null | tail -n +2 | tr -d ' ')
+  for entry in ${2//,/ }; do
+    case ,$have, in *",${entry/#IP:/IPAddress:},"*) ;; *) return 1 ;; esac
+  done
+}
+
 # cert NAME CA SUBJECT client|server|both [SAN]: leaf certificate signed by CA
 cert() {
   local name=$1 ca=$2 subj=$3 usage=$4 san=${5:-}
   if [ -s "$name.crt" ] && [ -s "$name.key" ] \
      && openssl verify -CAfile "$ca.crt" "$name.crt" >/dev/null 2>&1 \
-     && openssl x509 -in "$name.crt" -noout -checkend $((30 * 86400)) >/dev/null 2>&1; then
+     && openssl x509 -in "$name.crt" -noout -checkend $((30 * 86400)) >/dev/null 2>&1 \
+     && has_sans "$name.crt" "$san"; then
     return 0
   fi
   newkey "$name"
@@ -87,9 +101,9 @@ cert() {
   issued+=("$name")
 }
 
-# kubeconfig NAME USER CERTNAME: kubeconfig with embedded CA, client cert and key
+# kubeconfig NAME USER CERTNAME [SERVER]: kubeconfig with embedded CA, client cert and key
 kubeconfig() {
-  local name=$1 user=$2 c=$3 file=$1.kubeconfig
+  local name=$1 user=$2 c=$3 file=$1.kubeconfig server=${4:-$SERVER}
   local ca_d crt_d key_d
   ca_d=$(base64 -w0 ca.crt); crt_d=$(base64 -w0 "$c.crt"); key_d=$(base64 -w0 "$c.key")
   local new
@@ -99,7 +113,7 @@ kind: Config
 clusters:
 - name: e2e
   cluster:
-    server: $SERVER
+    server: $server
     certificate-authority-data: $ca_d
 users:
 - name: $user
@@ -123,14 +137,15 @@ ca ca kubernetes-ca
 ca front-proxy-ca front-proxy-ca
 
 cert apiserver ca "/CN=kube-apiserver" server \
-  "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$SERVICE_IP"
+  "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$SERVICE_IP,IP:$GATEWAY_IP"
 cert admin ca "/O=system:masters/CN=kubernetes-admin" client
 cert kube-controller-manager ca "/CN=system:kube-controller-manager" client
 cert kube-scheduler ca "/CN=system:kube-scheduler" client
 cert apiserver-kubelet-client ca "/O=system:masters/CN=kube-apiserver-kubelet-client" client
 cert front-proxy-client front-proxy-ca "/CN=front-proxy-client" client
 cert "node-$NODE" ca "/O=system:nodes/CN=system:node:$NODE" client
-cert "node-$NODE-serving" ca "/O=system:nodes/CN=system:node:$NODE" server "DNS:$NODE,DNS:localhost,IP:127.0.0.1"
+cert "node-$NODE-serving" ca "/O=system:nodes/CN=system:node:$NODE" server "DNS:$NODE,DNS:localhost,IP:127.0.0.1,IP:$NODE_IP"
+cert kube-proxy ca "/CN=system:kube-proxy" client
 
 if [ ! -s sa.key ] || [ ! -s sa.pub ]; then
   newkey sa
@@ -141,6 +156,8 @@ fi
 kubeconfig admin kubernetes-admin admin
 kubeconfig kube-controller-manager system:kube-controller-manager kube-controller-manager
 kubeconfig kube-scheduler system:kube-scheduler kube-scheduler
-kubeconfig "node-$NODE" "system:node:$NODE" "node-$NODE"
+# The node's agents run in the node's network namespace, where the apiserver is at the gateway address.
+kubeconfig "node-$NODE" "system:node:$NODE" "node-$NODE" "https://$GATEWAY_IP:6443"
+kubeconfig kube-proxy system:kube-proxy kube-proxy "https://$GATEWAY_IP:6443"
 
 if [ ${#issued[@]} -gt 0 ]; then say "wrote ${issued[*]} in $PKI"; else say "up to date in $PKI"; fi

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Brings the whole e2e world up on loopback: installs what is missing, then starts the Kubernetes control
-# plane, the endpoints (libvirtd, vcsim, S3, nginx, sshd), the Proxmox simulator and the process node.
+# plane, the node network and its gateway, the endpoints (libvirtd, vcsim, S3, nginx, sshd), the Proxmox
+# simulator and the real node (containerd, kubelet, kube-proxy in the node's network namespace, running
+# the images `make images` built).
 # Idempotent: running parts are left alone. Writes e2e/.world/env (source it: KUBECONFIG, KUBECTL and
 # every endpoint's address and credentials). Logs: e2e/.world/logs/, pids: e2e/.world/pids/.
 set -euo pipefail
@@ -19,7 +21,7 @@ step "endpoints"
 bash "$HERE/endpoints-up.sh"
 step "proxmox simulator"
 bash "$HERE/pvesim-up.sh"
-step "process node"
+step "node (containerd, kubelet, kube-proxy)"
 bash "$HERE/node-up.sh"
 
 env_file=$WORLD/env
