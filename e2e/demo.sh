@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the guide's Scenario 1 (Libvirt -> vSphere through S3) in the local e2e world. A running
 # two-disk libvirt domain `ubuntu-server` (namespace kvm-vms) is migrated to the vSphere simulator as
-# `ubuntu-server-vcenter` by the operator, webhook and runner running as pods on the world's node, with
+# `ubuntu-server-vcenter` by the operator, webhook and runner running from their images as pods on the
+# world's node (kubelet + containerd), in namespaces that enforce Pod Security `restricted`, with
 # examples/libvirt-to-vsphere.yaml applied unchanged but for the datastore and bucket names. Shows the
 # progress until Ready (or the failure), then the proof: the VM on the vSphere side, the runner's check
 # of every uploaded disk against the NFC lease's SHA-1 manifest, and the source left as it was.
@@ -39,6 +40,8 @@ virsh -c qemu:///system domblklist "$SRC"
 
 say "Applying the Providers, the source VirtualMachine and the credentials (libvirt, vcsim, S3)"
 K create namespace kvm-vms --dry-run=client -o yaml | K apply -f - >/dev/null
+# The runner Job runs in the migration's namespace: hold it to Pod Security `restricted`.
+K label namespace default pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
 K create secret generic libvirt-credentials \
   --from-literal=username="$VRG_LIBVIRT_USER" --from-literal=password="$VRG_LIBVIRT_PASSWORD" \
   --dry-run=client -o yaml | K apply -f - >/dev/null

@@ -50,6 +50,19 @@ fn kubeconfig() -> PathBuf {
     path
 }
 
+/// The address pods reach the host at: the node network's gateway (`VRG_GATEWAY_IP` in the world's
+/// endpoints.env); fails the test when the world is not up.
+fn gateway() -> String {
+    let env = world().join("endpoints.env");
+    std::fs::read_to_string(&env)
+        .ok()
+        .and_then(|env| {
+            env.lines()
+                .find_map(|l| l.strip_prefix("export VRG_GATEWAY_IP=").map(str::to_owned))
+        })
+        .unwrap_or_else(|| panic!("no VRG_GATEWAY_IP in {}: start the e2e world (make e2e-up)", env.display()))
+}
+
 /// kubectl: $KUBECTL, else the one the world's control-plane.env names, else `kubectl`.
 fn kubectl_path() -> String {
     if let Ok(k) = std::env::var("KUBECTL") {
@@ -90,8 +103,8 @@ async fn client(path: &Path) -> Client {
     Client::try_from(config).expect("client")
 }
 
-/// `kubectl apply -k e2e/kustomize` (kustomize/default plus the process node's two patches: loopback
-/// endpoints allowed, listeners on the pod IP) and wait for both Deployments, once per test binary.
+/// `kubectl apply -k e2e/kustomize` (kustomize/default with the images `make images` built) and wait
+/// for both Deployments, once per test binary.
 fn installed() {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     let result = DONE.get_or_init(|| {
@@ -139,7 +152,8 @@ where
     }
 }
 
-/// A TCP port that holds every connection open without answering, until [`Silent::refuse`].
+/// A TCP port on the gateway address that holds every connection open without answering, until
+/// [`Silent::refuse`].
 struct Silent {
     port: u16,
     hold: Arc<AtomicBool>,
@@ -148,7 +162,7 @@ struct Silent {
 
 impl Silent {
     fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = TcpListener::bind((gateway(), 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let hold = Arc::new(AtomicBool::new(true));
         let held = Arc::new(Mutex::new(Vec::new()));
@@ -197,8 +211,11 @@ async fn namespace(c: &Client, name: &str, port: u16) {
             .await
             .unwrap_or_else(|e| panic!("creating {v}: {e}"));
     };
-    create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})).await;
-    let endpoint = format!("qemu+tcp://127.0.0.1:{port}/system");
+    // Runner pods must pass Pod Security `restricted`, as in a tenant namespace of a hardened cluster.
+    create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name,
+        "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}))
+    .await;
+    let endpoint = format!("qemu+tcp://{}:{port}/system", gateway());
     for v in [
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "libvirt-creds", "namespace": name},
                "stringData": {"username": "vrg", "password": "not-a-real-password"}}),

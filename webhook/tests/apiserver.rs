@@ -56,14 +56,6 @@ const NOT_HERE: &[(&str, &str)] = &[
         "endpoint name resolves to loopback",
         "loopback-alias.test exists only in the router tests' resolver",
     ),
-    (
-        "endpoint is loopback",
-        "the e2e install passes --allow-loopback-endpoints",
-    ),
-    (
-        "endpoint is localhost",
-        "the e2e install passes --allow-loopback-endpoints",
-    ),
 ];
 
 fn repo() -> PathBuf {

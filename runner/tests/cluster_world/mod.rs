@@ -171,8 +171,9 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        // Runner pods must pass Pod Security `restricted`, as in a tenant namespace of a hardened cluster.
         self.apply(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n"
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{pod-security.kubernetes.io/enforce: restricted}}}}\n"
         ));
     }
 
