@@ -1,6 +1,6 @@
 //! End-to-end tests of the operator against the real control plane of the e2e world
 //! (`e2e/scripts/world-up.sh`): the operator and webhook installed with `kubectl apply -k
-//! kustomize/default`, runner Jobs run by the process node.
+//! kustomize/default`, runner Jobs run by the real node (kubelet + containerd) from the images `make images` built.
 //!
 //! Every test fails when `e2e/.world/kubeconfig` does not exist (run `make e2e-up`).
 //!
@@ -60,7 +60,12 @@ fn gateway() -> String {
             env.lines()
                 .find_map(|l| l.strip_prefix("export VRG_GATEWAY_IP=").map(str::to_owned))
         })
-        .unwrap_or_else(|| panic!("no VRG_GATEWAY_IP in {}: start the e2e world (make e2e-up)", env.display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no VRG_GATEWAY_IP in {}: start the e2e world (make e2e-up)",
+                env.display()
+            )
+        })
 }
 
 /// kubectl: $KUBECTL, else the one the world's control-plane.env names, else `kubectl`.
@@ -212,8 +217,10 @@ async fn namespace(c: &Client, name: &str, port: u16) {
             .unwrap_or_else(|e| panic!("creating {v}: {e}"));
     };
     // Runner pods must pass Pod Security `restricted`, as in a tenant namespace of a hardened cluster.
-    create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name,
-        "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}))
+    create(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name,
+        "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}),
+    )
     .await;
     let endpoint = format!("qemu+tcp://{}:{port}/system", gateway());
     for v in [
@@ -280,6 +287,95 @@ async fn events(c: &Client, ns: &str, name: &str) -> Vec<String> {
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
         .filter_map(|e| e.reason)
         .collect()
+}
+
+/// The node is a real kubelet and containerd: the installed pods run from the images with their
+/// securityContext and limits enforced, `kubectl exec`, `logs` and `describe` go through the kubelet,
+/// and Pod Security `restricted` refuses a privileged pod in a tenant namespace.
+#[tokio::test]
+async fn the_node_runs_the_images_confined_and_serves_exec_logs_and_describe() {
+    kubeconfig();
+    installed();
+    let webhook = ["-n", SYSTEM_NS, "exec", "deploy/virtrigaud-webhook", "--"];
+    let exec = |cmd: &[&str]| kubectl(&[&webhook[..], cmd].concat());
+    let (ok, uid) = exec(&["id", "-u"]);
+    assert!(
+        ok && uid.trim() == "65532",
+        "uid in the webhook container: {uid}"
+    );
+    let (ok, out) = exec(&["touch", "/probe"]);
+    assert!(
+        !ok && out.contains("Read-only file system"),
+        "writing to / in the webhook container: {out}"
+    );
+    let (ok, limit) = exec(&["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]);
+    assert!(
+        ok && limit.trim() == (256u64 << 20).to_string(),
+        "the webhook's memory limit (256Mi) in its cgroup: {limit}"
+    );
+    let (ok, image) = exec(&["cat", "/proc/1/cmdline"]);
+    assert!(
+        ok && image.starts_with("/usr/local/bin/webhook"),
+        "the image's entrypoint runs as pid 1: {image}"
+    );
+
+    let (ok, logs) = kubectl(&[
+        "-n",
+        SYSTEM_NS,
+        "logs",
+        "deploy/virtrigaud-operator",
+        "-c",
+        "operator",
+    ]);
+    assert!(
+        ok && logs.contains("runner image virtrigaud/runner:"),
+        "operator logs: {logs}"
+    );
+    let (ok, describe) = kubectl(&[
+        "-n",
+        SYSTEM_NS,
+        "describe",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=virtrigaud-webhook",
+    ]);
+    assert!(
+        ok && describe.contains("containerd://") && describe.contains("Started"),
+        "describe: {describe}"
+    );
+
+    let ns = "vrg-e2e-restricted";
+    let _ = kubectl(&[
+        "delete",
+        "namespace",
+        ns,
+        "--wait=true",
+        "--ignore-not-found",
+    ]);
+    let (ok, out) = kubectl(&["create", "namespace", ns]);
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(&[
+        "label",
+        "namespace",
+        ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(&[
+        "-n",
+        ns,
+        "run",
+        "privileged",
+        "--image=virtrigaud/runner:any",
+        "--restart=Never",
+        "--overrides",
+        r#"{"spec":{"containers":[{"name":"privileged","image":"virtrigaud/runner:any","securityContext":{"privileged":true}}]}}"#,
+    ]);
+    assert!(
+        !ok && out.contains("violates PodSecurity \"restricted"),
+        "a privileged pod in a restricted namespace: {out}"
+    );
+    let _ = kubectl(&["delete", "namespace", ns, "--wait=false"]);
 }
 
 #[tokio::test]
