@@ -6,6 +6,7 @@
 pub mod common;
 pub mod duration;
 pub mod handles;
+pub mod logging;
 pub mod plan;
 pub mod provider;
 pub mod quantity;

@@ -11,6 +11,9 @@ use crate::error::{Error, Result};
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "operator", version, about = "VirtRigaud migration operator")]
 pub struct Args {
+    /// Log format and filter (`--log-format`, `--log-level`).
+    #[command(flatten)]
+    pub log: crd::logging::LogSettings,
     /// Image of the runner Jobs. Default: the image of the `runner-image` init container of this
     /// operator's own pod, so that `kustomize edit set image` (or `kubectl set image`) retargets the
     /// runner together with the operator.

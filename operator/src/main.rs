@@ -4,13 +4,11 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
-        )
-        .init();
     let args = operator::Args::parse();
+    if let Err(e) = crd::logging::init(&args.log, "info,kube=warn") {
+        eprintln!("operator: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     match operator::run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

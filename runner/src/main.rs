@@ -20,6 +20,10 @@ use runner::{Error, Result};
 struct Cli {
     #[command(subcommand)]
     mode: Mode,
+    /// Log format and filter (`--log-format`, `--log-level`, or VRG_LOG_FORMAT / VRG_LOG_LEVEL from
+    /// the operator's Job).
+    #[command(flatten)]
+    log: crd::logging::LogSettings,
 }
 
 #[derive(Subcommand, Clone, Copy)]
@@ -32,14 +36,13 @@ enum Mode {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_ansi(false)
-        .with_target(false)
-        .init();
+    let mut cli = Cli::parse();
+    // The runner's lines are read by users (`kubectl logs`): no module paths.
+    cli.log.with_target = false;
+    if let Err(e) = crd::logging::init(&cli.log, "info") {
+        eprintln!("runner: {e}");
+        std::process::exit(crd::plan::EXIT_TERMINAL);
+    }
     let paths = Paths::from_env();
     let result = run(cli.mode, &paths).await;
     let outcome = plan::outcome(&result);

@@ -18,6 +18,9 @@ use webhook::{AppState, Error, Metrics, server};
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
+    /// Log format and filter (`--log-format`, `--log-level`).
+    #[command(flatten)]
+    log: crd::logging::LogSettings,
     /// Directory with tls.crt and tls.key (re-read when they change). In --self-signed mode the webhook
     /// writes ca.crt, tls.crt and tls.key there.
     #[arg(
@@ -74,12 +77,12 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    match run(Args::parse()).await {
+    let args = Args::parse();
+    if let Err(e) = crd::logging::init(&args.log, "info") {
+        eprintln!("webhook: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "webhook stopped");

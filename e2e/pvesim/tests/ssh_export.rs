@@ -45,17 +45,15 @@ struct Ssh {
 }
 
 impl Ssh {
-    fn connect() -> Option<Ssh> {
-        let Some(env) = world_env() else {
-            println!("SKIP: e2e/.world/endpoints.env is absent (run e2e/scripts/endpoints-up.sh)");
-            return None;
-        };
-        let addr = format!("{}:{}", env.get("VRG_SSH_HOST")?, env.get("VRG_SSH_PORT")?);
-        if std::net::TcpStream::connect(&addr).is_err() {
-            println!("SKIP: sshd of the e2e world does not answer on {addr}");
-            return None;
+    /// The world's sshd; fails the test (never skips it) when the world is not up.
+    fn connect() -> Ssh {
+        let env = world_env()
+            .expect("e2e/.world/endpoints.env is absent: start the e2e world (make e2e-up)");
+        let addr = format!("{}:{}", env["VRG_SSH_HOST"], env["VRG_SSH_PORT"]);
+        if let Err(e) = std::net::TcpStream::connect(&addr) {
+            panic!("sshd of the e2e world does not answer on {addr}: {e} (make e2e-up)");
         }
-        Some(Ssh { env })
+        Ssh { env }
     }
 
     fn run(&self, remote: &str) -> Output {
@@ -101,7 +99,7 @@ fn remote_tool(ssh: &Ssh, name: &str, built: &str) -> String {
 
 #[test]
 fn pvesm_export_raw_size_over_real_sshd() {
-    let Some(ssh) = Ssh::connect() else { return };
+    let ssh = Ssh::connect();
     let tmp = tempfile::tempdir().unwrap();
     let data = DataDir::open(tmp.path()).unwrap();
     fixture::create_all(&data, 32 << 20, true, false).unwrap();
@@ -149,7 +147,7 @@ fn pvesm_export_raw_size_over_real_sshd() {
 
 #[test]
 fn thin_snapshot_read_over_real_sshd() {
-    let Some(ssh) = Ssh::connect() else { return };
+    let ssh = Ssh::connect();
     let tmp = tempfile::tempdir().unwrap();
     let data = DataDir::open(tmp.path()).unwrap();
     fixture::create_all(&data, 32 << 20, false, false).unwrap();
