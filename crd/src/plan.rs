@@ -25,8 +25,6 @@ pub const PLAN_FILE: &str = "plan.json";
 pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 /// Where the scratch volume is mounted in the runner pod.
 pub const SCRATCH_DIR: &str = "/scratch";
-/// Where an `nfs` staging volume is mounted in the runner pod.
-pub const NFS_MOUNT_DIR: &str = "/mnt/staging";
 /// Environment variable that overrides [`MOUNT_DIR`] (tests, the e2e process node).
 pub const ENV_MOUNT_DIR: &str = "VRG_RUNNER_DIR";
 /// Environment variable with the bytes the scratch volume may hold when that is less than the free

@@ -178,7 +178,7 @@ pub enum StorageType {
     S3,
     /// An HTTP(S) server accepting PUT, GET and DELETE (e.g. WebDAV).
     Http,
-    /// An NFS export, mounted into the runner pod.
+    /// An NFSv3 export, reached by the runner over TCP itself (nothing is mounted into its pod).
     Nfs,
 }
 
@@ -211,7 +211,8 @@ pub struct StorageSpec {
     pub bucket: Option<String>,
     /// s3: the endpoint host[:port] or URL (defaults to AWS for the region; an `endpoint` key in the
     /// credentials Secret, with scheme, takes precedence). http: the base URL objects are put under.
-    /// nfs: the NFS server.
+    /// nfs: the NFS server, `host` (its portmapper tells the MOUNT and NFS ports) or `host:port`
+    /// (MOUNT and NFS both on that port, as userspace servers serve them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     pub endpoint: Option<String>,

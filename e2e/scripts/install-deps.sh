@@ -5,6 +5,9 @@
 #   - libvirt 11.3 + qemu 10.0 from bookworm-backports (one qemu generation only), libvirt-dev + pkg-config
 #     (for the Rust `virt` crate), Cyrus SASL (DIGEST-MD5 + sasldb) for libvirt's TCP authentication
 #   - nginx (WebDAV PUT/DELETE), openssh-server, openssl, jq, curl
+#   - the real node: containerd, runc, CNI plugins, iptables (kube-proxy), socat (the node network's gateway);
+#     debootstrap and umoci for `make images`
+#   - nfs-ganesha + FSAL VFS, rpcbind (the userspace NFSv3 server of nfsd-up.sh), libnfs-utils
 #   - s3s-fs (S3 server, crates.io) and vcsim (vSphere simulator, Go module proxy) into $VRG_CACHE/bin
 #
 # No service is started here: package maintainer scripts are prevented from starting daemons
@@ -31,6 +34,9 @@ BOOKWORM_PKGS=(
   nginx-full openssh-server openssh-client
   openssl ca-certificates jq curl procps iproute2
   strace # tests: which files qemu-img opens while it inspects a hostile image
+  containerd runc containernetworking-plugins iptables socat # the real node (node-up.sh, node-net.sh)
+  debootstrap umoci # make images
+  nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils # the NFSv3 server of nfsd-up.sh, and its write check
 )
 
 say() { printf '[install-deps] %s\n' "$*"; }

@@ -26,8 +26,9 @@ NET_PREFIX=30
 POD_CIDR=10.244.0.0/24
 POD_GATEWAY=10.244.0.1
 APISERVER_PORT=6443
-# apiserver, libvirtd, S3, HTTP, HTTPS, sshd, Proxmox simulator (vcsim listens on HOST_IP itself)
-GATEWAY_PORTS=${E2E_GATEWAY_PORTS:-"$APISERVER_PORT 16509 9000 8088 8443 2222 8006"}
+# apiserver, libvirtd, S3, HTTP, HTTPS, sshd, Proxmox simulator, NFS (portmapper, NFS, MOUNT); vcsim
+# listens on HOST_IP itself
+GATEWAY_PORTS=${E2E_GATEWAY_PORTS:-"$APISERVER_PORT 16509 9000 8088 8443 2222 8006 111 2049 20048"}
 
 net_exists() { [ -e "/run/netns/$NODE_NETNS" ] && ip link show "$HOST_IF" >/dev/null 2>&1; }
 

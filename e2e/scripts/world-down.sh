@@ -3,7 +3,7 @@
 # removes the node network.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-for part in node pvesim endpoints control-plane; do
+for part in node pvesim nfsd endpoints control-plane; do
   [ -f "$HERE/$part-down.sh" ] && bash "$HERE/$part-down.sh"
 done
 bash "$HERE/node-net.sh" down

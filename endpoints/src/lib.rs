@@ -70,18 +70,69 @@ pub fn parse_http(endpoint: &str) -> Result<Endpoint, String> {
     )
 }
 
-/// Parses an nfs `storage.endpoint`: the NFS server's host name or IP address, nothing else.
+/// The portmapper's port (rpcbind): where a bare nfs endpoint is asked for the MOUNT and NFS ports.
+pub const PORTMAPPER_PORT: u16 = 111;
+
+/// An nfs `storage.endpoint`: the server and the port written with it, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NfsServer {
+    /// The server; its `port` is the written one, or [`PORTMAPPER_PORT`] for a bare host (the first
+    /// port connected to either way).
+    pub endpoint: Endpoint,
+    /// `host:port`: MOUNT and NFS are both served on that port (as userspace servers do) and no
+    /// portmapper is asked. `None` for a bare host: the portmapper tells both ports.
+    pub port: Option<u16>,
+}
+
+/// Parses an nfs `storage.endpoint`: the NFS server's host name or IP address, optionally with a
+/// port (`host:port`, `[v6]:port`); nothing else (no scheme, no export path).
 pub fn parse_nfs(endpoint: &str) -> Result<Endpoint, String> {
-    let host = url::Host::parse(endpoint).map_err(|_| {
+    parse_nfs_server(endpoint).map(|server| server.endpoint)
+}
+
+/// [`parse_nfs`], keeping whether a port was written.
+pub fn parse_nfs_server(endpoint: &str) -> Result<NfsServer, String> {
+    let bad = || {
         format!(
-            "{:?} is not a host name or IP address (the NFS server, e.g. nfs.example.com or 10.0.0.5; the export goes in storage.path)",
+            "{:?} is not a host name or IP address, optionally with a port (the NFS server, e.g. nfs.example.com, \
+             10.0.0.5 or 10.0.0.5:2049; the export goes in storage.path)",
             redacted(endpoint)
         )
-    })?;
-    Ok(Endpoint {
-        host: host_of(host),
-        port: 2049,
-        plain_http: false,
+    };
+    // `[v6]`, `[v6]:port`, a bare IPv6 literal, `host`, `host:port`
+    let (host, port) = if let Some(rest) = endpoint.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']').ok_or_else(bad)?;
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or_else(bad)?),
+        };
+        (format!("[{inside}]"), port)
+    } else if endpoint.matches(':').count() > 1 {
+        (format!("[{endpoint}]"), None)
+    } else {
+        match endpoint.split_once(':') {
+            Some((host, port)) => (host.to_owned(), Some(port)),
+            None => (endpoint.to_owned(), None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Some(n),
+            _ => return Err(bad()),
+        },
+    };
+    if host.is_empty() || host.contains(['@', '/', '?', '#']) {
+        return Err(bad());
+    }
+    let host = url::Host::parse(&host).map_err(|_| bad())?;
+    Ok(NfsServer {
+        endpoint: Endpoint {
+            host: host_of(host),
+            port: port.unwrap_or(PORTMAPPER_PORT),
+            plain_http: false,
+        },
+        port,
     })
 }
 
@@ -535,9 +586,42 @@ mod tests {
             parse_nfs("[fd00::5]").unwrap().host,
             Host::Ip(ip("fd00::5"))
         );
-        for bad in ["nfs://x", "host:/export", "host/export", ""] {
-            assert!(parse_nfs(bad).is_err(), "{bad}");
+        for bad in [
+            "nfs://x",
+            "host:/export",
+            "host/export",
+            "",
+            "host:",
+            "host:0",
+            "host:65536",
+            "host:+20",
+            "[fd00::5",
+            "[fd00::5]x",
+            "u@host",
+            ":2049",
+        ] {
+            let why = parse_nfs(bad).unwrap_err();
+            assert!(why.contains("host name or IP address"), "{bad}: {why}");
         }
+        let bare = parse_nfs_server("nfs.local").unwrap();
+        assert_eq!((bare.port, bare.endpoint.port), (None, PORTMAPPER_PORT));
+        let with_port = parse_nfs_server("10.1.2.3:2049").unwrap();
+        assert_eq!(with_port.endpoint.host, Host::Ip(ip("10.1.2.3")));
+        assert_eq!(
+            (with_port.port, with_port.endpoint.port),
+            (Some(2049), 2049)
+        );
+        let v6 = parse_nfs_server("[fd00::5]:12049").unwrap();
+        assert_eq!(v6.endpoint.host, Host::Ip(ip("fd00::5")));
+        assert_eq!(v6.port, Some(12049));
+        assert_eq!(
+            parse_nfs_server("fd00::5").unwrap().endpoint.host,
+            Host::Ip(ip("fd00::5"))
+        );
+        assert_eq!(
+            parse_nfs("NFS.Example.com:111").unwrap().host,
+            Host::Name("nfs.example.com".into())
+        );
     }
 
     #[test]

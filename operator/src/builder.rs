@@ -13,7 +13,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, EphemeralVolumeSource,
-    NFSVolumeSource, ObjectFieldSelector, PersistentVolumeClaimSpec, PersistentVolumeClaimTemplate,
+    ObjectFieldSelector, PersistentVolumeClaimSpec, PersistentVolumeClaimTemplate,
     PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, Secret,
     SecretVolumeSource, SecurityContext, ServiceAccount, Volume, VolumeMount,
     VolumeResourceRequirements,
@@ -453,7 +453,9 @@ impl JobKind {
 
 /// The runner Job: one pod, never restarted (`backoffLimit: 0`: retries are the operator's), bounded
 /// by a deadline, running as an unprivileged user on a read-only root filesystem with the plan
-/// Secret, a scratch volume and, for NFS staging, the NFS export mounted.
+/// Secret and a scratch volume. Nothing else is mounted: the runner reaches every storage itself,
+/// NFS included (NFSv3 over TCP in userspace, so Pod Security `restricted`, which forbids inline
+/// `nfs` volumes, admits the pod).
 pub fn runner_job(m: &VMMigration, settings: &Settings, kind: &JobKind) -> Result<Job> {
     let ids = ids(m)?;
     let labels = object_labels(&ids.name, kind.component(), Some(kind.attempt));
@@ -462,7 +464,7 @@ pub fn runner_job(m: &VMMigration, settings: &Settings, kind: &JobKind) -> Resul
         RunnerMode::Cleanup => settings.cleanup_deadline,
     };
 
-    let mut volumes = vec![
+    let volumes = vec![
         Volume {
             name: "plan".into(),
             secret: Some(SecretVolumeSource {
@@ -474,7 +476,7 @@ pub fn runner_job(m: &VMMigration, settings: &Settings, kind: &JobKind) -> Resul
         },
         scratch_volume(settings),
     ];
-    let mut mounts = vec![
+    let mounts = vec![
         VolumeMount {
             name: "plan".into(),
             mount_path: plan::MOUNT_DIR.into(),
@@ -487,23 +489,6 @@ pub fn runner_job(m: &VMMigration, settings: &Settings, kind: &JobKind) -> Resul
             ..VolumeMount::default()
         },
     ];
-    let storage = &m.spec.storage;
-    if storage.type_ == StorageType::Nfs {
-        volumes.push(Volume {
-            name: "staging".into(),
-            nfs: Some(NFSVolumeSource {
-                server: storage.endpoint.clone().unwrap_or_default(),
-                path: storage.path.clone().unwrap_or_else(|| "/".into()),
-                read_only: Some(false),
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: "staging".into(),
-            mount_path: plan::NFS_MOUNT_DIR.into(),
-            ..VolumeMount::default()
-        });
-    }
 
     let container = Container {
         name: CONTAINER.into(),
@@ -794,13 +779,26 @@ mod tests {
                 "accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
                 "resources": {"requests": {"storage": "500Gi"}}}}}})
         );
-        assert_eq!(
-            pod["volumes"][2],
-            json!({"name": "staging", "nfs": {"server": "nfs.local", "path": "/mnt/migrations", "readOnly": false}})
+        // the runner speaks NFS itself: no inline `nfs` volume (Pod Security `restricted` forbids
+        // them), nothing mounted but the plan and the scratch space
+        let volumes: Vec<&str> = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(volumes, ["plan", "scratch"]);
+        assert!(
+            !pod["volumes"].to_string().contains("nfs"),
+            "{}",
+            pod["volumes"]
         );
         assert_eq!(
-            pod["containers"][0]["volumeMounts"][2],
-            json!({"name": "staging", "mountPath": "/mnt/staging"})
+            pod["containers"][0]["volumeMounts"],
+            json!([
+                {"name": "plan", "mountPath": "/var/run/virtrigaud", "readOnly": true},
+                {"name": "scratch", "mountPath": "/scratch"}
+            ])
         );
         // The claim's filesystem shows its own size: no limit to pass on.
         let env = pod["containers"][0]["env"].to_string();

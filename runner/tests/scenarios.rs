@@ -229,7 +229,8 @@ async fn vsphere_to_libvirt_through_http_from_a_stopped_vm() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn vsphere_to_libvirt_through_nfs_from_a_running_vm() {
-    let storage = json!({"type": "nfs", "path": "/mnt/migrations", "endpoint": "nfs.local"});
+    let cluster = Cluster::load().await;
+    let storage = json!({"type": "nfs", "path": "/mnt/migrations", "endpoint": cluster.var("VRG_NFS_ENDPOINT")});
     vsphere_to_libvirt(
         "e2e-v2l-nfs",
         &[DiskKind::Flat, DiskKind::NfcOnly],
@@ -259,7 +260,7 @@ async fn wrong_password_unknown_datastore_and_name_clash_fail_naming_the_object(
         cluster.var("VRG_VCSIM_USER"),
         cluster.var("VRG_VCSIM_URL")
     ));
-    let storage = json!({"type": "nfs", "path": "/mnt/errors", "endpoint": "nfs.local"});
+    let storage = json!({"type": "nfs", "path": "/mnt/migrations", "endpoint": cluster.var("VRG_NFS_ENDPOINT")});
     let taken = unique("taken");
     let other = vsphere_world::create_vm(&client, &taken, Default::default()).await;
     let cases = [
@@ -350,13 +351,18 @@ async fn scenario_2_vsphere_to_proxmox_through_nfs() {
     let target = unique("windows-server-pve");
     let src = fleet::source(ProviderType::Vsphere, &source).await;
     cluster.apply(&virtual_machine(ns, &source, "vsphere-prod"));
-    // the guide's YAML as it is, but for the names
+    // the guide's YAML as it is, but for the names and the NFS server's address (the world's
+    // nfs-ganesha exports the guide's /mnt/migrations; nfs.local resolves nowhere here)
     let yaml = adapt(
         "vsphere-to-proxmox.yaml",
         ns,
         &[
             ("/spec/sourceName", json!(source)),
             ("/spec/targetName", json!(target)),
+            (
+                "/spec/storage/endpoint",
+                json!(cluster.var("VRG_NFS_ENDPOINT")),
+            ),
         ],
     );
     assert!(yaml.contains("targetStorageHint: local-lvm") && yaml.contains("type: nfs"));

@@ -216,7 +216,7 @@ fn check_storage(
             if endpoint.is_none_or(str::is_empty) {
                 v.deny(
                     "spec.storage.endpoint",
-                    "is required when storage.type is nfs: the NFS server's host name or IP address",
+                    "is required when storage.type is nfs: the NFS server's host name or IP address, optionally with :port",
                 );
             }
             match storage.path.as_deref() {

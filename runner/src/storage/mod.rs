@@ -40,7 +40,9 @@ pub const RETRY_ATTEMPTS: u32 = 5;
 /// Knobs of the backends that are not in the spec.
 #[derive(Clone, Debug)]
 pub struct StageOptions {
-    /// Where an `nfs` export is mounted ([`crd::plan::NFS_MOUNT_DIR`] in the runner pod).
+    /// A local directory standing for an `nfs` export (tests only, feature `test-doubles`).
+    /// Empty, the default: the runner speaks NFSv3 to the server itself ([`nfs`]).
+    #[cfg(feature = "test-doubles")]
     pub nfs_root: PathBuf,
     /// In-process tries of a transient failure ([`RETRY_ATTEMPTS`]).
     pub attempts: u32,
@@ -51,7 +53,8 @@ pub struct StageOptions {
 impl Default for StageOptions {
     fn default() -> Self {
         StageOptions {
-            nfs_root: PathBuf::from(crd::plan::NFS_MOUNT_DIR),
+            #[cfg(feature = "test-doubles")]
+            nfs_root: PathBuf::new(),
             attempts: RETRY_ATTEMPTS,
             guard: Guard::default(),
         }
@@ -59,7 +62,7 @@ impl Default for StageOptions {
 }
 
 /// Builds the backend the spec names, with the `storage.*` credentials. Every connection to an
-/// S3 or HTTP endpoint goes through [`StageOptions::guard`].
+/// S3, HTTP or NFS endpoint goes through [`StageOptions::guard`].
 pub async fn open(
     spec: &StorageSpec,
     credentials: &Credentials,
@@ -68,7 +71,7 @@ pub async fn open(
     Ok(match spec.type_ {
         StorageType::S3 => Box::new(S3Stage::from_spec(spec, credentials, options).await?),
         StorageType::Http => Box::new(HttpStage::from_spec(spec, credentials, options).await?),
-        StorageType::Nfs => Box::new(NfsStage::from_spec(spec, options)?),
+        StorageType::Nfs => Box::new(NfsStage::from_spec(spec, options).await?),
     })
 }
 
@@ -116,7 +119,7 @@ pub trait Stage: Send + Sync {
     fn describe(&self) -> String;
 
     /// Reaches the storage with the credentials (Validating): bucket exists and is writable, base URL
-    /// accepts the token, the directory is mounted and writable.
+    /// accepts the token, the export can be mounted and written.
     async fn check(&self) -> Result<()>;
 
     /// The complete object at `key` with its recorded size and SHA-256, if present (resume).

@@ -172,6 +172,8 @@ pub fn storage(cluster: &Cluster, backend: &str) -> Value {
                        "credentialsSecretRef": {"name": "s3-creds"}}),
         "http" => json!({"type": "http", "endpoint": cluster.var("VRG_HTTP_URL"),
                          "credentialsSecretRef": {"name": "fileserver-token"}}),
-        _ => json!({"type": "nfs", "path": "/mnt/migrations", "endpoint": "nfs.local"}),
+        _ => {
+            json!({"type": "nfs", "path": "/mnt/migrations", "endpoint": cluster.var("VRG_NFS_ENDPOINT")})
+        }
     }
 }

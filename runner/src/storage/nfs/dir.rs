@@ -1,46 +1,33 @@
-//! NFS staging: the export is mounted into the runner pod (a Kubernetes `nfs` volume at
-//! [`crd::plan::NFS_MOUNT_DIR`]), so this is plain file I/O on that directory. Files are written
-//! under a temporary name, fsynced and renamed, so a visible file is always complete; the sidecar
-//! follows the same way.
+//! A local directory standing for the export: plain file I/O, for tests and for a runner whose
+//! export is already mounted by someone else ([`crate::storage::StageOptions::nfs_root`]). Files are
+//! written under a temporary name, fsynced and renamed, so a visible file is always complete; the
+//! sidecar follows the same way.
 
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use crd::StorageSpec;
 
-use super::{
-    Stage, StageOptions, StagedObject, parse_sidecar, partial_path, sidecar_body, sidecar_key,
-    validate_key,
+use super::super::{
+    Stage, StagedObject, parse_sidecar, partial_path, sidecar_body, sidecar_key, validate_key,
 };
 use crate::progress::Progress;
 use crate::stream::{CHUNK, HashingReader, HashingWriter, open_resumable};
 use crate::{Error, Result};
 
-/// An NFS export mounted at a local directory.
+/// An NFS export's stand-in: a local directory.
 #[derive(Clone, Debug)]
-pub struct NfsStage {
+pub(super) struct DirStage {
     /// The mount point.
     root: PathBuf,
     /// `nfs://server/export` for URLs and messages.
     base_url: String,
 }
 
-impl NfsStage {
-    /// The export the spec names (`endpoint` = server, `path` = export), mounted at
-    /// `options.nfs_root`.
-    pub fn from_spec(spec: &StorageSpec, options: &StageOptions) -> Result<Self> {
-        let server = spec.endpoint.as_deref().unwrap_or_default();
-        let export = spec.path.as_deref().unwrap_or("/");
-        Ok(NfsStage::new(
-            &options.nfs_root,
-            &format!("nfs://{server}/{}", export.trim_matches('/')),
-        ))
-    }
-
+impl DirStage {
     /// A stage on the directory `root`, described as `base_url`.
-    pub fn new(root: &Path, base_url: &str) -> Self {
-        NfsStage {
+    pub(super) fn new(root: &Path, base_url: &str) -> Self {
+        DirStage {
             root: root.to_path_buf(),
             base_url: base_url.trim_end_matches('/').to_string(),
         }
@@ -76,7 +63,7 @@ impl NfsStage {
 }
 
 #[async_trait]
-impl Stage for NfsStage {
+impl Stage for DirStage {
     fn describe(&self) -> String {
         self.system()
     }
@@ -206,7 +193,7 @@ impl Stage for NfsStage {
             Ok(tally)
         })
         .await?;
-        super::finish_download(tally, object, &partial, dest).await
+        super::super::finish_download(tally, object, &partial, dest).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
