@@ -1,4 +1,5 @@
-//! The migration's life while it exists: start it, launch one runner Job per attempt, judge each
+//! The migration's life while it exists: start it, launch one runner Job per attempt, report why a
+//! launched runner cannot start (and give its attempt up after the start timeout), judge each
 //! finished Job, retry transient failures after a backoff, and finish as Ready (creating the target
 //! VirtualMachine object) or Failed.
 //!
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use crd::{ConditionStatus, Phase, VMMigration, VMMigrationStatus, VirtualMachine};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference};
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -24,7 +25,8 @@ use crate::error::{Error, Result};
 use crate::events::{action, reason};
 use crate::objects::{self, Created};
 use crate::resolve::{self, Resolved};
-use crate::status::{FIELD_MANAGER, OperatorStatus};
+use crate::start::{self, Problem, Start};
+use crate::status::{FIELD_MANAGER, OperatorStatus, READY};
 use crate::verdict::{self, Verdict};
 use crate::{Context, names};
 
@@ -32,6 +34,9 @@ use crate::{Context, names};
 pub const RECHECK: Duration = Duration::from_secs(300);
 /// How often a missing reference is looked for again during the grace period.
 pub const REFERENCE_RETRY: Duration = Duration::from_secs(10);
+/// How often a launched runner that has not started is looked at: a start problem reaches the
+/// migration within this time (pods and Events are read, not watched).
+pub const START_RECHECK: Duration = Duration::from_secs(5);
 
 /// The duration from `now` until `t` (zero when past).
 pub fn until(now: &Time, t: &Time) -> Duration {
@@ -123,51 +128,223 @@ pub async fn apply(m: &VMMigration, ctx: &Context) -> Result<Action> {
         clear_retry_time(m, ctx, &status).await?;
     }
     if !verdict::finished(&job) {
-        return Ok(Action::requeue(RECHECK));
+        return watch_start(m, ctx, &status, &job, attempt).await;
     }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace(m)?);
-    let pods = pods
-        .list(&ListParams::default().labels(&builder::attempt_pod_selector(&m.name_any(), attempt)))
-        .await?;
-    match verdict::judge(&job, &pods.items) {
+    let pods = attempt_pods(m, ctx, attempt).await?;
+    match verdict::judge(&job, &pods) {
         Verdict::Running => Ok(Action::requeue(RECHECK)),
         Verdict::Succeeded { target_vm_id } => succeed(m, ctx, &status, target_vm_id).await,
-        Verdict::Failed {
-            retryable: true,
-            reason,
-            message,
-        } if attempt < max_attempts(m) => {
-            schedule_retry(m, ctx, &status, attempt, &reason, &message).await
-        }
         Verdict::Failed {
             retryable,
             reason,
             message,
-        } => {
-            let why = if retryable {
-                format!(
-                    "attempt {attempt} of {} failed ({reason}: {message}); no attempts left",
-                    max_attempts(m)
-                )
-            } else {
-                format!("attempt {attempt} failed with a terminal error ({reason}: {message})")
-            };
-            let ready_reason = if retryable {
-                "RetriesExhausted"
-            } else {
-                reason.as_str()
-            };
-            fail(
-                m,
-                ctx,
-                &status,
-                ready_reason,
-                &format!("{reason}: {message}"),
-                why,
-            )
-            .await
-        }
+        } => attempt_failed(m, ctx, &status, attempt, retryable, &reason, &message).await,
     }
+}
+
+/// The pods of the runner Job of `attempt`.
+async fn attempt_pods(m: &VMMigration, ctx: &Context, attempt: i32) -> Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace(m)?);
+    let selector = builder::attempt_pod_selector(&m.name_any(), attempt);
+    Ok(pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items)
+}
+
+/// Attempt `attempt` failed: the next one after the backoff when it may succeed and is left, else
+/// the end of the migration.
+async fn attempt_failed(
+    m: &VMMigration,
+    ctx: &Context,
+    status: &VMMigrationStatus,
+    attempt: i32,
+    retryable: bool,
+    reason: &str,
+    message: &str,
+) -> Result<Action> {
+    if retryable && attempt < max_attempts(m) {
+        return schedule_retry(m, ctx, status, attempt, reason, message).await;
+    }
+    let why = if retryable {
+        format!(
+            "attempt {attempt} of {} failed ({reason}: {message}); no attempts left",
+            max_attempts(m)
+        )
+    } else {
+        format!("attempt {attempt} failed with a terminal error ({reason}: {message})")
+    };
+    let ready_reason = if retryable {
+        "RetriesExhausted"
+    } else {
+        reason
+    };
+    fail(
+        m,
+        ctx,
+        status,
+        ready_reason,
+        &format!("{reason}: {message}"),
+        why,
+    )
+    .await
+}
+
+/// While the attempt's Job runs and its runner has not reported yet: whether the runner started,
+/// and if not why (reported on the migration within [`START_RECHECK`]); at the start timeout the
+/// attempt fails.
+async fn watch_start(
+    m: &VMMigration,
+    ctx: &Context,
+    status: &VMMigrationStatus,
+    job: &Job,
+    attempt: i32,
+) -> Result<Action> {
+    if status.phase.is_some_and(|p| Phase::PIPELINE.contains(&p)) {
+        // The runner reports its phases: it started.
+        clear_start_problem(m, ctx, status, attempt).await?;
+        return Ok(Action::requeue(RECHECK));
+    }
+    let pods = attempt_pods(m, ctx, attempt).await?;
+    let events = match pods.is_empty() {
+        true => failed_creates(m, ctx, job).await?,
+        false => Vec::new(),
+    };
+    let problem = match start::judge(&pods, &events) {
+        Start::Started => {
+            clear_start_problem(m, ctx, status, attempt).await?;
+            return Ok(Action::requeue(RECHECK));
+        }
+        Start::Waiting(problem) => problem,
+    };
+    if start::timed_out(job, &ctx.now(), ctx.settings.runner_start_timeout) {
+        return start_timed_out(m, ctx, status, job, attempt, problem).await;
+    }
+    match &problem {
+        Some(p) => report_start_problem(m, ctx, status, job, p).await?,
+        None => clear_start_problem(m, ctx, status, attempt).await?,
+    }
+    Ok(Action::requeue(START_RECHECK))
+}
+
+/// The Job controller's `FailedCreate` Events about `job` (core/v1: the Job controller records them
+/// there).
+async fn failed_creates(m: &VMMigration, ctx: &Context, job: &Job) -> Result<Vec<CoreEvent>> {
+    let events: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), &namespace(m)?);
+    let fields = format!(
+        "involvedObject.kind=Job,involvedObject.name={},involvedObject.uid={},reason={}",
+        job.name_any(),
+        job.uid().unwrap_or_default(),
+        start::FAILED_CREATE
+    );
+    Ok(events
+        .list(&ListParams::default().fields(&fields))
+        .await?
+        .items)
+}
+
+/// The operator's Ready condition, if set.
+fn ready(status: &VMMigrationStatus) -> Option<&crd::Condition> {
+    status.conditions.iter().find(|c| c.type_ == READY)
+}
+
+/// Puts `problem` on the Ready condition and the message; a Warning Event when its reason is new.
+async fn report_start_problem(
+    m: &VMMigration,
+    ctx: &Context,
+    status: &VMMigrationStatus,
+    job: &Job,
+    problem: &Problem,
+) -> Result<()> {
+    let current = ready(status);
+    let same_reason = current.and_then(|c| c.reason.as_deref()) == Some(problem.reason);
+    if same_reason
+        && current.and_then(|c| c.message.as_deref()) == Some(problem.message.as_str())
+        && status.message.as_deref() == Some(problem.message.as_str())
+    {
+        return Ok(());
+    }
+    let mut s = OperatorStatus::carried_over(status);
+    s.message = Some(problem.message.clone());
+    s.set_ready(
+        ConditionStatus::False,
+        problem.reason,
+        &problem.message,
+        &ctx.now(),
+    );
+    patch_status(ctx, m, &s).await?;
+    if !same_reason {
+        ctx.event_about(
+            m,
+            Some(job_ref(m, &job.name_any())),
+            EventType::Warning,
+            problem.reason,
+            action::START,
+            format!(
+                "the runner of Job {} cannot start ({}): {}",
+                job.name_any(),
+                problem.cause,
+                problem.message
+            ),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Puts the Ready condition back to Pending when it names a start problem that is gone.
+async fn clear_start_problem(
+    m: &VMMigration,
+    ctx: &Context,
+    status: &VMMigrationStatus,
+    attempt: i32,
+) -> Result<()> {
+    let reason = ready(status).and_then(|c| c.reason.as_deref());
+    if !reason.is_some_and(|r| start::REASONS.contains(&r)) {
+        return Ok(());
+    }
+    let mut s = OperatorStatus::carried_over(status);
+    if status.phase == Some(Phase::Pending) {
+        // Still the operator's message (once the runner reports, the message is the runner's).
+        s.message = Some(format!(
+            "waiting for the runner (attempt {attempt} of {})",
+            max_attempts(m)
+        ));
+    }
+    s.set_ready(
+        ConditionStatus::False,
+        "Pending",
+        "the migration has not finished",
+        &ctx.now(),
+    );
+    patch_status(ctx, m, &s).await
+}
+
+/// The runner did not start within the start timeout: the attempt fails (retryable) with the start
+/// problem, and its Job, which would wait for its deadline, is deleted.
+async fn start_timed_out(
+    m: &VMMigration,
+    ctx: &Context,
+    status: &VMMigrationStatus,
+    job: &Job,
+    attempt: i32,
+    problem: Option<Problem>,
+) -> Result<Action> {
+    let timeout = crd::format_duration(ctx.settings.runner_start_timeout);
+    let (reason, message) = match problem {
+        Some(p) => (
+            p.reason,
+            format!("the runner did not start within {timeout}: {}", p.message),
+        ),
+        None => (
+            reason::RUNNER_START_TIMEOUT,
+            format!("the runner did not start within {timeout}"),
+        ),
+    };
+    let action = attempt_failed(m, ctx, status, attempt, true, reason, &message).await?;
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace(m)?);
+    objects::delete_object(&jobs, job, &owner_uid(m)?, PropagationPolicy::Background).await?;
+    Ok(action)
 }
 
 /// New migration: phase Pending, startTime, attempt 1.
@@ -336,7 +513,7 @@ async fn launch(
     if status.next_retry_time.is_some() {
         clear_retry_time(m, ctx, status).await?;
     }
-    Ok(Action::requeue(RECHECK))
+    Ok(Action::requeue(START_RECHECK))
 }
 
 /// Pins the resolved references at the first launch; later, `Err` says what changed since.

@@ -58,6 +58,18 @@ pub struct Args {
     #[arg(long, env = "VRG_JOB_DEADLINE", default_value = "24h")]
     pub job_deadline: String,
 
+    /// How long a runner may take to start, as a duration (`10m`, `90s`): from the creation of the
+    /// attempt's Job until a runner container runs. Until then the operator reads the Job's pods
+    /// (and, while there are none, the Job's `FailedCreate` Events) every few seconds and reports a
+    /// start problem on the migration's Ready condition (reason `RunnerImagePullFailed`,
+    /// `RunnerUnschedulable`, `RunnerPodForbidden`, `RunnerQuotaExceeded` or `RunnerStartFailed`,
+    /// with Kubernetes' message) and in one Warning Event; the migration keeps waiting, as the
+    /// problem may clear (an image pushed late, a quota raised). At the timeout the attempt fails as
+    /// a retryable failure with that reason (`RunnerStartTimeout` when Kubernetes named none), its
+    /// Job is deleted, and the retry policy starts the next attempt with a new Job.
+    #[arg(long, env = "VRG_RUNNER_START_TIMEOUT", default_value = "10m")]
+    pub runner_start_timeout: String,
+
     /// activeDeadlineSeconds of a cleanup Job.
     #[arg(long, env = "VRG_CLEANUP_DEADLINE", default_value = "30m")]
     pub cleanup_deadline: String,
@@ -155,6 +167,8 @@ pub struct Settings {
     pub job_deadline: Duration,
     /// Deadline of a cleanup Job.
     pub cleanup_deadline: Duration,
+    /// How long a runner may take to start before its attempt fails.
+    pub runner_start_timeout: Duration,
     /// How long a missing reference is waited for.
     pub reference_grace: Duration,
     /// Runners may connect to loopback endpoints.
@@ -173,6 +187,7 @@ impl Default for Settings {
             },
             job_deadline: Duration::from_secs(24 * 3600),
             cleanup_deadline: Duration::from_secs(30 * 60),
+            runner_start_timeout: Duration::from_secs(10 * 60),
             reference_grace: Duration::from_secs(120),
             allow_loopback_endpoints: false,
         }
@@ -277,6 +292,10 @@ impl Settings {
             scratch: Scratch::from_args(args)?,
             job_deadline: duration_flag("job-deadline", &args.job_deadline)?,
             cleanup_deadline: duration_flag("cleanup-deadline", &args.cleanup_deadline)?,
+            runner_start_timeout: duration_flag(
+                "runner-start-timeout",
+                &args.runner_start_timeout,
+            )?,
             reference_grace: crd::parse_duration(&args.reference_grace)
                 .map_err(|e| Error::Config(format!("--reference-grace: {e}")))?,
             allow_loopback_endpoints: args.allow_loopback_endpoints,
@@ -384,5 +403,21 @@ mod tests {
             parse(&["--job-deadline", "90m"]).unwrap().job_deadline,
             Duration::from_secs(5400)
         );
+    }
+
+    #[test]
+    fn runner_start_timeout_flag() {
+        assert_eq!(
+            parse(&["--runner-start-timeout=90s"])
+                .unwrap()
+                .runner_start_timeout,
+            Duration::from_secs(90)
+        );
+        for bad in ["ten minutes", "0s", "5"] {
+            let err = parse(&["--runner-start-timeout", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--runner-start-timeout"), "{bad}: {err}");
+        }
     }
 }

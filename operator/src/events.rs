@@ -1,5 +1,5 @@
 //! Kubernetes Events (events.k8s.io/v1) the operator publishes on a VMMigration: one per phase change,
-//! Job launch, retry and cleanup step. Events are best effort: a failure to publish one is logged and
+//! Job launch, runner start problem, retry and cleanup step. Events are best effort: a failure to publish one is logged and
 //! never fails a reconcile (the state change it describes has already been written).
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -33,6 +33,21 @@ pub mod reason {
     pub const CLEANUP_FAILED: &str = "CleanupFailed";
     /// No cleanup run was possible (references gone, namespace terminating).
     pub const CLEANUP_SKIPPED: &str = "CleanupSkipped";
+    // Why a runner pod does not start (see `crate::start`): each is also the Ready condition's
+    // reason while it lasts, and the attempt's failure reason at the start timeout.
+    /// The runner image cannot be pulled (ErrImagePull, ImagePullBackOff, InvalidImageName).
+    pub const RUNNER_IMAGE_PULL_FAILED: &str = "RunnerImagePullFailed";
+    /// The scheduler finds no node for the runner pod.
+    pub const RUNNER_UNSCHEDULABLE: &str = "RunnerUnschedulable";
+    /// The runner pod is refused at creation (Pod Security, another admission check).
+    pub const RUNNER_POD_FORBIDDEN: &str = "RunnerPodForbidden";
+    /// The runner pod is refused at creation by a ResourceQuota.
+    pub const RUNNER_QUOTA_EXCEEDED: &str = "RunnerQuotaExceeded";
+    /// The runner container cannot be created or keeps crashing (CreateContainerConfigError,
+    /// CreateContainerError, RunContainerError, CrashLoopBackOff).
+    pub const RUNNER_START_FAILED: &str = "RunnerStartFailed";
+    /// The runner did not start within the start timeout, Kubernetes naming no reason.
+    pub const RUNNER_START_TIMEOUT: &str = "RunnerStartTimeout";
 }
 
 /// What the operator was doing when it published (the Event's `action`).
@@ -41,6 +56,8 @@ pub mod action {
     pub const RECONCILE: &str = "Reconcile";
     /// Launching a runner Job.
     pub const LAUNCH: &str = "Launch";
+    /// Waiting for a runner to start.
+    pub const START: &str = "Start";
     /// Scheduling a retry.
     pub const RETRY: &str = "Retry";
     /// Finishing the migration.

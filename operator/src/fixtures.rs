@@ -613,7 +613,7 @@ mod scenarios {
                 .includes(json!({"note": "attempt 1 of 3: runner Job mig-a1"})),
         );
         let action = scenario(m, calls).await;
-        assert_eq!(action, Action::requeue(crate::apply::RECHECK));
+        assert_eq!(action, Action::requeue(crate::apply::START_RECHECK));
     }
 
     fn outcome(succeeded: bool, retryable: bool, reason: &str, message: &str) -> Value {
@@ -656,7 +656,7 @@ mod scenarios {
         ));
         calls.push(Call::event("JobLaunched", "Normal"));
         let action = scenario_with(m, settings, calls).await;
-        assert_eq!(action, Action::requeue(crate::apply::RECHECK));
+        assert_eq!(action, Action::requeue(crate::apply::START_RECHECK));
     }
 
     #[tokio::test]
@@ -687,7 +687,7 @@ mod scenarios {
         calls.extend(resolve_calls());
         calls.extend(launch_calls(1, 5));
         let action = scenario(m, calls).await;
-        assert_eq!(action, Action::requeue(crate::apply::RECHECK));
+        assert_eq!(action, Action::requeue(crate::apply::START_RECHECK));
     }
 
     /// A transient failure of `attempt` (of 5) schedules the next one after `backoff_secs`.
@@ -755,13 +755,9 @@ mod scenarios {
         assert_eq!(action, Action::requeue(Duration::from_secs(240)));
     }
 
-    #[tokio::test]
-    async fn retry_time_reached_launches_the_next_attempt_and_clears_the_wait() {
-        let mut status = pending_status(2);
-        status["nextRetryTime"] = json!(at(-1));
-        status["lastError"] = json!("StorageUnavailable: S3 answered 503");
-        status["references"] = pinned();
-        let m = migration(status);
+    /// The calls of attempt 2's launch once its retry time is reached, for `m` whose status says
+    /// `last_error`: a new Job, then the wait cleared.
+    fn second_attempt_calls(m: &VMMigration, last_error: &str) -> Vec<Call> {
         let mut calls = vec![Call::get(format!("{JOBS}/mig-a2")).not_found()];
         calls.extend(resolve_calls());
         calls.extend(launch_calls(2, 3));
@@ -772,11 +768,260 @@ mod scenarios {
         calls.push(
             Call::patch(STATUS_PATCH)
                 .includes(json!({"status": {"phase": "Pending", "attempt": 2,
-                                            "lastError": "StorageUnavailable: S3 answered 503"}}))
+                                            "lastError": last_error}}))
                 .check(|body| assert!(body["status"].get("nextRetryTime").is_none(), "{body}"))
-                .ok(migration_json(&m)),
+                .ok(migration_json(m)),
         );
+        calls
+    }
+
+    #[tokio::test]
+    async fn retry_time_reached_launches_the_next_attempt_and_clears_the_wait() {
+        let mut status = pending_status(2);
+        status["nextRetryTime"] = json!(at(-1));
+        status["lastError"] = json!("StorageUnavailable: S3 answered 503");
+        status["references"] = pinned();
+        let m = migration(status);
+        let calls = second_attempt_calls(&m, "StorageUnavailable: S3 answered 503");
         let action = scenario(m.clone(), calls).await;
+        assert_eq!(action, Action::requeue(crate::apply::START_RECHECK));
+    }
+
+    /// The pod list of attempt `attempt`.
+    fn pods_of(attempt: i32) -> String {
+        format!(
+            "/api/v1/namespaces/default/pods?&labelSelector=virtrigaud.io%2Fmigration%3Dmig%2Cvirtrigaud.io%2Fcomponent%3Drunner%2Cvirtrigaud.io%2Fattempt%3D{attempt}"
+        )
+    }
+
+    /// The read of the `FailedCreate` Events about Job `name`.
+    fn failed_creates_of(name: &str) -> String {
+        format!(
+            "/api/v1/namespaces/default/events?&fieldSelector=involvedObject.kind%3DJob%2CinvolvedObject.name%3D{name}%2CinvolvedObject.uid%3Duid-{name}%2Creason%3DFailedCreate"
+        )
+    }
+
+    /// The running Job of `attempt`, created `age` seconds ago.
+    fn running_job(attempt: i32, age: i64) -> Value {
+        let mut j = job(&format!("mig-a{attempt}"), "runner", attempt, running());
+        j["metadata"]["creationTimestamp"] = json!(at(-age));
+        j
+    }
+
+    /// A PodList with one runner pod of attempt 1 whose runner container is in `state`.
+    fn runner_pod(state: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [{
+            "metadata": {"name": "mig-a1-abcde", "namespace": "default", "creationTimestamp": at(-18)},
+            "status": {"phase": "Pending", "containerStatuses": [{
+                "name": "runner", "image": "virtrigaud/runner:gone", "imageID": "", "ready": false,
+                "restartCount": 0, "state": state}]}
+        }]})
+    }
+
+    fn no_pods() -> Value {
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []})
+    }
+
+    const PULL_MESSAGE: &str =
+        "Back-off pulling image \"virtrigaud/runner:gone\": ErrImagePull: not found";
+
+    fn image_pull_backoff() -> Value {
+        runner_pod(json!({"waiting": {"reason": "ImagePullBackOff", "message": PULL_MESSAGE}}))
+    }
+
+    /// [`pending_status`] of attempt 1 after the pull problem was reported.
+    fn pull_problem_status() -> Value {
+        let mut status = pending_status(1);
+        status["message"] = json!(PULL_MESSAGE);
+        status["conditions"][0]["reason"] = json!("RunnerImagePullFailed");
+        status["conditions"][0]["message"] = json!(PULL_MESSAGE);
+        status
+    }
+
+    #[tokio::test]
+    async fn an_unpullable_runner_image_is_reported_within_seconds_with_one_event() {
+        let m = migration(pending_status(1));
+        let action = scenario(
+            m.clone(),
+            vec![
+                Call::get(format!("{JOBS}/mig-a1")).ok(running_job(1, 20)),
+                Call::get(pods_of(1)).ok(image_pull_backoff()),
+                Call::patch(STATUS_PATCH)
+                    .includes(json!({"status": {
+                        "phase": "Pending", "attempt": 1, "message": PULL_MESSAGE,
+                        "conditions": [{"type": "Ready", "status": "False",
+                                        "reason": "RunnerImagePullFailed", "message": PULL_MESSAGE,
+                                        "lastTransitionTime": at(-50)}]
+                    }}))
+                    .ok(migration_json(&m)),
+                Call::event("RunnerImagePullFailed", "Warning").includes(json!({
+                    "action": "Start", "related": {"kind": "Job", "name": "mig-a1"},
+                    "note": format!("the runner of Job mig-a1 cannot start (ImagePullBackOff: container runner of pod mig-a1-abcde): {PULL_MESSAGE}"),
+                })),
+            ],
+        )
+        .await;
+        assert_eq!(action, Action::requeue(crate::apply::START_RECHECK));
+
+        // The next look finds the same problem: nothing is written, no second Event.
+        let action = scenario(
+            migration(pull_problem_status()),
+            vec![
+                Call::get(format!("{JOBS}/mig-a1")).ok(running_job(1, 25)),
+                Call::get(pods_of(1)).ok(image_pull_backoff()),
+            ],
+        )
+        .await;
+        assert_eq!(action, Action::requeue(crate::apply::START_RECHECK));
+    }
+
+    #[tokio::test]
+    async fn a_runner_pod_refused_by_pod_security_is_reported_from_the_jobs_events() {
+        let refusal = "Error creating: pods \"mig-a1-abcde\" is forbidden: violates PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false";
+        let m = migration(pending_status(1));
+        let action = scenario(
+            m.clone(),
+            vec![
+                Call::get(format!("{JOBS}/mig-a1")).ok(running_job(1, 5)),
+                Call::get(pods_of(1)).ok(no_pods()),
+                Call::get(failed_creates_of("mig-a1")).ok(json!({
+                    "apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": [{
+                        "metadata": {"name": "mig-a1.18a", "namespace": "default"},
+                        "involvedObject": {"kind": "Job", "name": "mig-a1", "uid": "uid-mig-a1"},
+                        "reason": "FailedCreate", "type": "Warning", "message": refusal,
+                        "lastTimestamp": at(-2), "count": 3}]
+                })),
+                Call::patch(STATUS_PATCH)
+                    .includes(json!({"status": {
+                        "phase": "Pending", "message": refusal,
+                        "conditions": [{"type": "Ready", "status": "False",
+                                        "reason": "RunnerPodForbidden", "message": refusal}]
+                    }}))
+                    .ok(migration_json(&m)),
+                Call::event("RunnerPodForbidden", "Warning").includes(json!({
+                    "note": format!("the runner of Job mig-a1 cannot start (FailedCreate): {refusal}"),
+                })),
+            ],
+        )
+        .await;
+        assert_eq!(action, Action::requeue(crate::apply::START_RECHECK));
+    }
+
+    #[tokio::test]
+    async fn a_runner_not_started_within_the_start_timeout_fails_the_attempt_and_the_next_gets_a_new_job()
+     {
+        // 10m (the default) after the Job's creation the image is still missing.
+        let mut status = pull_problem_status();
+        status["references"] = pinned();
+        let m = migration(status);
+        let last_error =
+            format!("RunnerImagePullFailed: the runner did not start within 10m: {PULL_MESSAGE}");
+        let mut calls = vec![
+            Call::get(format!("{JOBS}/mig-a1")).ok(running_job(1, 600)),
+            Call::get(pods_of(1)).ok(image_pull_backoff()),
+        ];
+        calls.extend(deleted("Secret", "mig-runner-a1", "Background"));
+        calls.extend([
+            Call::patch(STATUS_PATCH)
+                .includes(json!({"status": {
+                    "phase": "Pending", "attempt": 2, "nextRetryTime": at(300),
+                    "lastError": last_error,
+                    "conditions": [{"type": "Ready", "status": "False", "reason": "RetryScheduled"}]
+                }}))
+                .check(|body| assert!(body["status"].get("completionTime").is_none()))
+                .ok(migration_json(&m)),
+            Call::event("RetryScheduled", "Warning").includes(json!({
+                "related": {"kind": "Job", "name": "mig-a1"},
+                "note": format!("attempt 1 of 3 failed ({last_error}); attempt 2 in 5m"),
+            })),
+            // The Job would wait for its 24h deadline: it goes, on the UID read.
+            Call::delete(format!("{JOBS}/mig-a1?")).includes(json!({
+                "propagationPolicy": "Background", "preconditions": {"uid": "uid-mig-a1"}
+            })),
+        ]);
+        let action = scenario(m, calls).await;
+        assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+
+        // At the retry time attempt 2 gets a Job of its own.
+        let mut status = pending_status(2);
+        status["nextRetryTime"] = json!(at(-1));
+        status["lastError"] = json!(last_error);
+        status["references"] = pinned();
+        let m = migration(status);
+        let calls = second_attempt_calls(&m, &last_error);
+        let action = scenario(m.clone(), calls).await;
+        assert_eq!(action, Action::requeue(crate::apply::START_RECHECK));
+    }
+
+    #[tokio::test]
+    async fn the_last_attempts_start_timeout_without_a_known_problem_ends_failed() {
+        let mut status = pending_status(3);
+        status["references"] = pinned();
+        let m = migration(status);
+        let mut calls = vec![
+            Call::get(format!("{JOBS}/mig-a3")).ok(running_job(3, 601)),
+            Call::get(pods_of(3)).ok(no_pods()),
+            Call::get(failed_creates_of("mig-a3"))
+                .ok(json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": []})),
+        ];
+        calls.extend(deleted("Secret", "mig-runner-a3", "Background"));
+        calls.extend([
+            Call::patch(STATUS_PATCH)
+                .includes(json!({"status": {
+                    "phase": "Failed", "attempt": 3, "completionTime": NOW,
+                    "lastError": "RunnerStartTimeout: the runner did not start within 10m",
+                    "conditions": [{"type": "Ready", "status": "False", "reason": "RetriesExhausted"}]
+                }}))
+                .ok(migration_json(&m)),
+            Call::event("Failed", "Warning").includes(json!({"note": "attempt 3 of 3 failed (RunnerStartTimeout: the runner did not start within 10m); no attempts left"})),
+            Call::delete(format!("{JOBS}/mig-a3?")).includes(json!({
+                "propagationPolicy": "Background", "preconditions": {"uid": "uid-mig-a3"}
+            })),
+        ]);
+        let action = scenario(m, calls).await;
+        assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn a_runner_that_starts_after_a_pull_problem_clears_the_reason() {
+        // The image was pushed late: the container runs, the runner has not reported yet.
+        let m = migration(pull_problem_status());
+        let action = scenario(
+            m.clone(),
+            vec![
+                Call::get(format!("{JOBS}/mig-a1")).ok(running_job(1, 40)),
+                Call::get(pods_of(1)).ok(runner_pod(json!({"running": {"startedAt": at(-1)}}))),
+                Call::patch(STATUS_PATCH)
+                    .includes(json!({"status": {
+                        "phase": "Pending", "message": "waiting for the runner (attempt 1 of 3)",
+                        "conditions": [{"type": "Ready", "status": "False", "reason": "Pending",
+                                        "message": "the migration has not finished",
+                                        "lastTransitionTime": at(-50)}]
+                    }}))
+                    .ok(migration_json(&m)),
+            ],
+        )
+        .await;
+        assert_eq!(action, Action::requeue(crate::apply::RECHECK));
+
+        // Or the runner reported first: its phase says it started, its message stays.
+        let mut status = pull_problem_status();
+        status["phase"] = json!("Validating");
+        status["message"] = json!("Checking source default/libvirt");
+        let m = migration(status);
+        let action = scenario(
+            m.clone(),
+            vec![
+                Call::event("Validating", "Normal"),
+                Call::get(format!("{JOBS}/mig-a1")).ok(running_job(1, 45)),
+                Call::patch(STATUS_PATCH)
+                    .includes(json!({"status": {"phase": "Validating",
+                        "conditions": [{"type": "Ready", "status": "False", "reason": "Pending"}]}}))
+                    .check(|body| assert!(body["status"].get("message").is_none(), "the runner's message is not taken over: {body}"))
+                    .ok(migration_json(&m)),
+            ],
+        )
+        .await;
         assert_eq!(action, Action::requeue(crate::apply::RECHECK));
     }
 

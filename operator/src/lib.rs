@@ -4,9 +4,10 @@
 //! names (see [`names`]), so the operator can be killed and restarted at any moment without changing
 //! the outcome. Per attempt it launches one runner Job (see [`builder`]); the runner does the disk
 //! work and reports phases and progress itself. The operator owns the start (Pending, attempt 1),
-//! retries with exponential backoff (carried by `Action::requeue`, never by sleeping), the final
-//! outcome (Ready with the target VirtualMachine object, or Failed) and deletion (stop the runner,
-//! run a cleanup Job, delete what it created, drop the finalizer).
+//! the report of a runner pod that cannot start (within seconds, see [`start`]), retries with
+//! exponential backoff (carried by `Action::requeue`, never by sleeping), the final outcome (Ready
+//! with the target VirtualMachine object, or Failed) and deletion (stop the runner, run a cleanup
+//! Job, delete what it created, drop the finalizer).
 //!
 //! The controller reads as two functions: [`reconcile`] and [`error_policy`].
 
@@ -24,6 +25,7 @@ pub mod objects;
 pub mod resolve;
 pub mod runner_image;
 pub mod server;
+pub mod start;
 pub mod status;
 pub mod verdict;
 
