@@ -60,6 +60,9 @@ backports() {
 }
 
 mkdir -p "$OUT"
+# One build at a time on a machine (two would write the same archives).
+exec 9>"$OUT/.lock"
+flock 9
 rm -rf "$OUT"/.debootstrap.* "$OUT"/.rootfs.* "$OUT"/.layout.* "$OUT"/.bundle.* # an interrupted run's
 base=$OUT/rootfs-$SUITE-minbase.tar
 if [ ! -s "$base" ]; then

@@ -172,6 +172,12 @@ tag=$(cat "$VRG_CACHE/images/tag" 2>/dev/null || true)
 for name in operator webhook runner; do
   import "$VRG_CACHE/images/$name-$tag.tar" "docker.io/virtrigaud/$name:$tag"
 done
+# Other tags of the project's images go: no pod of the world runs them after the next apply, and each
+# commit's images would otherwise pile up in the node's content store.
+for name in operator webhook runner; do
+  ctr images ls -q | grep "^docker.io/virtrigaud/$name:" | grep -vx "docker.io/virtrigaud/$name:$tag" |
+    while read -r old; do ctr images rm "$old" >/dev/null && say "image $old removed"; done
+done
 # The tag for e2e/kustomize (a component: the tag changes with every commit).
 mkdir -p "$WORLD/kustomize/images"
 cat >"$WORLD/kustomize/images/kustomization.yaml" <<YAML
@@ -209,9 +215,10 @@ podLogsDir: $DIR/kubelet/pod-logs
 failSwapOn: false
 maxPods: 250
 serializeImagePulls: false
-# A developer machine's disk is often fuller than a node's: evict only when it is really full, and never
+# A developer machine's disk is often fuller than a node's (a 2% threshold evicted the operator while
+# cargo filled the disk): evict only when it is really full, and never
 # garbage-collect the world's images (nothing could pull them back).
-evictionHard: {memory.available: 100Mi, nodefs.available: 2%, imagefs.available: 2%, nodefs.inodesFree: 2%}
+evictionHard: {memory.available: 100Mi, nodefs.available: 1Gi, imagefs.available: 1Gi, nodefs.inodesFree: 1%}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 registerNode: true
