@@ -784,8 +784,12 @@ async fn linked_clone_disks_export_flattened_and_the_chain_is_left_as_it_was() {
 #[tokio::test(flavor = "multi_thread")]
 async fn endpoints_are_judged_and_names_pinned_to_the_judged_address() {
     let world = World::load();
-    // the world's libvirtd by name: judged, then connected at the address judged for it
-    let by_name = world.uri().replace("127.0.0.1", "localhost");
+    // the world's libvirtd on loopback (where it listens; clients usually reach it at the gateway)
+    let loopback = world
+        .uri()
+        .replace(world.var("VRG_GATEWAY_IP"), "127.0.0.1");
+    // ... by name: judged, then connected at the address judged for it
+    let by_name = loopback.replace("127.0.0.1", "localhost");
     let local = LibvirtProvider::new(
         &world.plan_for(&by_name),
         &world.creds("source"),
@@ -795,7 +799,7 @@ async fn endpoints_are_judged_and_names_pinned_to_the_judged_address() {
     .unwrap();
     Source::check(&local).await.unwrap();
     // outside a test world loopback is refused, literally and by name, before anything is sent
-    for endpoint in [world.uri(), by_name.as_str()] {
+    for endpoint in [loopback.as_str(), by_name.as_str()] {
         let strict = LibvirtProvider::new(
             &world.plan_for(endpoint),
             &world.creds("source"),
