@@ -15,6 +15,9 @@ pub mod reason {
     // (`Validating`, `Snapshotting`, ..., `ValidatingTarget`).
     /// An attempt failed with a transient error; the next one is scheduled.
     pub const RETRY_SCHEDULED: &str = "RetryScheduled";
+    /// The migration waits for a slot on one of its Providers (spec.maxConcurrentMigrations); also
+    /// the Ready condition's reason while it waits.
+    pub const QUEUED: &str = "Queued";
     /// The migration failed for good.
     pub const FAILED: &str = "Failed";
     /// The migration reached Ready.
