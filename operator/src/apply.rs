@@ -29,7 +29,7 @@ use crate::resolve::{self, Resolved};
 use crate::start::{self, Problem, Start};
 use crate::status::{FIELD_MANAGER, OperatorStatus, READY};
 use crate::verdict::{self, Verdict};
-use crate::{Context, names, queue};
+use crate::{Context, names, queue, retry};
 
 /// Safety re-check of a running Job (Job changes trigger a reconcile anyway).
 pub const RECHECK: Duration = Duration::from_secs(300);
@@ -58,6 +58,17 @@ fn max_attempts(m: &VMMigration) -> i32 {
     m.spec.retry_policy.max_attempts.max(1)
 }
 
+/// `attempt N of M`, or for an attempt beyond maxAttempts (a requested retry) `attempt N (requested;
+/// maxAttempts M)`.
+pub fn attempt_label(m: &VMMigration, attempt: i32) -> String {
+    let max = max_attempts(m);
+    if attempt <= max {
+        format!("attempt {attempt} of {max}")
+    } else {
+        format!("attempt {attempt} (requested; maxAttempts {max})")
+    }
+}
+
 /// A reference to the Job `name` of the migration, for Events.
 pub fn job_ref(m: &VMMigration, name: &str) -> ObjectReference {
     ObjectReference {
@@ -84,6 +95,9 @@ pub async fn patch_status(ctx: &Context, m: &VMMigration, s: &OperatorStatus) ->
 /// One reconcile of a migration that is not being deleted.
 pub async fn apply(m: &VMMigration, ctx: &Context) -> Result<Action> {
     let mut status = m.status.clone().unwrap_or_default();
+    if let Some(value) = retry::requested(m, &status) {
+        retry::on_request(m, ctx, &mut status, &value).await?;
+    }
     if status.completion_time.is_some() {
         return Ok(Action::await_change());
     }
@@ -169,8 +183,8 @@ async fn attempt_failed(
     }
     let why = if retryable {
         format!(
-            "attempt {attempt} of {} failed ({reason}: {message}); no attempts left",
-            max_attempts(m)
+            "{} failed ({reason}: {message}); no attempts left",
+            attempt_label(m, attempt)
         )
     } else {
         format!("attempt {attempt} failed with a terminal error ({reason}: {message})")
@@ -308,8 +322,8 @@ async fn clear_start_problem(
     if status.phase == Some(Phase::Pending) {
         // Still the operator's message (once the runner reports, the message is the runner's).
         s.message = Some(format!(
-            "waiting for the runner (attempt {attempt} of {})",
-            max_attempts(m)
+            "waiting for the runner ({})",
+            attempt_label(m, attempt)
         ));
     }
     s.set_ready(
@@ -524,9 +538,8 @@ async fn launch(
             reason::JOB_LAUNCHED,
             action::LAUNCH,
             format!(
-                "attempt {} of {}: runner Job {}",
-                kind.attempt,
-                max_attempts(m),
+                "{}: runner Job {}",
+                attempt_label(m, kind.attempt),
                 kind.name
             ),
         )
@@ -585,8 +598,8 @@ async fn launched(
         if status.phase == Some(Phase::Pending) {
             // (once the runner reports, the message is the runner's)
             s.message = Some(format!(
-                "waiting for the runner (attempt {attempt} of {})",
-                max_attempts(m)
+                "waiting for the runner ({})",
+                attempt_label(m, attempt)
             ));
         }
         s.set_ready(

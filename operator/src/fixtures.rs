@@ -1754,4 +1754,163 @@ mod scenarios {
         let action = scenario(m, calls).await;
         assert_eq!(action, Action::requeue(crate::queue::QUEUE_RECHECK));
     }
+
+    // ------------------------------------------------------------------------------------------
+    // Retry on request (annotation virtrigaud.io/retry)
+    // ------------------------------------------------------------------------------------------
+
+    const RETRY_NOTE: &str = "retry requested (virtrigaud.io/retry=\"1767261600\")";
+
+    /// A migration that failed for good at attempt 3 of 3, with a staged disk, asked to retry.
+    fn failed_for_good(retry: Option<&str>, acted_on: Option<&str>) -> VMMigration {
+        let mut status = pending_status(3);
+        status["phase"] = json!("Failed");
+        status["completionTime"] = json!(at(-100));
+        status["lastError"] = json!("StorageUnavailable: S3 answered 503");
+        status["references"] = pinned();
+        status["conditions"][0]["reason"] = json!("RetriesExhausted");
+        status["disks"] = json!([{"name": "vda", "stagedUrl": "s3://vm-migrations/default/mig/vda.vmdk",
+                                  "sha256": "ab".repeat(32), "targetFormat": "vmdk"}]);
+        if let Some(v) = acted_on {
+            status["retryRequest"] = json!(v);
+        }
+        let mut m = migration(status);
+        if let Some(v) = retry {
+            m.metadata.annotations =
+                Some([("virtrigaud.io/retry".to_owned(), v.to_owned())].into());
+        }
+        m
+    }
+
+    #[tokio::test]
+    async fn a_retry_request_on_a_failed_migration_starts_the_next_attempt_with_a_new_job() {
+        let m = failed_for_good(Some("1767261600"), None);
+        let message = format!(
+            "{RETRY_NOTE}: attempt 4 (requested; maxAttempts 3) starts after StorageUnavailable: S3 answered 503"
+        );
+        let mut calls = vec![
+            Call::patch(STATUS_PATCH)
+                .includes(json!({"status": {
+                    "phase": "Pending", "attempt": 4, "retryRequest": "1767261600",
+                    "startTime": at(-50), "lastError": "StorageUnavailable: S3 answered 503",
+                    "message": message, "references": pinned(),
+                    "conditions": [{"type": "Ready", "status": "False", "reason": "RetryRequested",
+                                    "lastTransitionTime": at(-50)}]
+                }}))
+                .check(|body| {
+                    let status = &body["status"];
+                    for gone in ["completionTime", "nextRetryTime"] {
+                        assert!(status.get(gone).is_none(), "{gone} stays: {body}");
+                    }
+                    // The runner's fields (the staged disk it resumes from) are not the operator's
+                    // to send: they stay as they are.
+                    assert!(status.get("disks").is_none(), "{body}");
+                })
+                .ok(migration_json(&m)),
+            Call::event("RetryRequested", "Normal").includes(
+                json!({"action": "Retry", "note": format!(
+                    "{message}; the staged disks and the status the runner resumes from are kept"
+                )}),
+            ),
+            Call::get(format!("{JOBS}/mig-a4")).not_found(),
+        ];
+        calls.extend(resolve_calls());
+        calls.push(free_slots());
+        let mut launch = launch_calls(4, 3);
+        launch[6] = Call::post("/api/v1/namespaces/default/secrets?")
+            .includes(json!({"metadata": {"name": "mig-runner-a4"}}))
+            .check(|body| {
+                let data: k8s_openapi::ByteString =
+                    serde_json::from_value(body["data"]["plan.json"].clone()).unwrap();
+                let plan: crd::plan::RunnerPlan = serde_json::from_slice(&data.0).unwrap();
+                assert_eq!(plan.attempt, 4);
+                assert!(
+                    plan.final_attempt,
+                    "beyond maxAttempts: no automatic retry follows"
+                );
+            });
+        calls.extend(launch);
+        calls.push(
+            Call::event("JobLaunched", "Normal").includes(
+                json!({"note": "attempt 4 (requested; maxAttempts 3): runner Job mig-a4"}),
+            ),
+        );
+        let action = scenario(m, calls).await;
+        assert_eq!(action, Action::requeue(crate::apply::START_RECHECK));
+    }
+
+    #[tokio::test]
+    async fn the_same_retry_value_is_acted_on_once() {
+        // Attempt 4 (asked for with this value) failed too: the value is spent, nothing happens.
+        let m = failed_for_good(Some("1767261600"), Some("1767261600"));
+        assert_eq!(scenario(m, vec![]).await, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn a_retry_annotation_present_at_creation_is_recorded_not_acted_on() {
+        let mut m = migration(Value::Null);
+        m.metadata.annotations = Some([("virtrigaud.io/retry".to_owned(), "1".to_owned())].into());
+        let mut calls = vec![
+            Call::patch(STATUS_PATCH)
+                .includes(json!({"status": {"retryRequest": "1"}}))
+                .check(|body| assert!(body["status"].get("attempt").is_none(), "{body}"))
+                .ok(migration_json(&m)),
+            Call::patch(STATUS_PATCH)
+                .includes(
+                    json!({"status": {"phase": "Pending", "attempt": 1, "retryRequest": "1"}}),
+                )
+                .ok(migration_json(&m)),
+            Call::event("Pending", "Normal"),
+            Call::get(format!("{JOBS}/mig-a1")).not_found(),
+        ];
+        calls.extend(resolve_calls());
+        calls.push(pin_patch(&m));
+        calls.push(free_slots());
+        calls.extend(launch_calls(1, 0));
+        calls.push(Call::event("JobLaunched", "Normal"));
+        let action = scenario(m, calls).await;
+        assert_eq!(action, Action::requeue(crate::apply::START_RECHECK));
+    }
+
+    #[tokio::test]
+    async fn a_retry_request_on_a_ready_migration_is_refused() {
+        let mut status = running_status(1, "Ready");
+        status["completionTime"] = json!(at(-100));
+        let mut m = migration(status);
+        m.metadata.annotations =
+            Some([("virtrigaud.io/retry".to_owned(), "1767261600".to_owned())].into());
+        let calls = vec![
+            Call::patch(STATUS_PATCH)
+                .includes(
+                    json!({"status": {"phase": "Ready", "attempt": 1, "completionTime": at(-100),
+                                            "retryRequest": "1767261600"}}),
+                )
+                .ok(migration_json(&m)),
+            Call::event("RetryRefused", "Warning").includes(json!({
+                "note": format!("{RETRY_NOTE} and refused: it is Ready: there is nothing to retry")
+            })),
+        ];
+        assert_eq!(scenario(m, calls).await, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn a_retry_request_on_a_running_migration_is_refused_and_the_attempt_goes_on() {
+        let mut m = migration(running_status(1, "Transferring"));
+        m.metadata.annotations =
+            Some([("virtrigaud.io/retry".to_owned(), "1767261600".to_owned())].into());
+        let calls = vec![
+            Call::patch(STATUS_PATCH)
+                .includes(json!({"status": {"phase": "Transferring", "retryRequest": "1767261600"}}))
+                .ok(migration_json(&m)),
+            Call::event("RetryRefused", "Warning").includes(json!({
+                "note": format!("{RETRY_NOTE} and refused: it has not failed (attempt 1 of 3, phase Transferring): a retry is for a Failed migration")
+            })),
+            Call::event("Transferring", "Normal"),
+            Call::get(format!("{JOBS}/mig-a1")).ok(job("mig-a1", "runner", 1, running())),
+        ];
+        assert_eq!(
+            scenario(m, calls).await,
+            Action::requeue(crate::apply::RECHECK)
+        );
+    }
 }

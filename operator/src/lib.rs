@@ -6,7 +6,8 @@
 //! work and reports phases and progress itself. The operator owns the start (Pending, attempt 1),
 //! the report of a runner pod that cannot start (within seconds, see [`start`]), the per-Provider
 //! concurrency limit (a migration beyond it waits in line, see [`queue`]), retries with exponential
-//! backoff (carried by `Action::requeue`, never by sleeping), the final outcome (Ready
+//! backoff (carried by `Action::requeue`, never by sleeping) and on request (the
+//! `virtrigaud.io/retry` annotation of a Failed migration, see [`retry`]), the final outcome (Ready
 //! with the target VirtualMachine object, or Failed) and deletion (stop the runner, run a cleanup
 //! Job, delete what it created, drop the finalizer).
 //!
@@ -25,6 +26,7 @@ pub mod names;
 pub mod objects;
 pub mod queue;
 pub mod resolve;
+pub mod retry;
 pub mod runner_image;
 pub mod server;
 pub mod start;
