@@ -1,10 +1,9 @@
 //! The Provider validator. A Provider hands the runner an endpoint and the credentials of a Secret,
 //! so its author must be allowed to read that Secret, the Secret must be in the Provider's own
 //! namespace, and the endpoint must pass the endpoint policy (a known transport, no credentials in
-//! it, no link-local or metadata address), and `maxConcurrentMigrations`, when set, must be at least
-//! 1. Checked on create and on every change of the spec: a
-//! Provider edited after a migration was admitted is refused by the operator as well (pinned
-//! references).
+//! it, no link-local or metadata address); a `maxConcurrentMigrations` that is set must not be
+//! below 1. Checked on create and on every change of the spec: a Provider edited after a migration
+//! was admitted is refused by the operator as well (pinned references).
 
 use crd::{ProviderSpec, ProviderType};
 
