@@ -48,6 +48,18 @@ pub mod labels {
     pub const MANAGED_BY: &str = "virtrigaud-operator";
 }
 
+/// Annotations with a meaning to the operator.
+pub mod annotations {
+    /// On a Failed VMMigration: any new value starts a new attempt (attempt + 1, beyond
+    /// `retryPolicy.maxAttempts` too), keeping the staged disks and the status the runner resumes
+    /// from. The value acted on is recorded in `status.retryRequest`, so each value is acted on once.
+    pub const RETRY: &str = "virtrigaud.io/retry";
+    /// On a runner Job: `namespace/name` of the migration's source Provider.
+    pub const SOURCE_PROVIDER: &str = "virtrigaud.io/source-provider";
+    /// On a runner Job: `namespace/name` of the migration's target Provider.
+    pub const TARGET_PROVIDER: &str = "virtrigaud.io/target-provider";
+}
+
 /// Every CRD of the API, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![VMMigration::crd(), Provider::crd(), VirtualMachine::crd()]

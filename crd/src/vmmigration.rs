@@ -529,6 +529,11 @@ pub struct VMMigrationStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "namespace", "name"]))]
     pub references: Vec<PinnedReference>,
+    /// The value of the `virtrigaud.io/retry` annotation the operator last acted on: a new attempt of
+    /// a Failed migration, or a refusal (Event `RetryRefused`) when the migration was Ready or still
+    /// running. Each value is acted on once; set a new one to ask again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_request: Option<String>,
     /// The `metadata.generation` last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

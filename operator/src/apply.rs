@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use crd::plan::RunnerMode;
 use crd::{ConditionStatus, Phase, VMMigration, VMMigrationStatus, VirtualMachine};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference};
@@ -28,7 +29,7 @@ use crate::resolve::{self, Resolved};
 use crate::start::{self, Problem, Start};
 use crate::status::{FIELD_MANAGER, OperatorStatus, READY};
 use crate::verdict::{self, Verdict};
-use crate::{Context, names};
+use crate::{Context, names, queue, retry};
 
 /// Safety re-check of a running Job (Job changes trigger a reconcile anyway).
 pub const RECHECK: Duration = Duration::from_secs(300);
@@ -57,6 +58,17 @@ fn max_attempts(m: &VMMigration) -> i32 {
     m.spec.retry_policy.max_attempts.max(1)
 }
 
+/// `attempt N of M`, or for an attempt beyond maxAttempts (a requested retry) `attempt N (requested;
+/// maxAttempts M)`.
+pub fn attempt_label(m: &VMMigration, attempt: i32) -> String {
+    let max = max_attempts(m);
+    if attempt <= max {
+        format!("attempt {attempt} of {max}")
+    } else {
+        format!("attempt {attempt} (requested; maxAttempts {max})")
+    }
+}
+
 /// A reference to the Job `name` of the migration, for Events.
 pub fn job_ref(m: &VMMigration, name: &str) -> ObjectReference {
     ObjectReference {
@@ -83,6 +95,9 @@ pub async fn patch_status(ctx: &Context, m: &VMMigration, s: &OperatorStatus) ->
 /// One reconcile of a migration that is not being deleted.
 pub async fn apply(m: &VMMigration, ctx: &Context) -> Result<Action> {
     let mut status = m.status.clone().unwrap_or_default();
+    if let Some(value) = retry::requested(m, &status) {
+        retry::on_request(m, ctx, &mut status, &value).await?;
+    }
     if status.completion_time.is_some() {
         return Ok(Action::await_change());
     }
@@ -123,9 +138,9 @@ pub async fn apply(m: &VMMigration, ctx: &Context) -> Result<Action> {
     let Some(job) = jobs.get_opt(&kind.name).await? else {
         return launch(m, ctx, &status, &kind).await;
     };
-    if status.next_retry_time.is_some() {
+    if status.next_retry_time.is_some() || queue::is_queued(&status) {
         // The Job of this attempt exists (an earlier process created it): the wait is over.
-        clear_retry_time(m, ctx, &status).await?;
+        launched(m, ctx, &status, attempt).await?;
     }
     if !verdict::finished(&job) {
         return watch_start(m, ctx, &status, &job, attempt).await;
@@ -168,8 +183,8 @@ async fn attempt_failed(
     }
     let why = if retryable {
         format!(
-            "attempt {attempt} of {} failed ({reason}: {message}); no attempts left",
-            max_attempts(m)
+            "{} failed ({reason}: {message}); no attempts left",
+            attempt_label(m, attempt)
         )
     } else {
         format!("attempt {attempt} failed with a terminal error ({reason}: {message})")
@@ -307,8 +322,8 @@ async fn clear_start_problem(
     if status.phase == Some(Phase::Pending) {
         // Still the operator's message (once the runner reports, the message is the runner's).
         s.message = Some(format!(
-            "waiting for the runner (attempt {attempt} of {})",
-            max_attempts(m)
+            "waiting for the runner ({})",
+            attempt_label(m, attempt)
         ));
     }
     s.set_ready(
@@ -417,17 +432,27 @@ pub async fn create_run(
         builder::credential_files(m, resolved),
     )?;
     objects::create(&Api::<Secret>::namespaced(ctx.client.clone(), &ns), &secret).await?;
-    let job = builder::runner_job(m, &ctx.settings, kind)?;
+    let mut job = builder::runner_job(m, &ctx.settings, kind)?;
+    if kind.mode == RunnerMode::Migrate {
+        // The Providers this Job holds a slot on (see `queue`).
+        job.metadata.annotations = Some(queue::job_annotations(resolved));
+    }
     objects::create(&Api::<Job>::namespaced(ctx.client.clone(), &ns), &job).await
 }
 
-/// Launches the Job of the current attempt.
+/// Launches the Job of the current attempt, when its Providers have a slot for it (see [`queue`]).
 async fn launch(
     m: &VMMigration,
     ctx: &Context,
     status: &VMMigrationStatus,
     kind: &JobKind,
 ) -> Result<Action> {
+    if queue::is_queued(status)
+        && let Some(wait) = queue::wait_for_pinned_slot(m, ctx, status).await?
+    {
+        // Still in line: nothing else is read.
+        return Ok(wait);
+    }
     let resolved = match resolve::resolve(&ctx.client, m).await? {
         Ok(r) => r,
         Err(missing) => {
@@ -463,6 +488,8 @@ async fn launch(
             .await;
         }
     };
+    let mut status = status.clone();
+    let status = &mut status;
     if let Err(changes) = pinned(m, ctx, status, &resolved).await? {
         return fail(
             m,
@@ -477,6 +504,14 @@ async fn launch(
             ),
         )
         .await;
+    }
+    let turn = ctx.launch_turn().await;
+    let providers = [
+        resolved.source_provider.clone(),
+        resolved.target_provider.clone(),
+    ];
+    if let Some(wait) = queue::wait_for_slot(m, ctx, status, &providers).await? {
+        return Ok(wait);
     }
     let created = match create_run(m, ctx, &resolved, kind).await {
         Err(e @ Error::NotOwned { .. }) => {
@@ -493,6 +528,7 @@ async fn launch(
         }
         other => other?,
     };
+    drop(turn);
     if created == Created::New {
         ctx.metrics.job_launched("migrate");
         ctx.event_about(
@@ -502,25 +538,23 @@ async fn launch(
             reason::JOB_LAUNCHED,
             action::LAUNCH,
             format!(
-                "attempt {} of {}: runner Job {}",
-                kind.attempt,
-                max_attempts(m),
+                "{}: runner Job {}",
+                attempt_label(m, kind.attempt),
                 kind.name
             ),
         )
         .await;
     }
-    if status.next_retry_time.is_some() {
-        clear_retry_time(m, ctx, status).await?;
-    }
+    launched(m, ctx, status, kind.attempt).await?;
     Ok(Action::requeue(START_RECHECK))
 }
 
-/// Pins the resolved references at the first launch; later, `Err` says what changed since.
+/// Pins the resolved references at the first launch (into `status` too, so later writes of this
+/// reconcile keep them); later, `Err` says what changed since.
 async fn pinned(
     m: &VMMigration,
     ctx: &Context,
-    status: &VMMigrationStatus,
+    status: &mut VMMigrationStatus,
     resolved: &Resolved,
 ) -> Result<std::result::Result<(), String>> {
     let current = resolved.pins();
@@ -528,6 +562,7 @@ async fn pinned(
         let mut s = OperatorStatus::carried_over(status);
         s.references = current;
         patch_status(ctx, m, &s).await?;
+        status.references = s.references;
         return Ok(Ok(()));
     }
     Ok(check_pins(&status.references, &current))
@@ -544,14 +579,36 @@ pub fn check_pins(
     }
 }
 
-/// Removes nextRetryTime (server-side apply drops the field the operator no longer sends).
-async fn clear_retry_time(
+/// The attempt's Job exists: removes nextRetryTime (server-side apply drops the field the
+/// operator no longer sends) and puts a `Queued` Ready condition back to Pending. No write when
+/// neither is there.
+async fn launched(
     m: &VMMigration,
     ctx: &Context,
     status: &VMMigrationStatus,
+    attempt: i32,
 ) -> Result<()> {
+    let queued = queue::is_queued(status);
+    if status.next_retry_time.is_none() && !queued {
+        return Ok(());
+    }
     let mut s = OperatorStatus::carried_over(status);
     s.next_retry_time = None;
+    if queued {
+        if status.phase == Some(Phase::Pending) {
+            // (once the runner reports, the message is the runner's)
+            s.message = Some(format!(
+                "waiting for the runner ({})",
+                attempt_label(m, attempt)
+            ));
+        }
+        s.set_ready(
+            ConditionStatus::False,
+            "Pending",
+            "the migration has not finished",
+            &ctx.now(),
+        );
+    }
     patch_status(ctx, m, &s).await
 }
 

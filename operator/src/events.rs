@@ -15,6 +15,15 @@ pub mod reason {
     // (`Validating`, `Snapshotting`, ..., `ValidatingTarget`).
     /// An attempt failed with a transient error; the next one is scheduled.
     pub const RETRY_SCHEDULED: &str = "RetryScheduled";
+    /// The migration waits for a slot on one of its Providers (spec.maxConcurrentMigrations); also
+    /// the Ready condition's reason while it waits.
+    pub const QUEUED: &str = "Queued";
+    /// A Failed migration starts a new attempt because the `virtrigaud.io/retry` annotation got a
+    /// new value; also the Ready condition's reason until the runner reports.
+    pub const RETRY_REQUESTED: &str = "RetryRequested";
+    /// A new `virtrigaud.io/retry` value on a migration that is not Failed (Ready, or still
+    /// running): nothing is done.
+    pub const RETRY_REFUSED: &str = "RetryRefused";
     /// The migration failed for good.
     pub const FAILED: &str = "Failed";
     /// The migration reached Ready.

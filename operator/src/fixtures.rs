@@ -13,6 +13,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher;
 use serde_json::{Value, json};
 
 use crate::metrics::Metrics;
@@ -211,16 +213,32 @@ pub async fn scenario(migration: VMMigration, calls: Vec<Call>) -> Action {
 
 /// [`scenario`] with other settings.
 pub async fn scenario_with(migration: VMMigration, settings: Settings, calls: Vec<Call>) -> Action {
+    scenario_in(vec![], migration, settings, calls).await
+}
+
+/// [`scenario_with`] with the controller's cache holding `world` (other migrations) besides
+/// `migration`.
+pub async fn scenario_in(
+    world: Vec<VMMigration>,
+    migration: VMMigration,
+    settings: Settings,
+    calls: Vec<Call>,
+) -> Action {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let now: Timestamp = NOW.parse().unwrap();
+    let mut cache: Writer<VMMigration> = Writer::default();
+    for m in world.into_iter().chain([migration.clone()]) {
+        cache.apply_watcher_event(&watcher::Event::Apply(m));
+    }
     let ctx = Context::new(
         client,
         Arc::new(Metrics::new(None)),
         settings,
         "operator-0".into(),
     )
-    .with_clock(Arc::new(move || now));
+    .with_clock(Arc::new(move || now))
+    .with_migrations(cache.as_reader());
     let server = tokio::spawn(serve(handle, calls));
     let action = tokio::time::timeout(
         Duration::from_secs(5),
@@ -465,6 +483,67 @@ pub fn job_list(items: Vec<Value>) -> Value {
     json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": items})
 }
 
+/// The list of every runner Job (all namespaces) a slot decision reads; answers `jobs`.
+pub fn slots(jobs: Vec<Value>) -> Call {
+    Call::get("/apis/batch/v1/jobs?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dvirtrigaud-operator%2Cvirtrigaud.io%2Fcomponent%3Drunner")
+        .ok(job_list(jobs))
+}
+
+/// [`slots`] finding no runner Job: every Provider has room.
+pub fn free_slots() -> Call {
+    slots(vec![])
+}
+
+/// The runner Job of attempt 1 of migration `ns/name` using `providers` (its annotations), running
+/// or finished.
+pub fn runner_job_of(ns: &str, name: &str, providers: (&str, &str), finished: bool) -> Value {
+    let status = match finished {
+        true => complete(),
+        false => running(),
+    };
+    json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": format!("{name}-a1"), "namespace": ns, "uid": format!("uid-{ns}-{name}-a1"),
+            "labels": {"virtrigaud.io/migration": name, "virtrigaud.io/component": "runner",
+                       "virtrigaud.io/attempt": "1",
+                       "app.kubernetes.io/managed-by": "virtrigaud-operator"},
+            "annotations": {"virtrigaud.io/source-provider": providers.0,
+                            "virtrigaud.io/target-provider": providers.1},
+            "ownerReferences": [{"apiVersion": "infra.virtrigaud.io/v1beta1", "kind": "VMMigration",
+                                 "name": name, "uid": format!("uid-{ns}-{name}"), "controller": true}]},
+        "spec": {"template": {"spec": {"containers": []}}},
+        "status": status,
+    })
+}
+
+/// Another migration `ns/name`, created `created` seconds from [`NOW`], pinned to `providers`, with
+/// `status` (`references` added).
+pub fn other_migration(
+    ns: &str,
+    name: &str,
+    created: i64,
+    providers: &[&str],
+    mut status: Value,
+) -> VMMigration {
+    let pins: Vec<Value> = providers
+        .iter()
+        .map(|p| {
+            let (pns, pname) = p.split_once('/').unwrap();
+            json!({"kind": "Provider", "namespace": pns, "name": pname, "uid": format!("uid-{pname}")})
+        })
+        .collect();
+    status["references"] = Value::Array(pins);
+    serde_json::from_value(json!({
+        "apiVersion": "infra.virtrigaud.io/v1beta1", "kind": "VMMigration",
+        "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"),
+                     "creationTimestamp": at(created)},
+        "spec": {"sourceName": "vm", "targetProviderRef": {"name": "vsphere", "namespace": "default"},
+                 "targetName": name, "storage": {"type": "s3", "bucket": "vm-migrations"}},
+        "status": status,
+    }))
+    .unwrap()
+}
+
 // ----------------------------------------------------------------------------------------------
 // Scenarios
 // ----------------------------------------------------------------------------------------------
@@ -574,6 +653,8 @@ mod scenarios {
             bounded_job(Call::post(format!("{JOBS}?")).includes(json!({
                 "metadata": {"name": format!("mig-a{attempt}"),
                              "labels": {"virtrigaud.io/migration": "mig", "virtrigaud.io/attempt": attempt.to_string()},
+                             "annotations": {"virtrigaud.io/source-provider": "default/libvirt",
+                                             "virtrigaud.io/target-provider": "default/vsphere"},
                              "ownerReferences": [{"kind": "VMMigration", "name": "mig", "controller": true}]},
                 "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 86400,
                          "template": {"spec": {"serviceAccountName": "mig-runner",
@@ -607,6 +688,7 @@ mod scenarios {
         ];
         calls.extend(resolve_calls());
         calls.push(pin_patch(&m));
+        calls.push(free_slots());
         calls.extend(launch_calls(1, 0));
         calls.push(
             Call::event("JobLaunched", "Normal")
@@ -644,6 +726,7 @@ mod scenarios {
         let mut calls = vec![Call::get(format!("{JOBS}/mig-a1")).not_found()];
         calls.extend(resolve_calls());
         calls.push(pin_patch(&m));
+        calls.push(free_slots());
         calls.extend(launch_calls_bounded(
             1,
             0,
@@ -685,6 +768,7 @@ mod scenarios {
         let m = migration(status);
         let mut calls = vec![Call::get(format!("{JOBS}/mig-a1")).not_found()];
         calls.extend(resolve_calls());
+        calls.push(free_slots());
         calls.extend(launch_calls(1, 5));
         let action = scenario(m, calls).await;
         assert_eq!(action, Action::requeue(crate::apply::START_RECHECK));
@@ -760,6 +844,7 @@ mod scenarios {
     fn second_attempt_calls(m: &VMMigration, last_error: &str) -> Vec<Call> {
         let mut calls = vec![Call::get(format!("{JOBS}/mig-a2")).not_found()];
         calls.extend(resolve_calls());
+        calls.push(free_slots());
         calls.extend(launch_calls(2, 3));
         calls.push(
             Call::event("JobLaunched", "Normal")
@@ -1063,6 +1148,7 @@ mod scenarios {
         let m = migration(status);
         let mut calls = vec![Call::get(format!("{JOBS}/mig-a1")).not_found()];
         calls.extend(resolve_calls());
+        calls.push(free_slots());
         let mut launch = launch_calls(1, 3);
         let secret = launch.remove(6).exists();
         calls.extend(launch.into_iter().take(6));
@@ -1431,5 +1517,400 @@ mod scenarios {
         calls.extend(teardown(&["mig-a1"]));
         let action = scenario(deleting(running_status(1, "Transferring")), calls).await;
         assert_eq!(action, Action::await_change());
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Per-Provider concurrency (spec.maxConcurrentMigrations)
+    // ------------------------------------------------------------------------------------------
+
+    const PROVIDERS: &str = "/apis/infra.virtrigaud.io/v1beta1/namespaces/default/providers";
+
+    /// Provider `vsphere` as [`resolve_calls`] answers it, with `limit` as maxConcurrentMigrations.
+    fn vsphere_provider(limit: Option<i32>) -> Value {
+        let mut p = json!({
+            "apiVersion": "infra.virtrigaud.io/v1beta1", "kind": "Provider",
+            "metadata": {"name": "vsphere", "namespace": "default", "uid": "uid-vsphere"},
+            "spec": {"type": "vsphere", "endpoint": "https://127.0.0.1:8989",
+                     "credentialSecretRef": {"name": "vsphere-creds"}, "insecureSkipVerify": true}
+        });
+        if let Some(n) = limit {
+            p["spec"]["maxConcurrentMigrations"] = json!(n);
+        }
+        p
+    }
+
+    /// The reads of a migration already in line: its pinned Providers (`vsphere` with `limit`), then
+    /// the runner Jobs.
+    fn in_line_reads(limit: Option<i32>, jobs: Vec<Value>) -> Vec<Call> {
+        vec![
+            Call::get(format!("{JOBS}/mig-a1")).not_found(),
+            resolve_calls().remove(1),
+            Call::get(format!("{PROVIDERS}/vsphere")).ok(vsphere_provider(limit)),
+            slots(jobs),
+        ]
+    }
+
+    /// `n` running runner Jobs of migrations in namespace `team-b` whose target is Provider
+    /// default/vsphere, plus one of theirs that finished (it holds no slot) and one running on
+    /// team-b's own Provider of the same name (another Provider).
+    fn busy(n: usize) -> Vec<Value> {
+        let mut jobs: Vec<Value> = (0..n)
+            .map(|i| {
+                runner_job_of(
+                    "team-b",
+                    &format!("busy-{i}"),
+                    ("team-b/kvm", "default/vsphere"),
+                    false,
+                )
+            })
+            .collect();
+        jobs.push(runner_job_of(
+            "team-b",
+            "done",
+            ("team-b/kvm", "default/vsphere"),
+            true,
+        ));
+        jobs.push(runner_job_of(
+            "team-b",
+            "own",
+            ("team-b/kvm", "team-b/vsphere"),
+            false,
+        ));
+        jobs
+    }
+
+    fn queued_json() -> Value {
+        json!({"phase": "Pending", "attempt": 1, "conditions": [
+            {"type": "Ready", "status": "False", "reason": "Queued", "lastTransitionTime": at(-3000)}]})
+    }
+
+    /// [`pending_status`] of attempt 1, pinned, waiting in line with `message`.
+    fn queued_status(message: &str) -> Value {
+        let mut s = pending_status(1);
+        s["references"] = pinned();
+        s["message"] = json!(message);
+        s["conditions"][0]["reason"] = json!("Queued");
+        s["conditions"][0]["message"] = json!(message);
+        s
+    }
+
+    /// The status patch that puts `mig` in line with `message`.
+    fn queued_patch(m: &VMMigration, message: &str) -> Call {
+        Call::patch(STATUS_PATCH)
+            .includes(json!({"status": {
+                "phase": "Pending", "attempt": 1, "message": message, "references": pinned(),
+                "conditions": [{"type": "Ready", "status": "False", "reason": "Queued",
+                                "message": message}]
+            }}))
+            .ok(migration_json(m))
+    }
+
+    /// The status patch after `mig`'s Job was created from the line: the wait is over.
+    fn left_the_line(m: &VMMigration) -> Call {
+        Call::patch(STATUS_PATCH)
+            .includes(json!({"status": {
+                "phase": "Pending", "attempt": 1, "message": "waiting for the runner (attempt 1 of 3)",
+                "conditions": [{"type": "Ready", "status": "False", "reason": "Pending",
+                                "message": "the migration has not finished"}]
+            }}))
+            .ok(migration_json(m))
+    }
+
+    /// Other migrations using Provider default/vsphere: two in line ahead of `mig` (one in another
+    /// namespace), one whose retry is not due (not in line), one finished, one behind `mig`.
+    fn crowd() -> Vec<VMMigration> {
+        let mut retry_later = pending_status(2);
+        retry_later["nextRetryTime"] = json!(at(600));
+        let mut ready = running_status(1, "Ready");
+        ready["completionTime"] = json!(at(-100));
+        vec![
+            other_migration(
+                "team-c",
+                "early",
+                -3600,
+                &["team-c/kvm", "default/vsphere"],
+                queued_json(),
+            ),
+            other_migration(
+                "default",
+                "earlier",
+                -600,
+                &["default/libvirt", "default/vsphere"],
+                pending_status(1),
+            ),
+            other_migration(
+                "default",
+                "backing-off",
+                -7200,
+                &["default/vsphere"],
+                retry_later,
+            ),
+            other_migration("default", "finished", -9000, &["default/vsphere"], ready),
+            other_migration(
+                "team-c",
+                "later",
+                -30,
+                &["team-c/kvm", "default/vsphere"],
+                queued_json(),
+            ),
+        ]
+    }
+
+    #[tokio::test]
+    async fn beyond_the_default_limit_of_10_a_migration_waits_pending_in_line_and_launches_no_job()
+    {
+        // The target Provider sets no limit: 10 runner Jobs of other namespaces' migrations run on
+        // it, and two migrations created earlier wait ahead.
+        let message = "waiting for a slot on Provider default/vsphere: 10 of 10 running, 2 ahead of this migration";
+        let m = migration(pending_status(1));
+        let mut calls = vec![Call::get(format!("{JOBS}/mig-a1")).not_found()];
+        calls.extend(resolve_calls());
+        calls.push(pin_patch(&m));
+        calls.push(slots(busy(10)));
+        calls.push(queued_patch(&m, message));
+        calls.push(
+            Call::event("Queued", "Normal").includes(json!({"action": "Launch", "note": message})),
+        );
+        let action = scenario_in(crowd(), m, Settings::default(), calls).await;
+        assert_eq!(action, Action::requeue(crate::queue::QUEUE_RECHECK));
+
+        // Looked at again: only its Providers and the Jobs are read, nothing is written.
+        let action = scenario_in(
+            crowd(),
+            migration(queued_status(message)),
+            Settings::default(),
+            in_line_reads(None, busy(10)),
+        )
+        .await;
+        assert_eq!(action, Action::requeue(crate::queue::QUEUE_RECHECK));
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_the_first_in_line_and_not_to_the_second() {
+        // 9 of 10 run: `mig` is first in line (`later` is behind it) and launches.
+        let world = vec![other_migration(
+            "team-c",
+            "later",
+            -30,
+            &["team-c/kvm", "default/vsphere"],
+            queued_json(),
+        )];
+        let m = migration(queued_status(
+            "waiting for a slot on Provider default/vsphere: 10 of 10 running, 0 ahead of this migration",
+        ));
+        let mut calls = in_line_reads(None, busy(9));
+        calls.extend(resolve_calls());
+        calls.push(slots(busy(9)));
+        calls.extend(launch_calls(1, 0));
+        calls.push(Call::event("JobLaunched", "Normal"));
+        calls.push(left_the_line(&m));
+        let action = scenario_in(world, m, Settings::default(), calls).await;
+        assert_eq!(action, Action::requeue(crate::apply::START_RECHECK));
+
+        // The same moment seen by the second in line: `first` was created before it and has not
+        // launched yet, so the free slot is first's.
+        let world = vec![other_migration(
+            "team-c",
+            "first",
+            -3600,
+            &["team-c/kvm", "default/vsphere"],
+            queued_json(),
+        )];
+        let m = migration(queued_status(
+            "waiting for a slot on Provider default/vsphere: 10 of 10 running, 1 ahead of this migration",
+        ));
+        let mut calls = in_line_reads(None, busy(9));
+        // The new count is written; it was in line already: no second Queued Event.
+        calls.push(queued_patch(
+            &m,
+            "waiting for a slot on Provider default/vsphere: 9 of 10 running, 1 ahead of this migration",
+        ));
+        let action = scenario_in(world, m, Settings::default(), calls).await;
+        assert_eq!(action, Action::requeue(crate::queue::QUEUE_RECHECK));
+    }
+
+    #[tokio::test]
+    async fn a_changed_limit_counts_at_the_next_look_without_a_restart() {
+        let full = "waiting for a slot on Provider default/vsphere: 10 of 10 running, 0 ahead of this migration";
+        // Raised to 11: the next in line launches (the limit is not a pinned part of the Provider).
+        let m = migration(queued_status(full));
+        let mut calls = in_line_reads(Some(11), busy(10));
+        calls.extend(resolve_calls());
+        calls[6] = Call::get(format!("{PROVIDERS}/vsphere")).ok(vsphere_provider(Some(11)));
+        calls.push(slots(busy(10)));
+        calls.extend(launch_calls(1, 0));
+        calls.push(Call::event("JobLaunched", "Normal"));
+        calls.push(left_the_line(&m));
+        let action = scenario(m, calls).await;
+        assert_eq!(action, Action::requeue(crate::apply::START_RECHECK));
+
+        // Lowered to 5: the ten running go on; the line waits until fewer than 5 run.
+        let m = migration(queued_status(full));
+        let mut calls = in_line_reads(Some(5), busy(10));
+        calls.push(queued_patch(
+            &m,
+            "waiting for a slot on Provider default/vsphere: 10 of 5 running, 0 ahead of this migration",
+        ));
+        let action = scenario(m, calls).await;
+        assert_eq!(action, Action::requeue(crate::queue::QUEUE_RECHECK));
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Retry on request (annotation virtrigaud.io/retry)
+    // ------------------------------------------------------------------------------------------
+
+    const RETRY_NOTE: &str = "retry requested (virtrigaud.io/retry=\"1767261600\")";
+
+    /// A migration that failed for good at attempt 3 of 3, with a staged disk, asked to retry.
+    fn failed_for_good(retry: Option<&str>, acted_on: Option<&str>) -> VMMigration {
+        let mut status = pending_status(3);
+        status["phase"] = json!("Failed");
+        status["completionTime"] = json!(at(-100));
+        status["lastError"] = json!("StorageUnavailable: S3 answered 503");
+        status["references"] = pinned();
+        status["conditions"][0]["reason"] = json!("RetriesExhausted");
+        status["disks"] = json!([{"name": "vda", "stagedUrl": "s3://vm-migrations/default/mig/vda.vmdk",
+                                  "sha256": "ab".repeat(32), "targetFormat": "vmdk"}]);
+        if let Some(v) = acted_on {
+            status["retryRequest"] = json!(v);
+        }
+        let mut m = migration(status);
+        if let Some(v) = retry {
+            m.metadata.annotations =
+                Some([("virtrigaud.io/retry".to_owned(), v.to_owned())].into());
+        }
+        m
+    }
+
+    #[tokio::test]
+    async fn a_retry_request_on_a_failed_migration_starts_the_next_attempt_with_a_new_job() {
+        let m = failed_for_good(Some("1767261600"), None);
+        let message = format!(
+            "{RETRY_NOTE}: attempt 4 (requested; maxAttempts 3) starts after StorageUnavailable: S3 answered 503"
+        );
+        let mut calls = vec![
+            Call::patch(STATUS_PATCH)
+                .includes(json!({"status": {
+                    "phase": "Pending", "attempt": 4, "retryRequest": "1767261600",
+                    "startTime": at(-50), "lastError": "StorageUnavailable: S3 answered 503",
+                    "message": message, "references": pinned(),
+                    "conditions": [{"type": "Ready", "status": "False", "reason": "RetryRequested",
+                                    "lastTransitionTime": at(-50)}]
+                }}))
+                .check(|body| {
+                    let status = &body["status"];
+                    for gone in ["completionTime", "nextRetryTime"] {
+                        assert!(status.get(gone).is_none(), "{gone} stays: {body}");
+                    }
+                    // The runner's fields (the staged disk it resumes from) are not the operator's
+                    // to send: they stay as they are.
+                    assert!(status.get("disks").is_none(), "{body}");
+                })
+                .ok(migration_json(&m)),
+            Call::event("RetryRequested", "Normal").includes(
+                json!({"action": "Retry", "note": format!(
+                    "{message}; the staged disks and the status the runner resumes from are kept"
+                )}),
+            ),
+            Call::get(format!("{JOBS}/mig-a4")).not_found(),
+        ];
+        calls.extend(resolve_calls());
+        calls.push(free_slots());
+        let mut launch = launch_calls(4, 3);
+        launch[6] = Call::post("/api/v1/namespaces/default/secrets?")
+            .includes(json!({"metadata": {"name": "mig-runner-a4"}}))
+            .check(|body| {
+                let data: k8s_openapi::ByteString =
+                    serde_json::from_value(body["data"]["plan.json"].clone()).unwrap();
+                let plan: crd::plan::RunnerPlan = serde_json::from_slice(&data.0).unwrap();
+                assert_eq!(plan.attempt, 4);
+                assert!(
+                    plan.final_attempt,
+                    "beyond maxAttempts: no automatic retry follows"
+                );
+            });
+        calls.extend(launch);
+        calls.push(
+            Call::event("JobLaunched", "Normal").includes(
+                json!({"note": "attempt 4 (requested; maxAttempts 3): runner Job mig-a4"}),
+            ),
+        );
+        let action = scenario(m, calls).await;
+        assert_eq!(action, Action::requeue(crate::apply::START_RECHECK));
+    }
+
+    #[tokio::test]
+    async fn the_same_retry_value_is_acted_on_once() {
+        // Attempt 4 (asked for with this value) failed too: the value is spent, nothing happens.
+        let m = failed_for_good(Some("1767261600"), Some("1767261600"));
+        assert_eq!(scenario(m, vec![]).await, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn a_retry_annotation_present_at_creation_is_recorded_not_acted_on() {
+        let mut m = migration(Value::Null);
+        m.metadata.annotations = Some([("virtrigaud.io/retry".to_owned(), "1".to_owned())].into());
+        let mut calls = vec![
+            Call::patch(STATUS_PATCH)
+                .includes(json!({"status": {"retryRequest": "1"}}))
+                .check(|body| assert!(body["status"].get("attempt").is_none(), "{body}"))
+                .ok(migration_json(&m)),
+            Call::patch(STATUS_PATCH)
+                .includes(
+                    json!({"status": {"phase": "Pending", "attempt": 1, "retryRequest": "1"}}),
+                )
+                .ok(migration_json(&m)),
+            Call::event("Pending", "Normal"),
+            Call::get(format!("{JOBS}/mig-a1")).not_found(),
+        ];
+        calls.extend(resolve_calls());
+        calls.push(pin_patch(&m));
+        calls.push(free_slots());
+        calls.extend(launch_calls(1, 0));
+        calls.push(Call::event("JobLaunched", "Normal"));
+        let action = scenario(m, calls).await;
+        assert_eq!(action, Action::requeue(crate::apply::START_RECHECK));
+    }
+
+    #[tokio::test]
+    async fn a_retry_request_on_a_ready_migration_is_refused() {
+        let mut status = running_status(1, "Ready");
+        status["completionTime"] = json!(at(-100));
+        let mut m = migration(status);
+        m.metadata.annotations =
+            Some([("virtrigaud.io/retry".to_owned(), "1767261600".to_owned())].into());
+        let calls = vec![
+            Call::patch(STATUS_PATCH)
+                .includes(
+                    json!({"status": {"phase": "Ready", "attempt": 1, "completionTime": at(-100),
+                                            "retryRequest": "1767261600"}}),
+                )
+                .ok(migration_json(&m)),
+            Call::event("RetryRefused", "Warning").includes(json!({
+                "note": format!("{RETRY_NOTE} and refused: it is Ready: there is nothing to retry")
+            })),
+        ];
+        assert_eq!(scenario(m, calls).await, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn a_retry_request_on_a_running_migration_is_refused_and_the_attempt_goes_on() {
+        let mut m = migration(running_status(1, "Transferring"));
+        m.metadata.annotations =
+            Some([("virtrigaud.io/retry".to_owned(), "1767261600".to_owned())].into());
+        let calls = vec![
+            Call::patch(STATUS_PATCH)
+                .includes(json!({"status": {"phase": "Transferring", "retryRequest": "1767261600"}}))
+                .ok(migration_json(&m)),
+            Call::event("RetryRefused", "Warning").includes(json!({
+                "note": format!("{RETRY_NOTE} and refused: it has not failed (attempt 1 of 3, phase Transferring): a retry is for a Failed migration")
+            })),
+            Call::event("Transferring", "Normal"),
+            Call::get(format!("{JOBS}/mig-a1")).ok(job("mig-a1", "runner", 1, running())),
+        ];
+        assert_eq!(
+            scenario(m, calls).await,
+            Action::requeue(crate::apply::RECHECK)
+        );
     }
 }

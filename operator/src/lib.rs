@@ -4,8 +4,10 @@
 //! names (see [`names`]), so the operator can be killed and restarted at any moment without changing
 //! the outcome. Per attempt it launches one runner Job (see [`builder`]); the runner does the disk
 //! work and reports phases and progress itself. The operator owns the start (Pending, attempt 1),
-//! the report of a runner pod that cannot start (within seconds, see [`start`]), retries with
-//! exponential backoff (carried by `Action::requeue`, never by sleeping), the final outcome (Ready
+//! the report of a runner pod that cannot start (within seconds, see [`start`]), the per-Provider
+//! concurrency limit (a migration beyond it waits in line, see [`queue`]), retries with exponential
+//! backoff (carried by `Action::requeue`, never by sleeping) and on request (the
+//! `virtrigaud.io/retry` annotation of a Failed migration, see [`retry`]), the final outcome (Ready
 //! with the target VirtualMachine object, or Failed) and deletion (stop the runner, run a cleanup
 //! Job, delete what it created, drop the finalizer).
 //!
@@ -22,7 +24,9 @@ pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod objects;
+pub mod queue;
 pub mod resolve;
+pub mod retry;
 pub mod runner_image;
 pub mod server;
 pub mod start;
@@ -45,6 +49,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 
@@ -70,6 +76,12 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Builder settings from the flags.
     pub settings: Settings,
+    /// The controller's cache of every VMMigration (the migrations waiting for a slot are read
+    /// from it, see [`queue`]); empty until [`Context::with_migrations`].
+    pub migrations: Store<VMMigration>,
+    /// Held from the slot decision to the Job's creation, so two reconciles of this process never
+    /// take the same last slot of a Provider.
+    launch_turn: tokio::sync::Mutex<()>,
     clock: Clock,
     /// Last pipeline phase an Event was published for, by VMMigration uid. Only deduplicates
     /// pipeline-phase Events; losing it on restart costs at most one repeated Event.
@@ -96,9 +108,22 @@ impl Context {
             recorder,
             metrics,
             settings,
+            migrations: Writer::default().as_reader(),
+            launch_turn: tokio::sync::Mutex::new(()),
             clock: Arc::new(Timestamp::now),
             seen_phases: Mutex::default(),
         }
+    }
+
+    /// Reads the migrations waiting for a slot from `store` (the controller's cache).
+    pub fn with_migrations(mut self, store: Store<VMMigration>) -> Self {
+        self.migrations = store;
+        self
+    }
+
+    /// Waits for this process's turn to decide on a slot and launch (see [`queue`]).
+    pub async fn launch_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.launch_turn.lock().await
     }
 
     /// Replaces the clock.
@@ -226,16 +251,21 @@ pub async fn run(args: Args) -> Result<()> {
     let controller = Controller::new(
         Api::<VMMigration>::all(client.clone()),
         watcher::Config::default().any_semantic(),
-    )
-    .owns(
+    );
+    let migrations = controller.store();
+    // A Job's change reconciles its owning migration, and for a runner Job also the first in line
+    // on its Providers (a slot may have freed): see `queue::triggers`.
+    let waiting = migrations.clone();
+    let controller = controller.watches(
         Api::<Job>::all(client.clone()),
         watcher::Config::default().labels(&format!(
             "{}={}",
             builder::MANAGED_BY_LABEL,
             labels::MANAGED_BY
         )),
+        move |job: Job| queue::triggers(&job, &waiting),
     );
-    let metrics = Arc::new(Metrics::new(Some(controller.store())));
+    let metrics = Arc::new(Metrics::new(Some(migrations.clone())));
 
     let addr = SocketAddr::new(args.bind_address, args.metrics_port);
     let server = tokio::spawn(server::serve(addr, server::router(metrics.clone())));
@@ -254,7 +284,8 @@ pub async fn run(args: Args) -> Result<()> {
         None
     };
 
-    let ctx = Arc::new(Context::new(client, metrics, settings, identity));
+    let ctx =
+        Arc::new(Context::new(client, metrics, settings, identity).with_migrations(migrations));
     let controller = controller
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)

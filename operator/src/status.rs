@@ -50,6 +50,9 @@ pub struct OperatorStatus {
     /// The references pinned at the first launch.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub references: Vec<PinnedReference>,
+    /// The `virtrigaud.io/retry` annotation value last acted on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_request: Option<String>,
 }
 
 impl OperatorStatus {
@@ -71,6 +74,7 @@ impl OperatorStatus {
                 .cloned()
                 .collect(),
             references: current.references.clone(),
+            retry_request: current.retry_request.clone(),
         }
     }
 
@@ -108,6 +112,7 @@ impl OperatorStatus {
             set_condition(&mut status.conditions, c.clone());
         }
         status.references = self.references.clone();
+        status.retry_request = self.retry_request.clone();
     }
 }
 

@@ -1,9 +1,9 @@
 //! The Provider validator. A Provider hands the runner an endpoint and the credentials of a Secret,
 //! so its author must be allowed to read that Secret, the Secret must be in the Provider's own
 //! namespace, and the endpoint must pass the endpoint policy (a known transport, no credentials in
-//! it, no link-local or metadata address). Checked on create and on every change of the spec: a
-//! Provider edited after a migration was admitted is refused by the operator as well (pinned
-//! references).
+//! it, no link-local or metadata address); a `maxConcurrentMigrations` that is set must not be
+//! below 1. Checked on create and on every change of the spec: a Provider edited after a migration
+//! was admitted is refused by the operator as well (pinned references).
 
 use crd::{ProviderSpec, ProviderType};
 
@@ -17,6 +17,18 @@ impl Validate<ProviderSpec> for Admission {
     async fn create(&self, request: &Request<'_>, spec: ProviderSpec) -> Verdict {
         let mut verdict = Verdict::default();
         self.check_endpoint(&mut verdict, &spec).await;
+        if let Some(n) = spec.max_concurrent_migrations
+            && n < 1
+        {
+            verdict.deny(
+                "spec.maxConcurrentMigrations",
+                format!(
+                    "{n} must be at least 1 (how many migrations may run at once against this \
+                     Provider; unset means {})",
+                    ProviderSpec::DEFAULT_MAX_CONCURRENT_MIGRATIONS
+                ),
+            );
+        }
         // (without its own host, the SSH login goes to the endpoint's host, checked above)
         if let Some(host) = spec
             .ssh

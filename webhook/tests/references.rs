@@ -219,3 +219,29 @@ async fn virtual_machines_may_name_only_providers_their_author_may_read() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_providers_concurrency_limit_is_at_least_one() {
+    let server = TestServer::start(cluster(), Options::default()).await;
+    let with_limit = |n: i64| {
+        let mut p = libvirt(json!({"name": "libvirt-credentials"}));
+        p["spec"]["maxConcurrentMigrations"] = json!(n);
+        p
+    };
+    let own = libvirt(json!({"name": "libvirt-credentials"}));
+    for (op, old) in [("CREATE", None), ("UPDATE", Some(&own))] {
+        let response = server
+            .review(&review_of("Provider", op, ALICE, &with_limit(0), old))
+            .await;
+        let text = message(&response);
+        assert_eq!(response["allowed"], false, "{op}");
+        assert!(
+            text.contains("spec.maxConcurrentMigrations: 0 must be at least 1"),
+            "{op}: {text}"
+        );
+        let response = server
+            .review(&review_of("Provider", op, ALICE, &with_limit(4), old))
+            .await;
+        assert_eq!(response["allowed"], true, "{op}: {}", message(&response));
+    }
+}
