@@ -7,7 +7,7 @@ export VRG_CACHE ?= $(HOME)/.cache/virtrigaud
 export CARGO_TARGET_DIR ?= $(VRG_CACHE)/target
 CARGO ?= cargo
 
-.PHONY: all build test deps unit lint fmt crds crds-check demo e2e-up e2e-down e2e-check bench matrix toolchain images images-check
+.PHONY: all build test deps unit lint fmt crds crds-check demo e2e-up e2e-down e2e-check bench matrix load toolchain images images-check
 
 all: build
 
@@ -72,3 +72,8 @@ images-check: images
 ## Benchmarks: the runner's engine vs standalone tools, ratios printed per figure.
 bench:
 	bash bench/run.sh
+
+## The control plane under 500 migrations applied at once (stub runner image), and the webhook at
+## 500 requests/s: prints the table.
+load: build e2e-up
+	bash bench/load.sh
