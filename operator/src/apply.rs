@@ -319,8 +319,20 @@ async fn clear_start_problem(
         return Ok(());
     }
     let mut s = OperatorStatus::carried_over(status);
+    waiting_for_the_runner(ctx, m, status, attempt, &mut s);
+    patch_status(ctx, m, &s).await
+}
+
+/// Back to the plain wait for the runner: Ready `Pending`, and while the migration is still Pending
+/// the operator's own message (once the runner reports, the message is the runner's).
+fn waiting_for_the_runner(
+    ctx: &Context,
+    m: &VMMigration,
+    status: &VMMigrationStatus,
+    attempt: i32,
+    s: &mut OperatorStatus,
+) {
     if status.phase == Some(Phase::Pending) {
-        // Still the operator's message (once the runner reports, the message is the runner's).
         s.message = Some(format!(
             "waiting for the runner ({})",
             attempt_label(m, attempt)
@@ -332,7 +344,6 @@ async fn clear_start_problem(
         "the migration has not finished",
         &ctx.now(),
     );
-    patch_status(ctx, m, &s).await
 }
 
 /// The runner did not start within the start timeout: the attempt fails (retryable) with the start
@@ -595,19 +606,7 @@ async fn launched(
     let mut s = OperatorStatus::carried_over(status);
     s.next_retry_time = None;
     if queued {
-        if status.phase == Some(Phase::Pending) {
-            // (once the runner reports, the message is the runner's)
-            s.message = Some(format!(
-                "waiting for the runner ({})",
-                attempt_label(m, attempt)
-            ));
-        }
-        s.set_ready(
-            ConditionStatus::False,
-            "Pending",
-            "the migration has not finished",
-            &ctx.now(),
-        );
+        waiting_for_the_runner(ctx, m, status, attempt, &mut s);
     }
     patch_status(ctx, m, &s).await
 }

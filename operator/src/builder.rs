@@ -366,7 +366,8 @@ fn resources(settings: &Settings) -> ResourceRequirements {
 /// the scratch limit where the filesystem's free space does not show it.
 fn runner_env(settings: &Settings) -> Vec<EnvVar> {
     let mut vars = vec![
-        env("RUST_LOG", "info"),
+        env("VRG_LOG_FORMAT", &settings.runner_log.0.to_string()),
+        env("VRG_LOG_LEVEL", &settings.runner_log.1),
         env("TMPDIR", plan::SCRATCH_DIR),
         env("HOME", plan::SCRATCH_DIR),
         env_field("POD_NAME", "metadata.name"),
@@ -755,6 +756,13 @@ mod tests {
             "{}",
             c["env"]
         );
+        let env = c["env"].as_array().unwrap();
+        for (name, value) in [("VRG_LOG_FORMAT", "text"), ("VRG_LOG_LEVEL", "info")] {
+            assert!(
+                env.contains(&json!({"name": name, "value": value})),
+                "{env:?}"
+            );
+        }
     }
 
     #[test]

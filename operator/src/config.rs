@@ -107,6 +107,25 @@ pub struct Args {
     /// only, where every hypervisor and store listens on 127.0.0.1. Production installs refuse them.
     #[arg(long, env = "VRG_ALLOW_LOOPBACK_ENDPOINTS", default_value_t = false)]
     pub allow_loopback_endpoints: bool,
+
+    /// Log format of the runner Jobs (what `kubectl logs` of a migration shows): `text` or `json`.
+    #[arg(long, env = "VRG_RUNNER_LOG_FORMAT", default_value_t = crd::logging::LogFormat::Text)]
+    pub runner_log_format: crd::logging::LogFormat,
+
+    /// Log filter of the runner Jobs, in RUST_LOG syntax (`info`, `debug`, `info,runner=debug`).
+    #[arg(long, env = "VRG_RUNNER_LOG_LEVEL", default_value = "info")]
+    pub runner_log_level: String,
+}
+
+/// `--runner-log-level`, checked here so that a typo fails the operator's start, not every runner.
+fn runner_log_level(level: &str) -> Result<String> {
+    let settings = crd::logging::LogSettings {
+        level: Some(level.to_owned()),
+        ..Default::default()
+    };
+    crd::logging::filter(&settings, "info")
+        .map(|_| level.to_owned())
+        .map_err(|e| Error::Config(format!("--runner-log-level: {e}")))
 }
 
 /// Where the runner keeps temporary disk images.
@@ -173,6 +192,8 @@ pub struct Settings {
     pub reference_grace: Duration,
     /// Runners may connect to loopback endpoints.
     pub allow_loopback_endpoints: bool,
+    /// The runner's log format and filter (`VRG_LOG_FORMAT`, `VRG_LOG_LEVEL` in its Job).
+    pub runner_log: (crd::logging::LogFormat, String),
 }
 
 impl Default for Settings {
@@ -190,6 +211,7 @@ impl Default for Settings {
             runner_start_timeout: Duration::from_secs(10 * 60),
             reference_grace: Duration::from_secs(120),
             allow_loopback_endpoints: false,
+            runner_log: (crd::logging::LogFormat::Text, "info".into()),
         }
     }
 }
@@ -299,6 +321,10 @@ impl Settings {
             reference_grace: crd::parse_duration(&args.reference_grace)
                 .map_err(|e| Error::Config(format!("--reference-grace: {e}")))?,
             allow_loopback_endpoints: args.allow_loopback_endpoints,
+            runner_log: (
+                args.runner_log_format,
+                runner_log_level(&args.runner_log_level)?,
+            ),
         })
     }
 }
@@ -389,6 +415,23 @@ mod tests {
             let err = parse(flags).unwrap_err().to_string();
             assert!(err.contains(names), "{flags:?}: {err}");
         }
+    }
+
+    #[test]
+    fn runner_log_settings_reach_the_jobs_and_a_bad_filter_is_refused() {
+        let s = parse(&[
+            "--runner-log-format=json",
+            "--runner-log-level=debug,kube=warn",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.runner_log,
+            (crd::logging::LogFormat::Json, "debug,kube=warn".to_string())
+        );
+        let err = parse(&["--runner-log-level=info,kube=loud"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--runner-log-level"), "{err}");
     }
 
     #[test]
