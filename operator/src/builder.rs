@@ -13,10 +13,10 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, EphemeralVolumeSource,
-    ObjectFieldSelector, PersistentVolumeClaimSpec, PersistentVolumeClaimTemplate,
-    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, Secret,
-    SecretVolumeSource, SecurityContext, ServiceAccount, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    LocalObjectReference, ObjectFieldSelector, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimTemplate, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
+    ServiceAccount, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -543,6 +543,17 @@ pub fn runner_job(m: &VMMigration, settings: &Settings, kind: &JobKind) -> Resul
                     }),
                     containers: vec![container],
                     volumes: Some(volumes),
+                    image_pull_secrets: (!settings.image_pull_secrets.is_empty()).then(|| {
+                        settings
+                            .image_pull_secrets
+                            .iter()
+                            .map(|name| LocalObjectReference { name: name.clone() })
+                            .collect()
+                    }),
+                    node_selector: (!settings.node_selector.is_empty())
+                        .then(|| settings.node_selector.clone()),
+                    tolerations: (!settings.tolerations.is_empty())
+                        .then(|| settings.tolerations.clone()),
                     ..PodSpec::default()
                 }),
             },
@@ -763,6 +774,34 @@ mod tests {
                 "{env:?}"
             );
         }
+    }
+
+    #[test]
+    fn runner_pods_carry_the_pull_secrets_node_selector_and_tolerations() {
+        let m = migration(json!({"type": "s3", "bucket": "b"}));
+        let plain = job_json(&m, &Settings::default(), &JobKind::cleanup("mig", 1));
+        let pod = &plain["spec"]["template"]["spec"];
+        for field in ["imagePullSecrets", "nodeSelector", "tolerations"] {
+            assert!(pod.get(field).is_none(), "{field} without its flag: {pod}");
+        }
+        let settings = Settings {
+            image_pull_secrets: vec!["regcred".into()],
+            node_selector: BTreeMap::from([("zone".into(), "dc1".into())]),
+            tolerations: vec![k8s_openapi::api::core::v1::Toleration {
+                key: Some("dedicated".into()),
+                operator: Some("Exists".into()),
+                ..Default::default()
+            }],
+            ..Settings::default()
+        };
+        let job = job_json(&m, &settings, &JobKind::cleanup("mig", 1));
+        let pod = &job["spec"]["template"]["spec"];
+        assert_eq!(pod["imagePullSecrets"], json!([{"name": "regcred"}]));
+        assert_eq!(pod["nodeSelector"], json!({"zone": "dc1"}));
+        assert_eq!(
+            pod["tolerations"],
+            json!([{"key": "dedicated", "operator": "Exists"}])
+        );
     }
 
     #[test]

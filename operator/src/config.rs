@@ -1,8 +1,10 @@
 //! Command-line flags and the settings the controller derives from them.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Toleration;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::error::{Error, Result};
@@ -23,6 +25,34 @@ pub struct Args {
     /// imagePullPolicy of the runner container.
     #[arg(long, env = "VRG_RUNNER_PULL_POLICY", default_value = "IfNotPresent")]
     pub runner_pull_policy: String,
+
+    /// imagePullSecrets of the runner pods (repeat, or comma-separated): Secrets of type
+    /// kubernetes.io/dockerconfigjson, which must exist in each migration's namespace (a pod reads
+    /// pull secrets from its own namespace only).
+    #[arg(
+        long = "runner-image-pull-secret",
+        env = "VRG_RUNNER_IMAGE_PULL_SECRETS",
+        value_delimiter = ','
+    )]
+    pub runner_image_pull_secrets: Vec<String>,
+
+    /// nodeSelector of the runner pods, `key=value` (repeat, or comma-separated), e.g. the nodes
+    /// that reach the hypervisors' and the staging's networks.
+    #[arg(
+        long = "runner-node-selector",
+        env = "VRG_RUNNER_NODE_SELECTOR",
+        value_delimiter = ','
+    )]
+    pub runner_node_selector: Vec<String>,
+
+    /// Tolerations of the runner pods (repeat, or comma-separated): `key=value:Effect` (Equal),
+    /// `key:Effect` (Exists) or `key=value` / `key` (any effect), e.g. `dedicated=migration:NoSchedule`.
+    #[arg(
+        long = "runner-toleration",
+        env = "VRG_RUNNER_TOLERATIONS",
+        value_delimiter = ','
+    )]
+    pub runner_tolerations: Vec<String>,
 
     /// CPU request of the runner container.
     #[arg(long, env = "VRG_RUNNER_CPU_REQUEST", default_value = "250m")]
@@ -117,6 +147,49 @@ pub struct Args {
     pub runner_log_level: String,
 }
 
+/// `--runner-node-selector` entries, `key=value` each.
+fn node_selector(entries: &[String]) -> Result<BTreeMap<String, String>> {
+    entries
+        .iter()
+        .map(|e| match e.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => Err(Error::Config(format!(
+                "--runner-node-selector {e:?}: expected key=value"
+            ))),
+        })
+        .collect()
+}
+
+/// One `--runner-toleration`: `key[=value][:Effect]`.
+fn toleration(text: &str) -> Result<Toleration> {
+    let bad = |why: &str| Error::Config(format!("--runner-toleration {text:?}: {why}"));
+    let (selector, effect) = match text.rsplit_once(':') {
+        Some((s, e)) => (s, Some(e)),
+        None => (text, None),
+    };
+    if let Some(e) = effect
+        && !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&e)
+    {
+        return Err(bad(
+            "the effect must be NoSchedule, PreferNoSchedule or NoExecute",
+        ));
+    }
+    let (key, value) = match selector.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (selector, None),
+    };
+    if key.is_empty() {
+        return Err(bad("the key is empty"));
+    }
+    Ok(Toleration {
+        key: Some(key.to_owned()),
+        operator: Some(if value.is_some() { "Equal" } else { "Exists" }.to_owned()),
+        value: value.map(str::to_owned),
+        effect: effect.map(str::to_owned),
+        ..Toleration::default()
+    })
+}
+
 /// `--runner-log-level`, checked here so that a typo fails the operator's start, not every runner.
 fn runner_log_level(level: &str) -> Result<String> {
     let settings = crd::logging::LogSettings {
@@ -190,6 +263,12 @@ pub struct Settings {
     pub runner_start_timeout: Duration,
     /// How long a missing reference is waited for.
     pub reference_grace: Duration,
+    /// Runner pods' imagePullSecrets.
+    pub image_pull_secrets: Vec<String>,
+    /// Runner pods' nodeSelector.
+    pub node_selector: BTreeMap<String, String>,
+    /// Runner pods' tolerations.
+    pub tolerations: Vec<Toleration>,
     /// Runners may connect to loopback endpoints.
     pub allow_loopback_endpoints: bool,
     /// The runner's log format and filter (`VRG_LOG_FORMAT`, `VRG_LOG_LEVEL` in its Job).
@@ -211,6 +290,9 @@ impl Default for Settings {
             runner_start_timeout: Duration::from_secs(10 * 60),
             reference_grace: Duration::from_secs(120),
             allow_loopback_endpoints: false,
+            image_pull_secrets: Vec::new(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
             runner_log: (crd::logging::LogFormat::Text, "info".into()),
         }
     }
@@ -321,6 +403,13 @@ impl Settings {
             reference_grace: crd::parse_duration(&args.reference_grace)
                 .map_err(|e| Error::Config(format!("--reference-grace: {e}")))?,
             allow_loopback_endpoints: args.allow_loopback_endpoints,
+            image_pull_secrets: args.runner_image_pull_secrets.clone(),
+            node_selector: node_selector(&args.runner_node_selector)?,
+            tolerations: args
+                .runner_tolerations
+                .iter()
+                .map(|t| toleration(t))
+                .collect::<Result<_>>()?,
             runner_log: (
                 args.runner_log_format,
                 runner_log_level(&args.runner_log_level)?,
@@ -414,6 +503,49 @@ mod tests {
         ] {
             let err = parse(flags).unwrap_err().to_string();
             assert!(err.contains(names), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn runner_pod_placement_and_pull_secrets() {
+        let s = parse(&[
+            "--runner-image-pull-secret=regcred,other",
+            "--runner-node-selector=zone=dc1",
+            "--runner-node-selector=virtrigaud.io/migrations=true",
+            "--runner-toleration=dedicated=migration:NoSchedule",
+            "--runner-toleration=spot:NoExecute,gpu",
+        ])
+        .unwrap();
+        assert_eq!(s.image_pull_secrets, ["regcred", "other"]);
+        assert_eq!(
+            s.node_selector,
+            BTreeMap::from([
+                ("zone".to_string(), "dc1".to_string()),
+                ("virtrigaud.io/migrations".to_string(), "true".to_string())
+            ])
+        );
+        let t = |k: &str, op: &str, v: Option<&str>, e: Option<&str>| Toleration {
+            key: Some(k.into()),
+            operator: Some(op.into()),
+            value: v.map(Into::into),
+            effect: e.map(Into::into),
+            ..Toleration::default()
+        };
+        assert_eq!(
+            s.tolerations,
+            [
+                t("dedicated", "Equal", Some("migration"), Some("NoSchedule")),
+                t("spot", "Exists", None, Some("NoExecute")),
+                t("gpu", "Exists", None, None),
+            ]
+        );
+        for (flag, named) in [
+            ("--runner-node-selector=zone", "--runner-node-selector"),
+            ("--runner-toleration=a:Sometimes", "--runner-toleration"),
+            ("--runner-toleration==x", "--runner-toleration"),
+        ] {
+            let err = parse(&[flag]).unwrap_err().to_string();
+            assert!(err.contains(named), "{flag}: {err}");
         }
     }
 
