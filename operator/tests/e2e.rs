@@ -232,8 +232,8 @@ async fn one_job_per_attempt_survives_an_operator_restart_and_the_runner_is_conf
     for name in &old {
         pods.delete(name, &DeleteParams::default()).await.unwrap();
     }
-    installed_again(&c, &old).await;
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    let new = installed_again(&c, &old).await;
+    first_pass_done(&c, &new).await;
     let names: Vec<String> = jobs
         .list(&by_migration("m"))
         .await

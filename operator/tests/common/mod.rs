@@ -286,7 +286,7 @@ pub async fn events(c: &Client, ns: &str, name: &str) -> Vec<String> {
 }
 
 /// Waits until a new operator pod (none of `old`) is Ready.
-pub async fn installed_again(c: &Client, old: &[String]) {
+pub async fn installed_again(c: &Client, old: &[String]) -> Pod {
     let pods: Api<Pod> = Api::namespaced(c.clone(), SYSTEM_NS);
     let lp = ListParams::default().labels("app.kubernetes.io/name=virtrigaud-operator");
     wait_for(
@@ -302,6 +302,42 @@ pub async fn installed_again(c: &Client, old: &[String]) {
                             cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
                         })
             })
+        },
+    )
+    .await
+}
+
+/// Waits until operator pod `pod` has led and run at least as many reconciliations as there are
+/// VMMigrations in the cluster (its `/metrics` counter): its first pass over every migration, which
+/// is when it would launch a Job it found missing, is over.
+pub async fn first_pass_done(c: &Client, pod: &Pod) {
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("a ready pod has an IP");
+    let migrations = Api::<VMMigration>::all(c.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len();
+    let url = format!("http://{ip}:8080/metrics");
+    wait_for(
+        "the new operator's first pass over every migration",
+        Duration::from_secs(120),
+        || async {
+            let out = Command::new("curl")
+                .args(["-s", "--max-time", "2", &url])
+                .output()
+                .ok()?;
+            let done: f64 = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("virtrigaud_operator_reconciliations_total "))?
+                .trim()
+                .parse()
+                .ok()?;
+            (done as usize >= migrations).then_some(())
         },
     )
     .await;
