@@ -19,5 +19,7 @@ pub mod status;
 pub mod storage;
 pub mod stream;
 pub mod vmdk;
+#[cfg(feature = "test-doubles")]
+pub mod world_env;
 
 pub use error::{Error, Result};

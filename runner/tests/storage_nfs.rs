@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use crd::{DiskFormat, StorageType};
@@ -47,22 +46,7 @@ impl Server {
             "{} is missing: these tests need the e2e world's NFS server; run `bash e2e/scripts/nfsd-up.sh`",
             file.display()
         );
-        // let bash undo printf %q quoting
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg("set -a; source \"$1\"; env -0")
-            .arg("_")
-            .arg(&file)
-            .output()
-            .expect("bash");
-        assert!(out.status.success(), "sourcing {}", file.display());
-        let env = out
-            .stdout
-            .split(|b| *b == 0)
-            .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
-            .filter(|(k, _)| k.starts_with("VRG_NFS_"))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env = runner::world_env::source(&file, "VRG_NFS_");
         let server = Server { env };
         let addr = format!(
             "{}:{}",

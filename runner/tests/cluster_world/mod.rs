@@ -50,20 +50,7 @@ impl Cluster {
             "{} is missing: these tests run migrations on the e2e world; run `make e2e-up`",
             file.display()
         );
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg("set -a; source \"$1\"; env -0")
-            .arg("_")
-            .arg(&file)
-            .output()
-            .expect("bash");
-        assert!(out.status.success(), "sourcing {}", file.display());
-        let env: HashMap<String, String> = out
-            .stdout
-            .split(|b| *b == 0)
-            .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env: HashMap<String, String> = runner::world_env::source(&file, "");
         let kubeconfig = PathBuf::from(&env["KUBECONFIG"]);
         let kubectl = env
             .get("KUBECTL")

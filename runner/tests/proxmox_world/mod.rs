@@ -56,21 +56,7 @@ impl World {
              `e2e/scripts/endpoints-up.sh && e2e/scripts/pvesim-up.sh`",
             file.display()
         );
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg("set -a; source \"$1\"; env -0")
-            .arg("_")
-            .arg(&file)
-            .output()
-            .expect("bash");
-        assert!(out.status.success(), "sourcing {}", file.display());
-        let env: HashMap<String, String> = out
-            .stdout
-            .split(|b| *b == 0)
-            .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
-            .filter(|(k, _)| k.starts_with("VRG_"))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env: HashMap<String, String> = runner::world_env::source(&file, "VRG_");
         let mut world = World { env, disk_size: 0 };
         let source = VmState::load(&world.data(), world.node(), 100)
             .unwrap_or_else(|e| panic!("the fixture VM 100 is missing ({e}): run pvesim-up.sh"));

@@ -42,21 +42,7 @@ impl World {
             "{} is missing: the vSphere client tests need the e2e world's vcsim; run `make e2e-up`",
             file.display()
         );
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg("set -a; source \"$1\"; env -0")
-            .arg("_")
-            .arg(&file)
-            .output()
-            .expect("bash");
-        assert!(out.status.success(), "sourcing {}", file.display());
-        let env = out
-            .stdout
-            .split(|b| *b == 0)
-            .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
-            .filter(|(k, _)| k.starts_with("VRG_"))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env = runner::world_env::source(&file, "VRG_");
         World { env }
     }
 
