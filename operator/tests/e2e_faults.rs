@@ -1,6 +1,6 @@
 //! Faults of the control plane against the e2e world (`e2e/scripts/world-up.sh`), each undone by
-//! a guard whatever the test's outcome. Every test fails when the world is not up (run
-//! `make e2e-up`).
+//! a guard or by the system itself whatever the test's outcome, one at a time (each breaks what the
+//! others need). Every test fails when the world is not up (run `make e2e-up`).
 
 mod common;
 
@@ -8,9 +8,13 @@ use std::time::Duration;
 
 use common::*;
 use crd::VMMigration;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, PostParams};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
+
+/// One fault at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Scales the webhook back to what the install says, and waits for it, when dropped.
 struct WebhookBack;
@@ -36,6 +40,7 @@ impl Drop for WebhookBack {
 /// with the apiserver naming the webhook, and nothing is created: no object, no Job.
 #[tokio::test]
 async fn webhook_down_refuses_the_apply_and_creates_nothing() {
+    let _one = SERIAL.lock().await;
     let path = kubeconfig();
     installed();
     let c = client(&path).await;
@@ -94,4 +99,92 @@ async fn webhook_down_refuses_the_apply_and_creates_nothing() {
         .collect();
     assert!(names.is_empty(), "migrations in {ns}: {names:?}");
     let _ = kubectl(&["delete", "namespace", ns, "--wait=false"]);
+}
+
+/// The operator killed while a retry waits out its backoff: the new operator keeps the retry time
+/// the status holds (attempt 2 does not start early, none is skipped) and launches exactly one Job
+/// for it.
+#[tokio::test]
+async fn operator_killed_during_a_retry_backoff_keeps_the_backoff_and_launches_one_job() {
+    let _one = SERIAL.lock().await;
+    let path = kubeconfig();
+    installed();
+    let c = client(&path).await;
+    let silent = Silent::start();
+    let ns = "vrg-e2e-backoff-restart";
+    namespace(&c, ns, silent.port).await;
+    let api: Api<VMMigration> = Api::namespaced(c.clone(), ns);
+    api.create(&PostParams::default(), &migration(ns, "m", "40s"))
+        .await
+        .unwrap();
+
+    // attempt 1's runner is lost: attempt 2 is scheduled 40 s out
+    let pod = running_runner_pod(&c, ns, "m", 1).await;
+    Api::<Pod>::namespaced(c.clone(), ns)
+        .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let scheduled = wait_for(
+        "attempt 2 to be scheduled",
+        Duration::from_secs(90),
+        || async {
+            let s = api.get("m").await.unwrap().status?;
+            (s.attempt == Some(2) && s.next_retry_time.is_some()).then_some(s)
+        },
+    )
+    .await;
+    let next = scheduled.next_retry_time.clone().unwrap();
+
+    // kill every operator replica in the backoff
+    let pods: Api<Pod> = Api::namespaced(c.clone(), SYSTEM_NS);
+    let lp = ListParams::default().labels("app.kubernetes.io/name=virtrigaud-operator");
+    let old: Vec<String> = pods
+        .list(&lp)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    for name in &old {
+        pods.delete(name, &DeleteParams::default().grace_period(0))
+            .await
+            .unwrap();
+    }
+    let jobs: Api<Job> = Api::namespaced(c.clone(), ns);
+    assert!(
+        jobs.get_opt("m-a2").await.unwrap().is_none(),
+        "attempt 2 started before its retry time {}",
+        next.0
+    );
+    let new = installed_again(&c, &old).await;
+    first_pass_done(&c, &new).await;
+
+    let job = wait_for("Job m-a2", Duration::from_secs(120), || async {
+        jobs.get_opt("m-a2").await.unwrap()
+    })
+    .await;
+    let created = job.metadata.creation_timestamp.clone().unwrap();
+    assert!(
+        created.0.as_second() >= next.0.as_second() - 1,
+        "attempt 2 started at {} before its retry time {}",
+        created.0,
+        next.0
+    );
+    let names: Vec<String> = jobs
+        .list(&by_migration("m"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|j| j.name_any())
+        .collect();
+    assert_eq!(names, ["m-a1", "m-a2"], "one Job per attempt");
+    let status = api.get("m").await.unwrap().status.unwrap();
+    assert_eq!(status.attempt, Some(2));
+
+    let _ = Api::<Namespace>::all(c)
+        .delete(ns, &DeleteParams::default())
+        .await;
+    silent.refuse();
 }
