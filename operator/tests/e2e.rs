@@ -18,7 +18,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::{Api, ResourceExt};
 
 /// The node is a real kubelet and containerd: the installed pods run from the images with their
@@ -219,21 +219,7 @@ async fn one_job_per_attempt_survives_an_operator_restart_and_the_runner_is_conf
     }
 
     // Restart the operator mid-migration: the new process finds the Job and creates no other.
-    let pods: Api<Pod> = Api::namespaced(c.clone(), SYSTEM_NS);
-    let lp = ListParams::default().labels("app.kubernetes.io/name=virtrigaud-operator");
-    let old: Vec<String> = pods
-        .list(&lp)
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|p| p.name_any())
-        .collect();
-    for name in &old {
-        pods.delete(name, &DeleteParams::default()).await.unwrap();
-    }
-    let new = installed_again(&c, &old).await;
-    first_pass_done(&c, &new).await;
+    restart_operator(&c, 30, || async {}).await;
     let names: Vec<String> = jobs
         .list(&by_migration("m"))
         .await

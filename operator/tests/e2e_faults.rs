@@ -136,29 +136,15 @@ async fn operator_killed_during_a_retry_backoff_keeps_the_backoff_and_launches_o
     let next = scheduled.next_retry_time.clone().unwrap();
 
     // kill every operator replica in the backoff
-    let pods: Api<Pod> = Api::namespaced(c.clone(), SYSTEM_NS);
-    let lp = ListParams::default().labels("app.kubernetes.io/name=virtrigaud-operator");
-    let old: Vec<String> = pods
-        .list(&lp)
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|p| p.name_any())
-        .collect();
-    for name in &old {
-        pods.delete(name, &DeleteParams::default().grace_period(0))
-            .await
-            .unwrap();
-    }
     let jobs: Api<Job> = Api::namespaced(c.clone(), ns);
-    assert!(
-        jobs.get_opt("m-a2").await.unwrap().is_none(),
-        "attempt 2 started before its retry time {}",
-        next.0
-    );
-    let new = installed_again(&c, &old).await;
-    first_pass_done(&c, &new).await;
+    restart_operator(&c, 0, || async {
+        assert!(
+            jobs.get_opt("m-a2").await.unwrap().is_none(),
+            "attempt 2 started before its retry time {}",
+            next.0
+        );
+    })
+    .await;
 
     let job = wait_for("Job m-a2", Duration::from_secs(120), || async {
         jobs.get_opt("m-a2").await.unwrap()

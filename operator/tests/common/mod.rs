@@ -307,6 +307,34 @@ pub async fn installed_again(c: &Client, old: &[String]) -> Pod {
     .await
 }
 
+/// Deletes every operator pod (`grace`: their grace period, 0 to kill), runs `meanwhile` while
+/// none serves, then waits for a replacement that is Ready and has made its first pass over every
+/// migration.
+pub async fn restart_operator<F, Fut>(c: &Client, grace: u32, meanwhile: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let pods: Api<Pod> = Api::namespaced(c.clone(), SYSTEM_NS);
+    let lp = ListParams::default().labels("app.kubernetes.io/name=virtrigaud-operator");
+    let old: Vec<String> = pods
+        .list(&lp)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    for name in &old {
+        pods.delete(name, &DeleteParams::default().grace_period(grace))
+            .await
+            .unwrap();
+    }
+    meanwhile().await;
+    let new = installed_again(c, &old).await;
+    first_pass_done(c, &new).await;
+}
+
 /// Waits until operator pod `pod` has led and run at least as many reconciliations as there are
 /// VMMigrations in the cluster (its `/metrics` counter): its first pass over every migration, which
 /// is when it would launch a Job it found missing, is over.
