@@ -16,7 +16,7 @@ use common::*;
 use crd::VMMigration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -242,29 +242,8 @@ async fn killing_the_runner_pod_yields_attempt_2_after_the_backoff() {
     let path = kubeconfig();
     installed();
     let c = client(&path).await;
-    let silent = Silent::start();
     let ns = "vrg-e2e-retry";
-    namespace(&c, ns, silent.port).await;
-    let api: Api<VMMigration> = Api::namespaced(c.clone(), ns);
-    api.create(&PostParams::default(), &migration(ns, "m", "5s"))
-        .await
-        .unwrap();
-
-    let pod = running_runner_pod(&c, ns, "m", 1).await;
-    Api::<Pod>::namespaced(c.clone(), ns)
-        .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
-        .await
-        .unwrap();
-
-    let status = wait_for(
-        "attempt 2 to be scheduled",
-        Duration::from_secs(90),
-        || async {
-            let s = api.get("m").await.unwrap().status?;
-            (s.attempt == Some(2)).then_some(s)
-        },
-    )
-    .await;
+    let (silent, status) = runner_lost_in_attempt_1(&c, ns, "5s").await;
     assert!(status.last_error.is_some(), "lastError recorded");
     let jobs: Api<Job> = Api::namespaced(c.clone(), ns);
     let job = wait_for("Job m-a2", Duration::from_secs(60), || async {

@@ -110,29 +110,10 @@ async fn operator_killed_during_a_retry_backoff_keeps_the_backoff_and_launches_o
     let path = kubeconfig();
     installed();
     let c = client(&path).await;
-    let silent = Silent::start();
     let ns = "vrg-e2e-backoff-restart";
-    namespace(&c, ns, silent.port).await;
-    let api: Api<VMMigration> = Api::namespaced(c.clone(), ns);
-    api.create(&PostParams::default(), &migration(ns, "m", "40s"))
-        .await
-        .unwrap();
-
     // attempt 1's runner is lost: attempt 2 is scheduled 40 s out
-    let pod = running_runner_pod(&c, ns, "m", 1).await;
-    Api::<Pod>::namespaced(c.clone(), ns)
-        .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
-        .await
-        .unwrap();
-    let scheduled = wait_for(
-        "attempt 2 to be scheduled",
-        Duration::from_secs(90),
-        || async {
-            let s = api.get("m").await.unwrap().status?;
-            (s.attempt == Some(2) && s.next_retry_time.is_some()).then_some(s)
-        },
-    )
-    .await;
+    let (silent, scheduled) = runner_lost_in_attempt_1(&c, ns, "40s").await;
+    let api: Api<VMMigration> = Api::namespaced(c.clone(), ns);
     let next = scheduled.next_retry_time.clone().unwrap();
 
     // kill every operator replica in the backoff

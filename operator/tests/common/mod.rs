@@ -307,6 +307,38 @@ pub async fn installed_again(c: &Client, old: &[String]) -> Pod {
     .await
 }
 
+/// Migration `m` in a fresh namespace `ns` whose runner can never finish (its libvirt endpoint is a
+/// [`Silent`] port), with `backoff` between attempts: attempt 1's runner pod is deleted at once
+/// (grace 0) and this waits until attempt 2 is scheduled. Returns the endpoint (refuse it at the end)
+/// and that status.
+pub async fn runner_lost_in_attempt_1(
+    c: &Client,
+    ns: &str,
+    backoff: &str,
+) -> (Silent, crd::VMMigrationStatus) {
+    let silent = Silent::start();
+    namespace(c, ns, silent.port).await;
+    let api: Api<VMMigration> = Api::namespaced(c.clone(), ns);
+    api.create(&PostParams::default(), &migration(ns, "m", backoff))
+        .await
+        .unwrap();
+    let pod = running_runner_pod(c, ns, "m", 1).await;
+    Api::<Pod>::namespaced(c.clone(), ns)
+        .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let status = wait_for(
+        "attempt 2 to be scheduled",
+        Duration::from_secs(90),
+        || async {
+            let s = api.get("m").await.unwrap().status?;
+            (s.attempt == Some(2)).then_some(s)
+        },
+    )
+    .await;
+    (silent, status)
+}
+
 /// Deletes every operator pod (`grace`: their grace period, 0 to kill), runs `meanwhile` while
 /// none serves, then waits for a replacement that is Ready and has made its first pass over every
 /// migration.
