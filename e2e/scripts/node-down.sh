@@ -50,6 +50,11 @@ if [ -S "$SOCK" ] && ctr -a "$SOCK" version >/dev/null 2>&1; then
   [ -z "$tasks" ] || say "$(echo "$tasks" | wc -w) containers stopped"
 fi
 stop containerd
+# The pod sandboxes' network namespaces containerd's CRI pinned under /run/netns (cni-<uuid>): the world's
+# containerd is the only CRI on the machine (make images-check runs one without CRI).
+for ns in $(ip netns list 2>/dev/null | awk '/^cni-[0-9a-f-]+( |$)/ {print $1}'); do
+  ip netns del "$ns" 2>/dev/null || true
+done
 # Mounts the kubelet and containerd left (tmpfs volumes, rootfs overlays, sandbox /dev/shm), deepest first.
 if [ -d "$DIR" ]; then
   awk -v d="$DIR/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do
