@@ -436,10 +436,7 @@ impl Session {
                 .await
             })
             .await?;
-        Ok(match ok(res)?.obj {
-            Nfs3Option::Some(fh) => Some(fh),
-            Nfs3Option::None => None,
-        })
+        Ok(new_handle(ok(res)?.obj))
     }
 
     /// CREATE `name` in `dir`, failing when it exists (GUARDED), empty, mode [`FILE_MODE`].
@@ -457,10 +454,7 @@ impl Session {
                 .await
             })
             .await?;
-        Ok(match ok(res)?.obj {
-            Nfs3Option::Some(fh) => Some(fh),
-            Nfs3Option::None => None,
-        })
+        Ok(new_handle(ok(res)?.obj))
     }
 
     /// SETATTR the size.
@@ -700,4 +694,12 @@ impl<T> Future for Task<T> {
 /// The file type of `attr` is a directory.
 pub(super) fn is_dir(attr: &fattr3) -> bool {
     attr.type_ == v3::ftype3::NF3DIR
+}
+
+/// The handle a MKDIR or CREATE returned, if the server sent one (it may leave it to a LOOKUP).
+fn new_handle(obj: Nfs3Option<nfs_fh3>) -> Option<nfs_fh3> {
+    match obj {
+        Nfs3Option::Some(fh) => Some(fh),
+        Nfs3Option::None => None,
+    }
 }
