@@ -175,7 +175,9 @@ done
 # Other tags of the project's images go: no pod of the world runs them after the next apply, and each
 # commit's images would otherwise pile up in the node's content store.
 for name in operator webhook runner; do
-  ctr images ls -q | grep "^docker.io/virtrigaud/$name:" | grep -vx "docker.io/virtrigaud/$name:$tag" |
+  # awk, not grep: a fresh node has no other tag, and grep's "no match" status would end the script.
+  ctr images ls -q | awk -v keep="docker.io/virtrigaud/$name:$tag" -v prefix="docker.io/virtrigaud/$name:" \
+    'index($0, prefix) == 1 && $0 != keep' |
     while read -r old; do ctr images rm "$old" >/dev/null && say "image $old removed"; done
 done
 # The tag for e2e/kustomize (a component: the tag changes with every commit).
