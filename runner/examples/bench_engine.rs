@@ -1,8 +1,10 @@
-//! The runner's disk engine on one image, for `bench/run.sh`: convert (qemu-img through
-//! [`runner::disk`]), stage (upload through a [`runner::storage::Stage`], hashing in the same pass),
-//! fetch (download, re-hashing in the same pass) and verify (the download's SHA-256 against the
-//! one recorded at upload). Prints one JSON line with the time of each step, the staged size and
-//! this process's peak RSS.
+//! The runner's disk engine on one image, for `bench/run.sh`, staging a disk as the pipeline does:
+//! the image as it is when the formats match, a streamOptimized VMDK written by the runner's writer
+//! as it is uploaded (no scratch copy), else converted into scratch ([`runner::disk::convert`]) and
+//! uploaded; then fetched (download, re-hashing in the same pass) and verified (the download's
+//! SHA-256 against the one recorded at upload). Prints one JSON line with the time of each step,
+//! the staged size, the scratch bytes each side wrote and this process's peak RSS.
+//! `--convert-only` times the conversion into a file alone.
 //!
 //! ```text
 //! bench_engine --src disk.qcow2 --src-format qcow2 --format vmdk --storage s3 \
@@ -47,6 +49,9 @@ struct Args {
     /// Object key.
     #[arg(long)]
     key: String,
+    /// Only convert into `--work` (no staging): the conversion's time and output size.
+    #[arg(long)]
+    convert_only: bool,
 }
 
 #[tokio::main]
@@ -81,18 +86,63 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for stale in [&converted, &fetched] {
         let _ = std::fs::remove_file(stale);
     }
-
-    let start = Instant::now();
     let source = LocalImage {
         path: args.src.clone(),
         format: args.src_format,
     };
-    runner::disk::convert(&source, args.format, &converted, &Progress::default()).await?;
-    let converted_at = start.elapsed();
 
-    let staged = stage
-        .upload(&args.key, &converted, &Progress::default())
-        .await?;
+    let start = Instant::now();
+    if args.convert_only {
+        runner::disk::convert(&source, args.format, &converted, &Progress::default()).await?;
+        let took = start.elapsed();
+        let bytes = std::fs::metadata(&converted)?.len();
+        std::fs::remove_file(&converted)?;
+        println!(
+            "{{\"convert_s\":{:.3},\"bytes\":{bytes},\"peak_rss_kib\":{}}}",
+            took.as_secs_f64(),
+            peak_rss_kib(Path::new("/proc/self/status")).unwrap_or(0)
+        );
+        return Ok(());
+    }
+    // as the pipeline stages a disk: the export as it is when the formats match, our VMDK
+    // writer streamed into the upload, else a converted copy in scratch
+    let max_len = runner::vmdk::max_len(
+        runner::disk::inspect(&source.path, source.format)
+            .await?
+            .virtual_size,
+    );
+    let streamed = match args.format {
+        f if f == args.src_format => None,
+        DiskFormat::Vmdk if stage.streams(max_len) => {
+            runner::disk::vmdk_body(&source, &Progress::default()).await?
+        }
+        _ => None,
+    };
+    let (staged, converted_at, scratch_upload) = if let Some(body) = &streamed {
+        (
+            stage
+                .upload_body(&args.key, body, &Progress::default())
+                .await?,
+            start.elapsed(),
+            0,
+        )
+    } else {
+        let image = if args.format == args.src_format {
+            source.clone()
+        } else {
+            runner::disk::convert(&source, args.format, &converted, &Progress::default()).await?
+        };
+        let converted_at = start.elapsed();
+        let scratch = if image.path == converted {
+            std::fs::metadata(&converted)?.len()
+        } else {
+            0
+        };
+        let staged = stage
+            .upload(&args.key, &image.path, &Progress::default())
+            .await?;
+        (staged, converted_at, scratch)
+    };
     let uploaded_at = start.elapsed();
 
     // download re-hashes while writing and refuses a mismatch with the recorded SHA-256
@@ -100,18 +150,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .download(&staged, &fetched, &Progress::default())
         .await?;
     let total = start.elapsed();
+    let scratch_download = std::fs::metadata(&fetched)?.len();
 
     stage.delete(&args.key).await?;
     for done in [&converted, &fetched] {
-        std::fs::remove_file(done)?;
+        let _ = std::fs::remove_file(done);
     }
     println!(
         "{{\"convert_s\":{:.3},\"upload_s\":{:.3},\"download_s\":{:.3},\"total_s\":{:.3},\
-         \"staged_bytes\":{},\"sha256\":\"{}\",\"peak_rss_kib\":{}}}",
+         \"streamed\":{},\"staged_bytes\":{},\"sha256\":\"{}\",\"scratch_upload_bytes\":{scratch_upload},\
+         \"scratch_download_bytes\":{scratch_download},\"peak_rss_kib\":{}}}",
         converted_at.as_secs_f64(),
         (uploaded_at - converted_at).as_secs_f64(),
         (total - uploaded_at).as_secs_f64(),
         total.as_secs_f64(),
+        streamed.is_some(),
         staged.size,
         staged.sha256,
         peak_rss_kib(Path::new("/proc/self/status")).unwrap_or(0)

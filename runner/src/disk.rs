@@ -10,6 +10,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crd::DiskFormat;
@@ -20,7 +21,7 @@ use tokio::process::Command;
 
 use crate::progress::Progress;
 use crate::provider::LocalImage;
-use crate::stream::hash_file;
+use crate::stream::{Body, BufferPool, ChunkReader, hash_file};
 use crate::{Error, Result, vmdk};
 
 const QEMU_IMG: &str = "qemu-img";
@@ -314,14 +315,69 @@ pub async fn convert(
     dest: &Path,
     progress: &Progress,
 ) -> Result<LocalImage> {
-    let ours = std::env::var(ENV_VMDK_WRITER).map_or(true, |w| w != "qemu-img");
     if format == DiskFormat::Vmdk
-        && ours
+        && our_vmdk_writer()
         && let Some(source) = vmdk_source(src).await?
     {
         return write_vmdk(source, dest, progress).await;
     }
     convert_with(src, &[], format, dest, progress).await
+}
+
+/// Whether VMDK output is written by [`vmdk::write`] (not qemu-img: [`ENV_VMDK_WRITER`]).
+pub fn our_vmdk_writer() -> bool {
+    std::env::var(ENV_VMDK_WRITER).map_or(true, |w| w != "qemu-img")
+}
+
+/// `image` converted to a streamOptimized VMDK while it is uploaded: a [`Body`] that runs
+/// [`vmdk::write`] afresh for every try, so no converted copy ever lands in scratch. `guest` counts
+/// the guest bytes converted. `None` where [`convert`] would need qemu-img (see [`vmdk_source`]).
+pub async fn vmdk_body(image: &LocalImage, guest: &Progress) -> Result<Option<VmdkBody>> {
+    if !our_vmdk_writer() {
+        return Ok(None);
+    }
+    Ok(vmdk_source(image).await?.map(|source| VmdkBody {
+        source: Arc::new(source),
+        image: image.path.clone(),
+        guest: guest.clone(),
+    }))
+}
+
+/// See [`vmdk_body`].
+pub struct VmdkBody {
+    source: Arc<vmdk::Source>,
+    image: PathBuf,
+    guest: Progress,
+}
+
+impl Body for VmdkBody {
+    fn describe(&self) -> String {
+        format!("{} as streamOptimized VMDK", self.image.display())
+    }
+
+    fn exact_len(&self) -> Option<u64> {
+        None
+    }
+
+    fn max_len(&self) -> u64 {
+        vmdk::max_len(self.source.size())
+    }
+
+    fn open(&self, pool: BufferPool, progress: Progress) -> ChunkReader {
+        let (source, guest) = (self.source.clone(), self.guest.clone());
+        guest.set_done(0);
+        ChunkReader::produce(pool, progress, move |out| {
+            let written = vmdk::write(&source, out, vmdk::Options::default(), &guest)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            tracing::debug!(
+                "streamed a streamOptimized VMDK ({} grains, {} stored uncompressed, {} bytes)",
+                written.grains,
+                written.stored,
+                written.bytes
+            );
+            Ok(())
+        })
+    }
 }
 
 /// The guest content of `image` for [`vmdk::write`]: a raw image as it is, a qcow2 image through

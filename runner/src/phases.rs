@@ -522,7 +522,8 @@ impl Pipeline {
         }
     }
 
-    /// Scratch bytes the largest disk needs: the export, a converted copy, and (deleteSource) a raw
+    /// Scratch bytes the largest disk needs: the export, a converted copy (none when the conversion
+    /// streams into staging), and (deleteSource) a raw
     /// copy for the guest-visible hash, and the target's disk read back with its raw copy.
     fn scratch_needed(&self, disks: &[Disk], format: DiskFormat) -> u64 {
         let reads_back = self.plan.cleanup_policy.delete_source;
@@ -533,7 +534,9 @@ impl Pipeline {
                 let copies = if d.imported {
                     2
                 } else {
-                    1 + u64::from(d.source.format != format)
+                    let converted_copy = d.source.format != format
+                        && !self.streams_vmdk(format, d.source.virtual_size);
+                    1 + u64::from(converted_copy)
                         + u64::from(reads_back && d.source.format != DiskFormat::Raw)
                 };
                 let copies = if reads_back { copies.max(2) } else { copies };
@@ -774,11 +777,86 @@ impl Pipeline {
         if self.plan.cleanup_policy.delete_source {
             w.disks[i].guest_sha256 = Some(disk::guest_sha256(&exported, &w.dir).await?);
         }
-        let image = self.convert_one(w, i, &label, exported).await?;
         let guest = w.disks[i].guest_sha256.clone();
-        let object = self.upload_one(&d, i, &label, &image, guest).await?;
+        let object = match self.streamed_conversion(w, i, &exported).await? {
+            Some((body, counter)) => {
+                let object = self
+                    .convert_into_stage(w, i, &label, &exported, &body, &counter)
+                    .await?;
+                remove(&exported.path).await;
+                object
+            }
+            None => {
+                let image = self.convert_one(w, i, &label, exported).await?;
+                self.upload_one(&d, i, &label, &image).await?
+            }
+        };
+        self.record_staged(&d, &object, guest).await?;
         w.disks[i].staged = Some(object);
         Ok(())
+    }
+
+    /// Whether the converted disk is streamed into staging as it is written (our VMDK writer, on a
+    /// stage that takes a body of that size): the body and its guest-bytes counter.
+    async fn streamed_conversion(
+        &self,
+        w: &Work,
+        i: usize,
+        exported: &LocalImage,
+    ) -> Result<Option<(disk::VmdkBody, Progress)>> {
+        let size = w.disks[i].source.virtual_size;
+        if exported.format == w.format || !self.streams_vmdk(w.format, size) {
+            return Ok(None);
+        }
+        let counter = Progress::new(0);
+        Ok(disk::vmdk_body(exported, &counter)
+            .await?
+            .map(|body| (body, counter)))
+    }
+
+    /// Whether a disk of `size` bytes converted to `format` goes straight into staging.
+    fn streams_vmdk(&self, format: DiskFormat, size: u64) -> bool {
+        format == DiskFormat::Vmdk
+            && disk::our_vmdk_writer()
+            && self.stage.streams(crate::vmdk::max_len(size))
+    }
+
+    /// Converting and Transferring of disk `i` at once: the VMDK writer's output uploaded as it
+    /// is written, no converted copy in scratch.
+    async fn convert_into_stage(
+        &mut self,
+        w: &Work,
+        i: usize,
+        label: &str,
+        exported: &LocalImage,
+        body: &disk::VmdkBody,
+        counter: &Progress,
+    ) -> Result<StagedObject> {
+        let d = &w.disks[i];
+        self.enter(
+            Phase::Converting,
+            format!(
+                "Converting {label} ({}) from {} to {}, streamed into {}",
+                d.source.name,
+                exported.format,
+                w.format,
+                self.stage.describe()
+            ),
+        )
+        .await?;
+        counter.set_total(d.source.virtual_size);
+        let (stage, key) = (&*self.stage, d.key.as_str());
+        let object = watch(
+            &mut self.status,
+            &mut self.overall,
+            (i, Step::Convert),
+            ("Converting", label),
+            counter,
+            stage.upload_body(key, body, &Progress::default()),
+        )
+        .await?;
+        self.overall.set(i, Step::Upload, 1.0);
+        Ok(object)
     }
 
     /// Exporting of disk `i` into scratch, checked with qemu-img.
@@ -858,14 +936,13 @@ impl Pipeline {
         Ok(converted)
     }
 
-    /// Transferring of disk `d` (index `i`) to staging; records the staged object in the status.
+    /// Transferring of disk `d` (index `i`) to staging.
     async fn upload_one(
         &mut self,
         d: &Disk,
         i: usize,
         label: &str,
         image: &LocalImage,
-        guest_sha256: Option<String>,
     ) -> Result<StagedObject> {
         self.enter(
             Phase::Transferring,
@@ -898,6 +975,18 @@ impl Pipeline {
                 ),
             ));
         }
+        Ok(object)
+    }
+
+    /// Records the staged object of disk `d` in the status (`guest_sha256`: its guest-visible
+    /// hash, for deleteSource).
+    async fn record_staged(
+        &mut self,
+        d: &Disk,
+        object: &StagedObject,
+        guest_sha256: Option<String>,
+    ) -> Result<()> {
+        let bytes = object.size;
         let mut entry = self
             .status
             .disk(&d.source.name)
@@ -917,7 +1006,7 @@ impl Pipeline {
             human_bytes(bytes),
             object.sha256
         );
-        Ok(object)
+        Ok(())
     }
 
     /// Closes Exporting, Converting and Transferring once every disk is staged.

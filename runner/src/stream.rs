@@ -383,6 +383,11 @@ impl ChunkReader {
         self.rx.recv().await
     }
 
+    /// [`ChunkReader::next`] for blocking threads.
+    pub fn blocking_next(&mut self) -> Option<io::Result<Bytes>> {
+        self.rx.blocking_recv()
+    }
+
     /// The chunks as a stream (for a request body), and the thread that yields the tally at the end.
     pub fn into_parts(
         self,
@@ -400,6 +405,138 @@ impl ChunkReader {
     pub async fn finish(self) -> io::Result<(u64, String)> {
         drop(self.rx);
         Ok(self.thread.await.map_err(io::Error::other)??.finish())
+    }
+}
+
+impl ChunkReader {
+    /// Runs `produce` on a blocking thread with a writer whose bytes are hashed and handed out as
+    /// chunks the size of `pool`'s buffers (the last one shorter): a conversion's output read as it
+    /// is written, never whole in memory. The tally counts the produced bytes into `progress`.
+    pub fn produce<F>(pool: BufferPool, progress: Progress, produce: F) -> Self
+    where
+        F: FnOnce(&mut ChunkWriter) -> io::Result<()> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(pool.inner.available.available_permits().max(1));
+        let thread = tokio::task::spawn_blocking(move || {
+            let mut writer = ChunkWriter {
+                pool,
+                buf: None,
+                tx: tx.clone(),
+                tally: Tally::new(progress),
+            };
+            let produced = produce(&mut writer).and_then(|()| writer.send_current());
+            match produced {
+                Ok(()) => Ok(writer.tally),
+                // the consumer stopped early (its request failed): it reports that
+                Err(_) if tx.is_closed() => Ok(writer.tally),
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
+                    Err(e)
+                }
+            }
+        });
+        ChunkReader { rx, thread }
+    }
+}
+
+/// The writer [`ChunkReader::produce`] hands its producer: fills pooled buffers through the hash and
+/// sends each one when full. Writing waits for a free buffer, so a slow consumer slows the producer
+/// instead of growing memory.
+pub struct ChunkWriter {
+    pool: BufferPool,
+    buf: Option<PooledBuf>,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    tally: Tally,
+}
+
+impl ChunkWriter {
+    fn send_current(&mut self) -> io::Result<()> {
+        let Some(buf) = self.buf.take().filter(|b| !b.is_empty()) else {
+            return Ok(());
+        };
+        self.tally.update(&buf);
+        self.tx
+            .blocking_send(Ok(buf.freeze()))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the consumer stopped"))
+    }
+}
+
+impl io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.tx.is_closed() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the consumer stopped",
+            ));
+        }
+        let size = self.pool.size();
+        let buf = self.buf.get_or_insert_with(|| self.pool.take_blocking());
+        let n = data.len().min(size - buf.len());
+        buf.extend_from_slice(&data[..n]);
+        if buf.len() == size {
+            self.send_current()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Bytes to upload, produced afresh for every try: a file, or a conversion's output as it is
+/// written ([`ChunkReader::produce`]).
+pub trait Body: Send + Sync {
+    /// What is read, for messages: a path, or `vda converted to vmdk`.
+    fn describe(&self) -> String;
+
+    /// The exact length, when known before reading (a file); `None` for a conversion's output.
+    fn exact_len(&self) -> Option<u64>;
+
+    /// At most this many bytes come (sizes multipart uploads).
+    fn max_len(&self) -> u64;
+
+    /// Starts producing the bytes in chunks of `pool`'s buffer size, hashed, counted into
+    /// `progress`.
+    fn open(&self, pool: BufferPool, progress: Progress) -> ChunkReader;
+}
+
+/// A file as a [`Body`].
+#[derive(Clone, Debug)]
+pub struct FileBody {
+    path: PathBuf,
+    len: u64,
+}
+
+impl FileBody {
+    /// The file at `path`, with its current length.
+    pub async fn new(path: &Path) -> Result<Self> {
+        let len = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+            .len();
+        Ok(FileBody {
+            path: path.to_path_buf(),
+            len,
+        })
+    }
+}
+
+impl Body for FileBody {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn exact_len(&self) -> Option<u64> {
+        Some(self.len)
+    }
+
+    fn max_len(&self) -> u64 {
+        self.len
+    }
+
+    fn open(&self, pool: BufferPool, progress: Progress) -> ChunkReader {
+        ChunkReader::open(&self.path, pool, progress)
     }
 }
 
@@ -642,5 +779,45 @@ mod tests {
         let mut missing = ChunkReader::open(&dir.path().join("nope"), pool, Progress::default());
         assert!(missing.next().await.unwrap().is_err());
         assert!(missing.finish().await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_producer_is_cut_into_chunks_hashed_and_bounded_by_the_pool() {
+        let progress = Progress::default();
+        // writes of 1 byte, then 4: chunks of the pool's size whatever the writes' sizes
+        let mut reader = ChunkReader::produce(BufferPool::new(2, 2), progress.clone(), |out| {
+            out.write_all(b"a")?;
+            out.write_all(b"bc")
+        });
+        let mut chunks = Vec::new();
+        while let Some(chunk) = reader.next().await {
+            chunks.push(chunk.unwrap());
+        }
+        assert_eq!(chunks, [&b"ab"[..], &b"c"[..]]);
+        assert_eq!(reader.finish().await.unwrap(), (3, ABC.to_string()));
+        assert_eq!(progress.done(), 3);
+
+        // a producer's error reaches the consumer
+        let mut failing = ChunkReader::produce(BufferPool::new(2, 2), Progress::default(), |out| {
+            out.write_all(b"abc")?;
+            Err(io::Error::other("qemu-img died"))
+        });
+        let mut seen = Vec::new();
+        while let Some(chunk) = failing.next().await {
+            seen.push(chunk.map_err(|e| e.to_string()));
+        }
+        assert_eq!(seen.last().unwrap(), &Err("qemu-img died".to_string()));
+        assert!(failing.finish().await.is_err());
+
+        // a consumer that stops ends the producer instead of blocking it on a full pool
+        let stopped = ChunkReader::produce(BufferPool::new(1, 2), Progress::default(), |out| {
+            for _ in 0..1000 {
+                out.write_all(b"abcd")?;
+            }
+            Ok(())
+        });
+        let done = tokio::time::timeout(std::time::Duration::from_secs(10), stopped.finish());
+        let (bytes, _) = done.await.expect("the producer stopped").unwrap();
+        assert!(bytes < 4000, "{bytes} bytes produced for nobody");
     }
 }

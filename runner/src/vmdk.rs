@@ -176,6 +176,20 @@ fn data_extents(file: &File, size: u64) -> std::io::Result<Vec<Extent>> {
     Ok(extents)
 }
 
+/// The most bytes [`write`] writes for a disk of `size` bytes: every grain stored (its marker and a
+/// zlib stream of stored blocks, padded to a sector), plus the tables, directory, footer and headers.
+pub fn max_len(size: u64) -> u64 {
+    let grains = size.div_ceil(GRAIN);
+    let tables = grains.div_ceil(GTES);
+    let directory = (tables * 4).div_ceil(SECTOR) * SECTOR;
+    OVERHEAD * SECTOR
+        + grains * (GRAIN + SECTOR)
+        + tables * (SECTOR + GTES * 4)
+        + SECTOR
+        + directory
+        + 3 * SECTOR
+}
+
 /// How grains are compressed.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {

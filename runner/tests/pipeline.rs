@@ -132,6 +132,18 @@ async fn explicit_target_disk_format_overrides_the_native_one() {
     }
     let converted = condition(&rec.last(), "Converted").message.clone().unwrap();
     assert_eq!(converted, "2 disks converted to vmdk");
+    // the runner's VMDK writer streams into staging: no converted copy was ever written to scratch
+    let streamed = rec
+        .writes()
+        .iter()
+        .filter_map(|s| s.message.clone())
+        .filter(|m| m.starts_with("Converting") && m.contains("to vmdk, streamed into"))
+        .count();
+    assert!(
+        streamed >= 2,
+        "each disk's conversion streamed into the stage"
+    );
+    assert_eq!(w.stage.calls("upload", ".vmdk"), 2, "one upload per disk");
 }
 
 #[tokio::test]

@@ -226,3 +226,14 @@ async fn metadata_address_is_refused() {
     .unwrap_err();
     assert!(matches!(err, Error::ForbiddenEndpoint(_)), "{err}");
 }
+
+#[tokio::test]
+async fn a_conversion_streams_into_a_chunked_put() {
+    let nginx = Nginx::start();
+    let stage = stage(&nginx.http_url(), &nginx.token_credentials()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = "team-a/web-01/vda.vmdk";
+    let staged = storage_support::streamed_vmdk_round_trip(&stage, key, dir.path()).await;
+    assert_eq!(storage_support::sha256_of(&nginx.file(key)), staged.sha256);
+    assert_eq!(stage.stat(key).await.unwrap(), Some(staged));
+}

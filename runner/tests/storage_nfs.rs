@@ -440,3 +440,16 @@ async fn throughput_of_one_gib() {
     );
     stage.delete(&key).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_conversion_streams_through_the_server() {
+    let server = Server::load();
+    let stage = server.stage().await;
+    let ns = namespace("streamed");
+    let dir = tempfile::tempdir().unwrap();
+    let key = object_key(&ns, "web-01", "vda", DiskFormat::Vmdk);
+    let staged = storage_support::streamed_vmdk_round_trip(&stage, &key, dir.path()).await;
+    assert_eq!(sha256_of(&server.dir().join(&key)), staged.sha256);
+    assert_eq!(stage.stat(&key).await.unwrap(), Some(staged));
+    stage.delete(&key).await.unwrap();
+}

@@ -431,3 +431,19 @@ async fn opened_from_the_spec_through_the_factory() {
     assert_eq!(staged.url, "s3://vm-migrations/staging/ns/m/d.raw");
     assert!(server.object_path("staging/ns/m/d.raw").exists());
 }
+
+#[tokio::test]
+async fn a_conversion_streams_into_a_multipart_upload() {
+    let server = S3Server::start();
+    let stage = stage(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = object_key("team-a", "web-01", "vda", DiskFormat::Vmdk);
+    let staged = storage_support::streamed_vmdk_round_trip(&stage, &key, dir.path()).await;
+    assert_eq!(sha256_of(&server.object_path(&key)), staged.sha256);
+    assert_eq!(stage.stat(&key).await.unwrap(), Some(staged));
+    assert_eq!(
+        server.stored_parts(),
+        0,
+        "the multipart upload was completed"
+    );
+}

@@ -2,7 +2,8 @@
 //! (nginx or Apache WebDAV, a presigned-URL gateway...). Credentials: a bearer `token`, or
 //! `username` and `password` (basic auth); a custom CA in `ca.crt`.
 //!
-//! Uploads stream the file as the request body, hashed as it is read; a server without
+//! Uploads stream the file, or a conversion's output as it is written (chunked), as the request
+//! body, hashed as it is read; a server without
 //! `create_full_put_path` that answers `409 Conflict` gets the missing collections created with
 //! `MKCOL`. Downloads continue an earlier partial file with `Range: bytes=<n>-`.
 
@@ -23,7 +24,7 @@ use super::{
 use crate::credentials::Credentials;
 use crate::error::with_retries;
 use crate::progress::Progress;
-use crate::stream::{BufferPool, CHUNK, ChunkReader, FileSink, Tally};
+use crate::stream::{Body, BufferPool, CHUNK, FileBody, FileSink, Tally};
 use crate::{Error, Result};
 
 /// Chunks read ahead of the network on upload.
@@ -201,39 +202,33 @@ impl HttpStage {
         }
     }
 
-    /// PUTs the file at `src`, hashed while it is read. `Ok(None)` when the server answers
-    /// `409 Conflict` (a parent collection is missing).
-    async fn put_file(
+    /// PUTs what `body` produces, hashed as it is read: with its `Content-Length` when known, else
+    /// chunked. The size and SHA-256; `Ok(None)` when the server answers `409 Conflict` (a parent
+    /// collection is missing).
+    async fn put_body(
         &self,
         key: &str,
-        src: &Path,
-        size: u64,
+        body: &dyn Body,
         progress: &Progress,
-    ) -> Result<Option<String>> {
+    ) -> Result<Option<(u64, String)>> {
         let url = self.url(key)?;
         let what = format!("PUT {key}");
         progress.set_done(0);
-        // a reader thread hashes ahead of the network by at most READ_AHEAD chunks
+        // a producing thread hashes ahead of the network by at most READ_AHEAD chunks
         let pool = BufferPool::new(READ_AHEAD + 1, CHUNK);
-        let (chunks, reader) = ChunkReader::open(src, pool, progress.clone()).into_parts();
-        let body = reqwest::Body::wrap_stream(chunks);
+        let (chunks, reader) = body.open(pool, progress.clone()).into_parts();
+        let mut request = self.request(Method::PUT, url);
+        if let Some(len) = body.exact_len() {
+            request = request.header(CONTENT_LENGTH, len);
+        }
         let sent = self
-            .send(
-                &what,
-                self.request(Method::PUT, url)
-                    .header(CONTENT_LENGTH, size)
-                    .body(body),
-            )
+            .send(&what, request.body(reqwest::Body::wrap_stream(chunks)))
             .await;
+        let reading = || format!("reading {}", body.describe());
         let read = reader
             .await
-            .map_err(|e| {
-                Error::io(
-                    format!("reading {}", src.display()),
-                    std::io::Error::other(e),
-                )
-            })?
-            .map_err(|e| Error::io(format!("reading {}", src.display()), e))
+            .map_err(|e| Error::io(reading(), std::io::Error::other(e)))?
+            .map_err(|e| Error::io(reading(), e))
             .map(Tally::finish);
         let response = sent?;
         let status = response.status();
@@ -244,13 +239,13 @@ impl HttpStage {
             return Err(self.status_error(&what, status));
         }
         let (read_size, sha256) = read?;
-        if read_size != size {
+        if let Some(len) = body.exact_len().filter(|&len| len != read_size) {
             return Err(Error::Invalid(format!(
-                "{} changed size while it was uploaded ({size} -> {read_size} bytes)",
-                src.display()
+                "{} changed size while it was uploaded ({len} -> {read_size} bytes)",
+                body.describe()
             )));
         }
-        Ok(Some(sha256))
+        Ok(Some((read_size, sha256)))
     }
 
     /// PUTs a small in-memory body.
@@ -462,19 +457,21 @@ impl Stage for HttpStage {
     }
 
     async fn upload(&self, key: &str, src: &Path, progress: &Progress) -> Result<StagedObject> {
-        let url = self.url(key)?;
-        let size = tokio::fs::metadata(src)
+        self.upload_body(key, &FileBody::new(src).await?, progress)
             .await
-            .map_err(|e| Error::io(format!("reading {}", src.display()), e))?
-            .len();
+    }
+
+    async fn upload_body(
+        &self,
+        key: &str,
+        body: &dyn Body,
+        progress: &Progress,
+    ) -> Result<StagedObject> {
+        let url = self.url(key)?;
         let label = format!("{}: PUT {key}", self.system());
-        let put = || {
-            with_retries(&label, self.attempts, || {
-                self.put_file(key, src, size, progress)
-            })
-        };
-        let sha256 = match put().await? {
-            Some(sha) => sha,
+        let put = || with_retries(&label, self.attempts, || self.put_body(key, body, progress));
+        let (size, sha256) = match put().await? {
+            Some(done) => done,
             None => {
                 self.make_collections(key).await?;
                 put()

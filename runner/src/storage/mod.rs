@@ -28,7 +28,7 @@ pub use s3::S3Stage;
 use crate::credentials::Credentials;
 use crate::endpoint::Guard;
 use crate::progress::Progress;
-use crate::stream::Tally;
+use crate::stream::{Body, Tally};
 use crate::{Error, Result};
 
 /// Credential scope of the storage Secret's values (`storage.accessKey`, `storage.token`...).
@@ -128,6 +128,21 @@ pub trait Stage: Send + Sync {
     /// Uploads the file at `src` to `key`, hashing while reading, resuming an interrupted upload of
     /// the same file where the backend can. Records the SHA-256 with the object.
     async fn upload(&self, key: &str, src: &Path, progress: &Progress) -> Result<StagedObject>;
+
+    /// Uploads what `body` produces to `key` as it is produced: a conversion streamed into staging
+    /// without a scratch copy. A failed try starts `body` over. Records the SHA-256 with the object.
+    async fn upload_body(
+        &self,
+        key: &str,
+        body: &dyn Body,
+        progress: &Progress,
+    ) -> Result<StagedObject>;
+
+    /// Whether [`Stage::upload_body`] takes a body of unknown length up to `max_len` bytes with
+    /// memory bounded (S3: its parts must fit in memory).
+    fn streams(&self, _max_len: u64) -> bool {
+        true
+    }
 
     /// Downloads `object` into `dest`, hashing while writing; a hash that differs from
     /// `object.sha256` is [`crate::Error::ChecksumMismatch`] and `dest` is removed.

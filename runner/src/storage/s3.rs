@@ -63,7 +63,7 @@ use super::{
 use crate::credentials::Credentials;
 use crate::error::with_retries;
 use crate::progress::Progress;
-use crate::stream::{BufferPool, CHUNK, ChunkReader, FileSink, HashingReader};
+use crate::stream::{Body, BufferPool, CHUNK, ChunkReader, FileSink, HashingReader};
 use crate::{Error, Result};
 
 const MIB: u64 = 1 << 20;
@@ -76,6 +76,10 @@ pub const MAX_PARTS: u64 = 9000;
 pub const CONCURRENCY: usize = 4;
 /// Largest part kept in memory between reading and sending (larger ones are sent from the file).
 pub const MAX_BUFFERED_PART: u64 = 8 * MIB;
+/// Largest part of a streamed upload (whose parts are held in memory): bodies up to ~280 GiB.
+pub const MAX_STREAMED_PART: u64 = 32 * MIB;
+/// Memory for the parts of a streamed upload, when parts are large (at least three parts).
+const STREAM_BUFFER: u64 = 64 * MIB;
 /// Size of one ranged GET.
 pub const RANGE_SIZE: u64 = 8 * MIB;
 /// How long a presigned GET URL is valid.
@@ -367,8 +371,22 @@ impl S3Stage {
             };
             self.put_multipart(plan, src, progress).await?
         };
-        let side = sidecar_key(&full);
-        let body = Bytes::from(sidecar_body(&sha256, &full));
+        self.put_sidecar(&full, &sha256).await?;
+        Ok((
+            StagedObject {
+                key: key.to_string(),
+                url: self.url(&full),
+                size,
+                sha256,
+            },
+            report,
+        ))
+    }
+
+    /// Records `sha256` as the checksum of the object `full`.
+    async fn put_sidecar(&self, full: &str, sha256: &str) -> Result<()> {
+        let side = sidecar_key(full);
+        let body = Bytes::from(sidecar_body(sha256, full));
         with_retries(&self.label("PUT", &side), self.attempts, || async {
             self.client
                 .put_object()
@@ -380,16 +398,129 @@ impl S3Stage {
                 .await
                 .map_err(|e| self.error(&format!("PUT {side}"), e))
         })
-        .await?;
-        Ok((
-            StagedObject {
-                key: key.to_string(),
-                url: self.url(&full),
-                size,
-                sha256,
+        .await
+        .map(drop)
+    }
+
+    /// Starts a multipart upload of `full`: its id.
+    async fn create_upload(&self, full: &str) -> Result<String> {
+        let created = with_retries(
+            &self.label("CreateMultipartUpload", full),
+            self.attempts,
+            || async {
+                self.client
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(full)
+                    .send()
+                    .await
+                    .map_err(|e| self.error(&format!("CreateMultipartUpload {full}"), e))
             },
-            report,
-        ))
+        )
+        .await?;
+        match created.upload_id() {
+            Some(id) if !id.is_empty() => Ok(id.to_string()),
+            _ => Err(Error::Invalid(format!(
+                "{}: CreateMultipartUpload {full} returned no upload id",
+                self.system()
+            ))),
+        }
+    }
+
+    /// Drops the parts of an upload that will not be completed.
+    async fn abort_upload(&self, plan: &UploadPlan) {
+        let _ = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&plan.key)
+            .upload_id(&plan.upload_id)
+            .send()
+            .await;
+    }
+
+    /// One try of a streamed upload: a multipart upload whose parts are cut from `body` as it is
+    /// produced (each part one pooled buffer, a few in flight); a failure aborts it, and the next
+    /// try produces the body again.
+    async fn put_stream(
+        &self,
+        full: &str,
+        body: &dyn Body,
+        progress: &Progress,
+    ) -> Result<(u64, String)> {
+        let part = part_size(body.max_len());
+        let mut plan = UploadPlan {
+            bucket: self.bucket.clone(),
+            key: full.to_string(),
+            size: body.max_len(),
+            part_size: part,
+            mtime_ns: 0,
+            upload_id: self.create_upload(full).await?,
+        };
+        let sent = self.send_stream_parts(&mut plan, body, progress).await;
+        if sent.is_err() {
+            self.abort_upload(&plan).await;
+        }
+        sent
+    }
+
+    async fn send_stream_parts(
+        &self,
+        plan: &mut UploadPlan,
+        body: &dyn Body,
+        progress: &Progress,
+    ) -> Result<(u64, String)> {
+        progress.set_done(0);
+        // the parts in flight, one waiting, one being produced
+        let buffers = (STREAM_BUFFER / plan.part_size).clamp(3, CONCURRENCY as u64 + 2) as usize;
+        let mut reader = body.open(
+            BufferPool::new(buffers, plan.part_size as usize),
+            progress.clone(),
+        );
+        let read_error = |e| Error::io(format!("reading {}", body.describe()), e);
+        let slots = Arc::new(Semaphore::new(buffers - 2));
+        let mut tasks: JoinSet<Result<(i32, String)>> = JoinSet::new();
+        let mut completed: Vec<(i32, String)> = Vec::new();
+        let mut number = 0i32;
+        loop {
+            let permit = slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            while let Some(done) = tasks.try_join_next() {
+                completed.push(joined(done)?);
+            }
+            let data = match reader.next().await {
+                Some(chunk) => chunk.map_err(read_error)?,
+                // S3 completes no upload without a part: an empty body is one empty part
+                None if number == 0 => Bytes::new(),
+                None => break,
+            };
+            number += 1;
+            if number as u64 > MAX_PARTS {
+                return Err(Error::Invalid(format!(
+                    "{} grew past {} parts of {} bytes",
+                    body.describe(),
+                    MAX_PARTS,
+                    plan.part_size
+                )));
+            }
+            let (stage, part, body) = (self.clone(), plan.clone(), PartBody::Memory(data));
+            tasks.spawn(async move {
+                let etag = stage.upload_part(&part, number, &body).await?;
+                drop(permit);
+                Ok((number, etag))
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            completed.push(joined(done)?);
+        }
+        let (read, sha256) = reader.finish().await.map_err(read_error)?;
+        plan.size = read;
+        completed.sort_by_key(|(n, _)| *n);
+        self.complete(plan, completed).await?;
+        Ok((read, sha256))
     }
 
     fn label(&self, verb: &str, key: &str) -> String {
@@ -449,28 +580,7 @@ impl S3Stage {
         let journal_path = journal_path(src);
         let (resumed, mut held) = self.find_resumable(&mut plan, &journal_path).await?;
         if !resumed {
-            let full = plan.key.clone();
-            let created = with_retries(
-                &self.label("CreateMultipartUpload", &full),
-                self.attempts,
-                || async {
-                    self.client
-                        .create_multipart_upload()
-                        .bucket(&self.bucket)
-                        .key(&full)
-                        .send()
-                        .await
-                        .map_err(|e| self.error(&format!("CreateMultipartUpload {full}"), e))
-                },
-            )
-            .await?;
-            plan.upload_id = created.upload_id().unwrap_or_default().to_string();
-            if plan.upload_id.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "{}: CreateMultipartUpload {full} returned no upload id",
-                    self.system()
-                )));
-            }
+            plan.upload_id = self.create_upload(&plan.key).await?;
             held.clear();
         }
         let journal = Journal::open(&journal_path, &plan, resumed);
@@ -485,14 +595,7 @@ impl S3Stage {
             }
             Err(e) if !e.is_retryable() => {
                 // nothing to resume after a terminal failure: leave no parts behind
-                let _ = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(&plan.key)
-                    .upload_id(&plan.upload_id)
-                    .send()
-                    .await;
+                self.abort_upload(&plan).await;
                 let _ = std::fs::remove_file(&journal_path);
                 Err(e)
             }
@@ -988,6 +1091,31 @@ impl Stage for S3Stage {
 
     async fn upload(&self, key: &str, src: &Path, progress: &Progress) -> Result<StagedObject> {
         Ok(self.upload_with_report(key, src, progress).await?.0)
+    }
+
+    async fn upload_body(
+        &self,
+        key: &str,
+        body: &dyn Body,
+        progress: &Progress,
+    ) -> Result<StagedObject> {
+        let full = self.full_key(key)?;
+        let label = self.label("streamed upload", &full);
+        let (size, sha256) = with_retries(&label, self.attempts, || {
+            self.put_stream(&full, body, progress)
+        })
+        .await?;
+        self.put_sidecar(&full, &sha256).await?;
+        Ok(StagedObject {
+            key: key.to_string(),
+            url: self.url(&full),
+            size,
+            sha256,
+        })
+    }
+
+    fn streams(&self, max_len: u64) -> bool {
+        part_size(max_len) <= MAX_STREAMED_PART
     }
 
     async fn download(

@@ -17,6 +17,7 @@ use runner::progress::Progress;
 use runner::provider::file::{DiskFile, FileProvider, VmFile};
 use runner::status::{Recorder, StatusWriter};
 use runner::storage::{NfsStage, Stage, StagedObject};
+use runner::stream::Body;
 use runner::{Error, Result};
 
 /// Name of the source VM every world defines.
@@ -89,6 +90,22 @@ impl TestStage {
         Some(faults.remove(i))
     }
 
+    /// Counts an upload (of a file or a streamed body) and plays the faults injected for it.
+    async fn before_upload(&self, key: &str, progress: &Progress) -> Result<()> {
+        self.count("upload", key);
+        if self
+            .take(|f| matches!(f, Fault::FailUpload(s) if key.ends_with(s.as_str())))
+            .is_some()
+        {
+            return Err(Error::transient("test stage", "503 Service Unavailable"));
+        }
+        if self.take(|f| *f == Fault::StallUpload).is_some() {
+            progress.set_done(forty_five_percent(progress.total()));
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+        }
+        Ok(())
+    }
+
     /// Files (objects and sidecars) the stage holds.
     pub fn objects(&self) -> Vec<PathBuf> {
         files_under(&self.root)
@@ -109,18 +126,17 @@ impl Stage for TestStage {
         self.inner.stat(key).await
     }
     async fn upload(&self, key: &str, src: &Path, progress: &Progress) -> Result<StagedObject> {
-        self.count("upload", key);
-        if self
-            .take(|f| matches!(f, Fault::FailUpload(s) if key.ends_with(s.as_str())))
-            .is_some()
-        {
-            return Err(Error::transient("test stage", "503 Service Unavailable"));
-        }
-        if self.take(|f| *f == Fault::StallUpload).is_some() {
-            progress.set_done(forty_five_percent(progress.total()));
-            tokio::time::sleep(Duration::from_millis(2500)).await;
-        }
+        self.before_upload(key, progress).await?;
         self.inner.upload(key, src, progress).await
+    }
+    async fn upload_body(
+        &self,
+        key: &str,
+        body: &dyn Body,
+        progress: &Progress,
+    ) -> Result<StagedObject> {
+        self.before_upload(key, progress).await?;
+        self.inner.upload_body(key, body, progress).await
     }
     async fn download(
         &self,

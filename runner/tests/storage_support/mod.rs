@@ -393,3 +393,79 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+/// A raw disk of 48 MiB holding 24 MiB of random data in three extents (holes between and after):
+/// its streamOptimized VMDK is more than one 8 MiB S3 part.
+pub fn sparse_raw_disk(path: &Path, seed: u64) {
+    const MIB: u64 = 1 << 20;
+    let chunk = path.with_extension("chunk");
+    let mut out = std::fs::File::create(path).unwrap();
+    out.set_len(48 * MIB).unwrap();
+    for (i, at) in [0u64, 17, 33].into_iter().enumerate() {
+        random_file(&chunk, 8 * MIB, seed + i as u64);
+        let data = std::fs::read(&chunk).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&out, &data, at * MIB).unwrap();
+    }
+    std::fs::remove_file(&chunk).unwrap();
+    out.flush().unwrap();
+}
+
+/// The `sparse_raw_disk` at `src` converted to streamOptimized VMDK while `stage` uploads it
+/// ([`Stage::upload_body`], no converted copy on disk), fetched back into `dir`: checks the staged
+/// object's size and SHA-256 against the fetched bytes, that the guest counter saw the whole disk,
+/// that the fetched VMDK is `qemu-img compare`-identical to the source, and that nothing but the
+/// source and the fetched image was written to `dir`. The staged object.
+pub async fn streamed_vmdk_round_trip(
+    stage: &dyn runner::storage::Stage,
+    key: &str,
+    dir: &Path,
+) -> runner::storage::StagedObject {
+    let src = dir.join("vda.raw");
+    sparse_raw_disk(&src, 40);
+    let image = runner::provider::LocalImage {
+        path: src.clone(),
+        format: crd::DiskFormat::Raw,
+    };
+    let guest = runner::progress::Progress::new(48 << 20);
+    let body = runner::disk::vmdk_body(&image, &guest)
+        .await
+        .unwrap()
+        .expect("a raw image streams through the runner's VMDK writer");
+    let staged = stage
+        .upload_body(key, &body, &runner::progress::Progress::default())
+        .await
+        .unwrap();
+    assert_eq!(guest.done(), 48 << 20, "every guest byte was converted");
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(files, ["vda.raw"], "the conversion left no copy in scratch");
+
+    let fetched = dir.join("fetched.vmdk");
+    stage
+        .download(&staged, &fetched, &runner::progress::Progress::default())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::metadata(&fetched).unwrap().len(), staged.size);
+    assert_eq!(sha256_of(&fetched), staged.sha256);
+    assert!(
+        staged.size > 8 << 20 && staged.size < 26 << 20,
+        "{} bytes",
+        staged.size
+    );
+    let compare = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "vmdk"])
+        .arg(&src)
+        .arg(&fetched)
+        .output()
+        .unwrap();
+    assert!(
+        compare.status.success(),
+        "qemu-img compare: {}{}",
+        String::from_utf8_lossy(&compare.stdout),
+        String::from_utf8_lossy(&compare.stderr)
+    );
+    std::fs::remove_file(&fetched).unwrap();
+    staged
+}

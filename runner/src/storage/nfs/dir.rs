@@ -12,7 +12,7 @@ use super::super::{
     Stage, StagedObject, parse_sidecar, partial_path, sidecar_body, sidecar_key, validate_key,
 };
 use crate::progress::Progress;
-use crate::stream::{CHUNK, HashingReader, HashingWriter, open_resumable};
+use crate::stream::{Body, BufferPool, CHUNK, FileBody, HashingWriter, open_resumable};
 use crate::{Error, Result};
 
 /// An NFS export's stand-in: a local directory.
@@ -120,32 +120,57 @@ impl Stage for DirStage {
     }
 
     async fn upload(&self, key: &str, src: &Path, progress: &Progress) -> Result<StagedObject> {
+        self.upload_body(key, &FileBody::new(src).await?, progress)
+            .await
+    }
+
+    async fn upload_body(
+        &self,
+        key: &str,
+        body: &dyn Body,
+        progress: &Progress,
+    ) -> Result<StagedObject> {
         let dest = self.path(key)?;
         let sidecar = self.path(&sidecar_key(key))?;
-        let src = src.to_path_buf();
-        let progress = progress.clone();
+        progress.set_done(0);
+        let mut reader = body.open(BufferPool::new(4, CHUNK), progress.clone());
         let this = self.clone();
-        let key_owned = key.to_string();
-        let (size, sha256) = blocking(move || {
-            if let Some(dir) = dest.parent() {
+        let written = dest.clone();
+        let reader = blocking(move || {
+            if let Some(dir) = written.parent() {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| this.io_error(format!("creating {}", dir.display()), e))?;
             }
-            let input = std::fs::File::open(&src)
-                .map_err(|e| Error::io(format!("opening {}", src.display()), e))?;
-            progress.set_done(0);
-            let mut reader = HashingReader::new(input, progress);
-            write_atomically(&dest, |out| copy(&mut reader, out).map(drop))
-                .map_err(|e| this.io_error(format!("writing {}", dest.display()), e))?;
-            let (size, sha256) = reader.finish();
+            write_atomically(&written, |out| {
+                while let Some(chunk) = reader.blocking_next() {
+                    out.write_all(&chunk?)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| this.io_error(format!("writing {}", written.display()), e))?;
+            Ok(reader)
+        })
+        .await?;
+        let (size, sha256) = reader
+            .finish()
+            .await
+            .map_err(|e| Error::io(format!("reading {}", body.describe()), e))?;
+        if let Some(len) = body.exact_len().filter(|&len| len != size) {
+            return Err(Error::Invalid(format!(
+                "{} changed size while it was uploaded ({len} -> {size} bytes)",
+                body.describe()
+            )));
+        }
+        let (this, key_owned) = (self.clone(), key.to_string());
+        blocking(move || {
             write_atomically(&sidecar, |out| {
                 out.write_all(sidecar_body(&sha256, &key_owned).as_bytes())
             })
             .map_err(|e| this.io_error(format!("writing {}", sidecar.display()), e))?;
-            Ok((size, sha256))
+            Ok(sha256)
         })
-        .await?;
-        Ok(StagedObject {
+        .await
+        .map(|sha256| StagedObject {
             key: key.to_string(),
             url: self.url(key),
             size,

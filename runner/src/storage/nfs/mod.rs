@@ -44,7 +44,7 @@ use super::{
 };
 use crate::error::with_retries;
 use crate::progress::Progress;
-use crate::stream::{BufferPool, ChunkReader, FileSink};
+use crate::stream::{Body, BufferPool, FileBody, FileSink};
 use crate::{Error, Result};
 
 /// READs or WRITEs in flight per transfer (each on its own connection).
@@ -185,10 +185,20 @@ impl Stage for NfsStage {
     }
 
     async fn upload(&self, key: &str, src: &Path, progress: &Progress) -> Result<StagedObject> {
+        self.upload_body(key, &FileBody::new(src).await?, progress)
+            .await
+    }
+
+    async fn upload_body(
+        &self,
+        key: &str,
+        body: &dyn Body,
+        progress: &Progress,
+    ) -> Result<StagedObject> {
         match &self.backend {
-            Backend::Client(c) => c.upload(key, src, progress).await,
+            Backend::Client(c) => c.upload_body(key, body, progress).await,
             #[cfg(feature = "test-doubles")]
-            Backend::Dir(d) => d.upload(key, src, progress).await,
+            Backend::Dir(d) => d.upload_body(key, body, progress).await,
         }
     }
 
@@ -510,15 +520,16 @@ impl Client {
         )
     }
 
-    async fn upload(&self, key: &str, src: &Path, progress: &Progress) -> Result<StagedObject> {
+    async fn upload_body(
+        &self,
+        key: &str,
+        body: &dyn Body,
+        progress: &Progress,
+    ) -> Result<StagedObject> {
         validate_key(key)?;
-        let size = tokio::fs::metadata(src)
-            .await
-            .map_err(|e| Error::io(format!("reading {}", src.display()), e))?
-            .len();
         let label = format!("{}: upload {key}", self.system());
-        let sha256 = with_retries(&label, self.attempts, || {
-            self.upload_once(key, src, size, progress)
+        let (size, sha256) = with_retries(&label, self.attempts, || {
+            self.upload_once(key, body, progress)
         })
         .await?;
         let side = sidecar_key(key);
@@ -549,10 +560,9 @@ impl Client {
     async fn upload_once(
         &self,
         key: &str,
-        src: &Path,
-        size: u64,
+        body: &dyn Body,
         progress: &Progress,
-    ) -> Result<String> {
+    ) -> Result<(u64, String)> {
         let s = self.session().await?;
         let (dirs, name) = split(key);
         let handles = self.walk(&s, &dirs, true).await?.expect("created");
@@ -561,13 +571,11 @@ impl Client {
         let tmp_key = join(&dirs, &tmp);
         let fh = self.create_fresh(&s, dir, &tmp, &tmp_key).await?;
         let placed = async {
-            let sha256 = self
-                .write_file(&s, &fh, &tmp_key, src, size, progress)
-                .await?;
+            let written = self.write_file(&s, &fh, &tmp_key, body, progress).await?;
             s.rename(dir, &tmp, name)
                 .await
                 .map_err(|f| self.error(f.at(format!("RENAME {tmp_key} to {key}"))))?;
-            Ok(sha256)
+            Ok(written)
         };
         let result = placed.await;
         if result.is_err() {
@@ -576,22 +584,21 @@ impl Client {
         result
     }
 
-    /// Streams `src` into the open file `fh` (`key` in messages): WRITEs in flight on up to
-    /// [`DEPTH`] connections, all-zero chunks left as holes, the size set, COMMIT. The SHA-256 of
-    /// what was read.
+    /// Streams what `body` produces into the open file `fh` (`key` in messages): WRITEs in flight
+    /// on up to [`DEPTH`] connections, all-zero chunks left as holes, the size set, COMMIT. The
+    /// size and SHA-256 of what was read.
     async fn write_file(
         &self,
         s: &Arc<Session>,
         fh: &nfs_fh3,
         key: &str,
-        src: &Path,
-        size: u64,
+        body: &dyn Body,
         progress: &Progress,
-    ) -> Result<String> {
+    ) -> Result<(u64, String)> {
         progress.set_done(0);
         let pool = BufferPool::new(DEPTH + READ_AHEAD, s.wsize as usize);
-        let mut reader = ChunkReader::open(src, pool, progress.clone());
-        let read_error = |e| Error::io(format!("reading {}", src.display()), e);
+        let mut reader = body.open(pool, progress.clone());
+        let read_error = |e| Error::io(format!("reading {}", body.describe()), e);
         let mut flight = WriteFlight::default();
         let mut offset = 0u64;
         let mut data_end = 0u64;
@@ -620,10 +627,10 @@ impl Client {
             self.land(&mut flight, key).await?;
         }
         let (read, sha256) = reader.finish().await.map_err(read_error)?;
-        if read != size {
+        if let Some(size) = body.exact_len().filter(|&size| size != read) {
             return Err(Error::Invalid(format!(
                 "{} changed size while it was uploaded ({size} -> {read} bytes)",
-                src.display()
+                body.describe()
             )));
         }
         if data_end < read {
@@ -653,7 +660,7 @@ impl Client {
         for conn in flight.conns {
             s.give_back(conn);
         }
-        Ok(sha256)
+        Ok((read, sha256))
     }
 
     /// Waits for the next WRITE of `flight` to finish.
