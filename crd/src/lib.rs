@@ -23,8 +23,8 @@ pub use provider::{
 pub use references::PinnedReference;
 pub use virtualmachine::{VirtualMachine, VirtualMachineSpec, VirtualMachineStatus};
 pub use vmmigration::{
-    CleanupPolicy, Cutover, DiskFormat, DiskStatus, NetworkHint, Phase, RetryPolicy, SourcePower,
-    StartTarget, StopSource, StorageSpec, StorageType, TargetResources, VMMigration,
+    CleanupPolicy, Cutover, DiskFormat, DiskStatus, NetworkHint, PendingUpload, Phase, RetryPolicy,
+    SourcePower, StartTarget, StopSource, StorageSpec, StorageType, TargetResources, VMMigration,
     VMMigrationSpec, VMMigrationStatus,
 };
 

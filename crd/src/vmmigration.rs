@@ -562,6 +562,22 @@ pub struct VMMigrationStatus {
     /// it (spec.cutover): later attempts and the decision to start the target rely on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_power: Option<SourcePower>,
+    /// Multipart uploads into S3 staging not yet completed: the runner of a later attempt (a new
+    /// pod, its scratch gone) continues them, keeping the parts the server holds whose content it
+    /// re-exports unchanged, and cleanup aborts them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["key"]))]
+    pub uploads: Vec<PendingUpload>,
+}
+
+/// A multipart upload in progress (see [`VMMigrationStatus::uploads`]).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingUpload {
+    /// Object key in the bucket.
+    pub key: String,
+    /// The S3 upload id.
+    pub upload_id: String,
 }
 
 /// The source VM's power as the migration found and left it.

@@ -11,7 +11,7 @@ use runner::phases::{self, Pipeline};
 use runner::plan::{self, Paths};
 use runner::provider::{self, Source, Target};
 use runner::status::{KubeStatus, StatusWriter};
-use runner::storage::{self, StageOptions};
+use runner::storage::{self, StageOptions, UploadLedger};
 use runner::{Error, Result};
 
 /// The VirtRigaud migration runner (one process per migration attempt).
@@ -101,8 +101,10 @@ async fn run(mode: Mode, paths: &Paths) -> Result<Option<String>> {
     match mode {
         Mode::Migrate => {
             let sink = KubeStatus::new(api, plan.migration.name.clone());
-            let mut status = StatusWriter::new(Box::new(sink), &previous);
-            match connect(&plan, &credentials).await {
+            let uploads = UploadLedger::seeded(&previous.uploads);
+            let mut status =
+                StatusWriter::new(Box::new(sink), &previous).mirror_uploads(uploads.clone());
+            match connect(&plan, &credentials, uploads).await {
                 Ok((source, target, stage)) => {
                     let pipeline =
                         Pipeline::new(plan, source, target, stage, status, &paths.scratch)
@@ -118,7 +120,8 @@ async fn run(mode: Mode, paths: &Paths) -> Result<Option<String>> {
             }
         }
         Mode::Cleanup => {
-            let (source, target, stage) = connect(&plan, &credentials).await?;
+            let uploads = UploadLedger::seeded(&previous.uploads);
+            let (source, target, stage) = connect(&plan, &credentials, uploads).await?;
             let result = phases::cleanup(&plan, &previous, &*source, &*target, &*stage).await;
             source.close().await;
             target.close().await;
@@ -129,12 +132,17 @@ async fn run(mode: Mode, paths: &Paths) -> Result<Option<String>> {
 
 type Connected = (Box<dyn Source>, Box<dyn Target>, Box<dyn storage::Stage>);
 
-async fn connect(plan: &RunnerPlan, credentials: &Credentials) -> Result<Connected> {
+async fn connect(
+    plan: &RunnerPlan,
+    credentials: &Credentials,
+    uploads: UploadLedger,
+) -> Result<Connected> {
     let guard = Guard::for_plan(plan);
     let source = provider::source(&plan.source, credentials, guard)?;
     let target = provider::target(&plan.target, credentials, guard)?;
     let options = StageOptions {
         guard,
+        uploads,
         ..StageOptions::default()
     };
     let stage = storage::open(&plan.storage, credentials, &options).await?;

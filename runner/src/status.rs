@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use crate::Result;
 use crate::error::{Error, with_retries};
 use crate::progress::{Progress, human_bytes};
+use crate::storage::UploadLedger;
 
 /// Field manager of the runner's server-side apply patches.
 pub const FIELD_MANAGER: &str = "virtrigaud-runner";
@@ -111,6 +112,8 @@ pub struct StatusWriter {
     /// Progress not yet written because of the rate limit.
     dirty: bool,
     last_log: Option<(Instant, u64)>,
+    /// Uploads in progress, copied into every write.
+    uploads: Option<UploadLedger>,
 }
 
 impl StatusWriter {
@@ -133,6 +136,7 @@ impl StatusWriter {
             source_power: previous.source_power,
             target_vm: previous.target_vm.clone(),
             target_vm_id: previous.target_vm_id.clone(),
+            uploads: previous.uploads.clone(),
             ..VMMigrationStatus::default()
         };
         StatusWriter {
@@ -141,7 +145,15 @@ impl StatusWriter {
             last_write: None,
             dirty: false,
             last_log: None,
+            uploads: None,
         }
+    }
+
+    /// Mirrors `ledger` (the stage's multipart uploads in progress) into every write, so a runner
+    /// in a new pod continues them ([`VMMigrationStatus::uploads`]).
+    pub fn mirror_uploads(mut self, ledger: UploadLedger) -> Self {
+        self.uploads = Some(ledger);
+        self
     }
 
     /// The status as last set (written or pending).
@@ -313,6 +325,9 @@ impl StatusWriter {
 
     /// Sends the whole runner-owned status, retrying transient API errors a few times.
     async fn write(&mut self) -> Result<()> {
+        if let Some(ledger) = &self.uploads {
+            self.state.uploads = ledger.pending();
+        }
         let state = &self.state;
         let sink = &self.sink;
         with_retries("status patch", 3, || sink.apply(state)).await?;
@@ -333,6 +348,39 @@ impl StatusWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn uploads_in_progress_go_with_every_write_and_carry_over() {
+        let previous = VMMigrationStatus {
+            uploads: vec![crd::PendingUpload {
+                key: "team-a/web/vda.raw".into(),
+                upload_id: "u-1".into(),
+            }],
+            ..VMMigrationStatus::default()
+        };
+        let ledger = UploadLedger::seeded(&previous.uploads);
+        let rec = Recorder::default();
+        let mut w =
+            StatusWriter::new(Box::new(rec.clone()), &previous).mirror_uploads(ledger.clone());
+        ledger.insert("team-a/web/vdb.raw", "u-2");
+        w.begin(Phase::Transferring, "Uploading").await.unwrap();
+        let keys: Vec<_> = rec
+            .last()
+            .uploads
+            .iter()
+            .map(|u| u.upload_id.clone())
+            .collect();
+        assert_eq!(keys, ["u-1", "u-2"]);
+        ledger.remove("team-a/web/vda.raw");
+        ledger.remove("team-a/web/vdb.raw");
+        w.complete(Phase::Transferring, "Uploaded", "done")
+            .await
+            .unwrap();
+        assert!(
+            rec.last().uploads.is_empty(),
+            "completed uploads leave the status"
+        );
+    }
 
     fn writer() -> (StatusWriter, Recorder) {
         let rec = Recorder::default();

@@ -9,7 +9,7 @@ use crd::DiskFormat;
 use runner::Error;
 use runner::progress::Progress;
 use runner::storage::s3::{MIN_PART, S3Stage, journal_path};
-use runner::storage::{Stage, StageOptions, object_key};
+use runner::storage::{Stage, StageOptions, UploadLedger, object_key};
 use storage_support::{S3Server, flip_a_byte, random_file, sha256_of};
 
 fn options() -> StageOptions {
@@ -446,4 +446,206 @@ async fn a_conversion_streams_into_a_multipart_upload() {
         0,
         "the multipart upload was completed"
     );
+}
+
+/// A runner pod lost mid-upload: its scratch (the export and the upload journal) is gone. The next
+/// pod re-exports the disk (same content, new file) and, with the upload id the status recorded
+/// (the ledger), keeps the parts the server holds instead of sending them again.
+#[tokio::test]
+async fn a_new_pod_continues_the_upload_the_status_recorded() {
+    let server = S3Server::start();
+    let first = UploadLedger::default();
+    let stage_1 = S3Stage::from_spec(
+        &server.spec(),
+        &server.credentials(),
+        &StageOptions {
+            uploads: first.clone(),
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    let pod_1 = tempfile::tempdir().unwrap();
+    let src = pod_1.path().join("vda.raw");
+    let size = 24 * MIN_PART;
+    random_file(&src, size, 8);
+    let key = object_key("team-a", "db-01", "vda", DiskFormat::Raw);
+    let running = {
+        let (stage, key, src) = (stage_1.clone(), key.clone(), src.clone());
+        tokio::spawn(async move { stage.upload(&key, &src, &Progress::default()).await })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while journaled_parts(&src) < 6 {
+        assert!(
+            !running.is_finished(),
+            "the upload ended before the pod was lost"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no part reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    running.abort();
+    let _ = running.await;
+    let recorded = first.pending();
+    assert_eq!(
+        recorded.len(),
+        1,
+        "the upload in progress is in the ledger: {recorded:?}"
+    );
+    assert_eq!(recorded[0].key, key);
+    drop(pod_1); // the pod's scratch, journal included, is gone
+
+    let pod_2 = tempfile::tempdir().unwrap();
+    let again = pod_2.path().join("vda.raw");
+    random_file(&again, size, 8); // the re-export: same bytes, a new file
+    let second = UploadLedger::seeded(&recorded);
+    let stage_2 = S3Stage::from_spec(
+        &server.spec(),
+        &server.credentials(),
+        &StageOptions {
+            uploads: second.clone(),
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    let (staged, report) = stage_2
+        .upload_with_report(&key, &again, &Progress::default())
+        .await
+        .unwrap();
+    assert!(report.resumed, "{report:?}");
+    assert!(report.reused >= 6, "{report:?}");
+    assert_eq!(
+        report.bytes_sent,
+        size - u64::from(report.reused) * MIN_PART
+    );
+    assert_eq!(staged.sha256, sha256_of(&again));
+    assert_eq!(sha256_of(&server.object_path(&key)), staged.sha256);
+    assert!(
+        second.pending().is_empty(),
+        "the completed upload left the ledger"
+    );
+    assert_eq!(server.stored_parts(), 0);
+}
+
+/// Cleanup in a new pod aborts the upload the status recorded: no parts stay on the server, even
+/// where the server cannot list uploads (s3s-fs).
+#[tokio::test]
+async fn cleanup_aborts_the_upload_the_status_recorded() {
+    let server = S3Server::start();
+    let ledger = UploadLedger::default();
+    let stage_1 = S3Stage::from_spec(
+        &server.spec(),
+        &server.credentials(),
+        &StageOptions {
+            uploads: ledger.clone(),
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("vda.raw");
+    random_file(&src, 16 * MIN_PART, 9);
+    let key = object_key("team-a", "db-01", "vda", DiskFormat::Raw);
+    let running = {
+        let (stage, key, src) = (stage_1.clone(), key.clone(), src.clone());
+        tokio::spawn(async move { stage.upload(&key, &src, &Progress::default()).await })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while server.stored_parts() < 2 {
+        assert!(
+            !running.is_finished(),
+            "the upload ended before the pod was lost"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no part reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    running.abort();
+    let _ = running.await;
+
+    let stage_2 = S3Stage::from_spec(
+        &server.spec(),
+        &server.credentials(),
+        &StageOptions {
+            uploads: UploadLedger::seeded(&ledger.pending()),
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    stage_2.delete(&key).await.unwrap();
+    assert_eq!(server.stored_parts(), 0, "the recorded upload was aborted");
+}
+
+/// The new pod's re-export differs from what the lost pod sent (a source that changed): the
+/// parts kept by their local MD5 are refused at completion, and the upload starts over, so the
+/// object is the new file and never a mix.
+#[tokio::test]
+async fn a_re_export_that_differs_is_sent_whole_again() {
+    let server = S3Server::start();
+    let ledger = UploadLedger::default();
+    let stage_1 = S3Stage::from_spec(
+        &server.spec(),
+        &server.credentials(),
+        &StageOptions {
+            uploads: ledger.clone(),
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    let pod_1 = tempfile::tempdir().unwrap();
+    let src = pod_1.path().join("vda.raw");
+    let size = 16 * MIN_PART;
+    random_file(&src, size, 10);
+    let key = object_key("team-a", "db-01", "vda", DiskFormat::Raw);
+    let running = {
+        let (stage, key, src) = (stage_1.clone(), key.clone(), src.clone());
+        tokio::spawn(async move { stage.upload(&key, &src, &Progress::default()).await })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while journaled_parts(&src) < 3 {
+        assert!(
+            !running.is_finished(),
+            "the upload ended before the pod was lost"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no part reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    running.abort();
+    let _ = running.await;
+
+    let pod_2 = tempfile::tempdir().unwrap();
+    let changed = pod_2.path().join("vda.raw");
+    random_file(&changed, size, 11);
+    let stage_2 = S3Stage::from_spec(
+        &server.spec(),
+        &server.credentials(),
+        &StageOptions {
+            uploads: UploadLedger::seeded(&ledger.pending()),
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    let (staged, report) = stage_2
+        .upload_with_report(&key, &changed, &Progress::default())
+        .await
+        .unwrap();
+    assert_eq!(staged.sha256, sha256_of(&changed));
+    assert_eq!(
+        sha256_of(&server.object_path(&key)),
+        staged.sha256,
+        "the object is the new file ({report:?})"
+    );
+    assert_eq!(server.stored_parts(), 0);
 }

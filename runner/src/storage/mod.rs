@@ -48,6 +48,57 @@ pub struct StageOptions {
     pub attempts: u32,
     /// The endpoint policy for every connection to the storage (strict by default).
     pub guard: Guard,
+    /// Multipart uploads in progress, shared with the status writer so they outlive the pod.
+    pub uploads: UploadLedger,
+}
+
+/// The multipart uploads a stage has started and not yet completed or aborted, by full object key:
+/// seeded from the status a runner starts with, mirrored into the status it writes
+/// ([`crd::VMMigrationStatus::uploads`]), so a later attempt in a new pod continues them.
+#[derive(Clone, Debug, Default)]
+pub struct UploadLedger {
+    inner: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
+}
+
+impl UploadLedger {
+    /// A ledger holding `uploads` (from the status of an earlier attempt).
+    pub fn seeded(uploads: &[crd::PendingUpload]) -> Self {
+        let ledger = UploadLedger::default();
+        for u in uploads {
+            ledger.insert(&u.key, &u.upload_id);
+        }
+        ledger
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, String>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The upload in progress for `key`.
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.map().get(key).cloned()
+    }
+
+    /// Records the upload `id` of `key`.
+    pub fn insert(&self, key: &str, id: &str) {
+        self.map().insert(key.to_string(), id.to_string());
+    }
+
+    /// Forgets `key`'s upload (completed or aborted).
+    pub fn remove(&self, key: &str) {
+        self.map().remove(key);
+    }
+
+    /// Every upload, for the status.
+    pub fn pending(&self) -> Vec<crd::PendingUpload> {
+        self.map()
+            .iter()
+            .map(|(key, id)| crd::PendingUpload {
+                key: key.clone(),
+                upload_id: id.clone(),
+            })
+            .collect()
+    }
 }
 
 impl Default for StageOptions {
@@ -57,6 +108,7 @@ impl Default for StageOptions {
             nfs_root: PathBuf::new(),
             attempts: RETRY_ATTEMPTS,
             guard: Guard::default(),
+            uploads: UploadLedger::default(),
         }
     }
 }

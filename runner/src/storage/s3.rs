@@ -57,8 +57,8 @@ use tokio::task::JoinSet;
 use url::Url;
 
 use super::{
-    CREDENTIAL_SCOPE, PresignedObject, Stage, StageOptions, StagedObject, parse_sidecar,
-    partial_path, prefixed, sidecar_body, sidecar_key, validate_key,
+    CREDENTIAL_SCOPE, PresignedObject, Stage, StageOptions, StagedObject, UploadLedger,
+    parse_sidecar, partial_path, prefixed, sidecar_body, sidecar_key, validate_key,
 };
 use crate::credentials::Credentials;
 use crate::error::with_retries;
@@ -106,6 +106,8 @@ pub struct UploadReport {
     pub part_size: u64,
     /// Whether an earlier multipart upload was continued.
     pub resumed: bool,
+    /// Kept parts whose ETag the server did not list: completed under the local bytes' MD5.
+    pub assumed: u32,
 }
 
 /// A bucket (plus optional key prefix) on AWS or an S3-compatible server.
@@ -120,6 +122,8 @@ pub struct S3Stage {
     /// The Secret keys the credentials came from, for messages.
     secret_keys: &'static str,
     attempts: u32,
+    /// Uploads in progress, mirrored into the status (they outlive the pod).
+    uploads: UploadLedger,
 }
 
 impl std::fmt::Debug for S3Stage {
@@ -235,6 +239,7 @@ impl S3Stage {
                 "accessKey/secretKey"
             },
             attempts: options.attempts.max(1),
+            uploads: options.uploads.clone(),
         })
     }
 
@@ -419,7 +424,10 @@ impl S3Stage {
         )
         .await?;
         match created.upload_id() {
-            Some(id) if !id.is_empty() => Ok(id.to_string()),
+            Some(id) if !id.is_empty() => {
+                self.uploads.insert(full, id);
+                Ok(id.to_string())
+            }
             _ => Err(Error::Invalid(format!(
                 "{}: CreateMultipartUpload {full} returned no upload id",
                 self.system()
@@ -437,6 +445,7 @@ impl S3Stage {
             .upload_id(&plan.upload_id)
             .send()
             .await;
+        self.uploads.remove(&plan.key);
     }
 
     /// One try of a streamed upload: a multipart upload whose parts are cut from `body` as it is
@@ -566,7 +575,7 @@ impl S3Stage {
                 reused: 0,
                 bytes_sent: size,
                 part_size: size,
-                resumed: false,
+                ..UploadReport::default()
             },
         ))
     }
@@ -583,10 +592,29 @@ impl S3Stage {
             plan.upload_id = self.create_upload(&plan.key).await?;
             held.clear();
         }
+        let unlisted = held.values().any(|h| h.etag.is_none());
         let journal = Journal::open(&journal_path, &plan, resumed);
-        let result = self
+        let mut result = self
             .send_parts(&plan, src, progress, held, Arc::new(journal))
             .await;
+        if let Err(e) = &result
+            && unlisted
+            && !e.is_retryable()
+        {
+            // parts kept by their local MD5 that the server refused at completion: start over
+            tracing::warn!(
+                "{}: completing {} with the parts kept from an earlier try failed ({e}); sending \
+                 every part again",
+                self.system(),
+                plan.key
+            );
+            self.abort_upload(&plan).await;
+            plan.upload_id = self.create_upload(&plan.key).await?;
+            let journal = Journal::open(&journal_path, &plan, false);
+            result = self
+                .send_parts(&plan, src, progress, BTreeMap::new(), Arc::new(journal))
+                .await;
+        }
         match result {
             Ok((sha256, mut report)) => {
                 report.resumed = resumed;
@@ -615,7 +643,9 @@ impl S3Stage {
             Some((header, etags)) if header.same_upload(plan) => (Some(header.upload_id), etags),
             _ => (None, BTreeMap::new()),
         };
-        let upload_id = match journaled_id {
+        // the journal is in this pod's scratch; the ledger came with the status from an earlier
+        // pod; the listing is what the server knows (s3s-fs lists none)
+        let upload_id = match journaled_id.or_else(|| self.uploads.get(&plan.key)) {
             Some(id) => Some(id),
             None => self.uploads_of(&plan.key).await?.into_iter().next(),
         };
@@ -624,14 +654,17 @@ impl S3Stage {
         };
         let listed = match self.list_parts(&plan.key, &upload_id).await {
             Ok(parts) => parts,
-            Err(Error::NotFound { .. }) => return Ok((false, BTreeMap::new())),
+            Err(Error::NotFound { .. }) => {
+                self.uploads.remove(&plan.key);
+                return Ok((false, BTreeMap::new()));
+            }
             Err(e) => return Err(e),
         };
         let mut held = BTreeMap::new();
         for (number, size, etag) in listed {
-            let Some(etag) = etag.or_else(|| etags.get(&number).cloned()) else {
-                continue; // no ETag to complete with: send it again
-            };
+            // no ETag listed nor journaled (s3s-fs lists none): the part is kept under the MD5 of
+            // the local bytes, which CompleteMultipartUpload checks against what the server holds
+            let etag = etag.or_else(|| etags.get(&number).cloned());
             if number >= 1 && size == plan.part_len(number) {
                 held.insert(number, HeldPart { etag });
             }
@@ -752,6 +785,7 @@ impl S3Stage {
         let slots = Arc::new(Semaphore::new(CONCURRENCY));
         let mut tasks: JoinSet<Result<(i32, String, u64)>> = JoinSet::new();
         let mut completed: Vec<(i32, String)> = Vec::new();
+        let mut assumed: Vec<(i32, String)> = Vec::new();
         let mut report = UploadReport {
             parts: plan.parts() as u32,
             part_size: plan.part_size,
@@ -801,10 +835,20 @@ impl S3Stage {
             };
             if let (Some(part), Some(m)) = (held_part, md5) {
                 let local = hex::encode(m.finalize());
-                if etag_matches(&part.etag, &local) {
-                    report.reused += 1;
-                    completed.push((number, part.etag.clone()));
-                    continue;
+                match &part.etag {
+                    Some(etag) if etag_matches(etag, &local) => {
+                        report.reused += 1;
+                        completed.push((number, etag.clone()));
+                        continue;
+                    }
+                    Some(_) => {}
+                    None => {
+                        report.reused += 1;
+                        report.assumed += 1;
+                        completed.push((number, format!("\"{local}\"")));
+                        assumed.push((number, local));
+                        continue;
+                    }
                 }
                 tracing::warn!(
                     "{}: part {number} of {} on the server differs from the local file; sending it again",
@@ -831,7 +875,29 @@ impl S3Stage {
         check_size(src, plan.size, read)?;
         completed.sort_by_key(|(n, _)| *n);
         self.complete(plan, completed).await?;
+        self.check_assumed(plan, &assumed).await?;
         Ok((sha256, report))
+    }
+
+    /// Reads back the parts kept under their local MD5 (the server listed no ETag): a server that
+    /// does not check ETags at completion (s3s-fs) would otherwise keep parts of a different file.
+    async fn check_assumed(&self, plan: &UploadPlan, assumed: &[(i32, String)]) -> Result<()> {
+        let pool = BufferPool::new(1, plan.part_size as usize);
+        for (number, local) in assumed {
+            let offset = (*number as u64 - 1) * plan.part_size;
+            let data = self
+                .get_range(&plan.key, offset, plan.part_len(*number), &pool)
+                .await?;
+            let read = hex::encode(md5::Md5::digest(&data));
+            if &read != local {
+                return Err(Error::Invalid(format!(
+                    "{}: part {number} of {} kept from an earlier try differs from the file",
+                    self.system(),
+                    plan.key
+                )));
+            }
+        }
+        Ok(())
     }
 
     async fn upload_part(&self, plan: &UploadPlan, number: i32, body: &PartBody) -> Result<String> {
@@ -894,6 +960,9 @@ impl S3Stage {
             },
         )
         .await;
+        if done.is_ok() {
+            self.uploads.remove(full);
+        }
         match done {
             Ok(_) => Ok(()),
             // a retried Complete whose first answer was lost: fine if the object is there
@@ -969,7 +1038,9 @@ impl S3Stage {
 
     /// Aborts every in-progress multipart upload of `full` the server lists.
     async fn abort_uploads(&self, full: &str) -> Result<()> {
-        for id in self.uploads_of(full).await? {
+        let mut ids = self.uploads_of(full).await?;
+        ids.extend(self.uploads.get(full).filter(|id| !ids.contains(id)));
+        for id in ids {
             with_retries(
                 &self.label("AbortMultipartUpload", full),
                 self.attempts,
@@ -991,6 +1062,7 @@ impl S3Stage {
             )
             .await?;
         }
+        self.uploads.remove(full);
         Ok(())
     }
 
@@ -1090,7 +1162,17 @@ impl Stage for S3Stage {
     }
 
     async fn upload(&self, key: &str, src: &Path, progress: &Progress) -> Result<StagedObject> {
-        Ok(self.upload_with_report(key, src, progress).await?.0)
+        let (object, report) = self.upload_with_report(key, src, progress).await?;
+        if report.resumed {
+            tracing::info!(
+                "{}: {key}: {} bytes sent, {} of {} parts kept from an earlier try",
+                self.system(),
+                report.bytes_sent,
+                report.reused,
+                report.parts
+            );
+        }
+        Ok(object)
     }
 
     async fn upload_body(
@@ -1276,7 +1358,8 @@ impl http_body::Body for Slices {
 /// A part the server already holds.
 #[derive(Clone, Debug)]
 struct HeldPart {
-    etag: String,
+    /// `None`: neither listed nor journaled (see [`S3Stage::find_resumable`]).
+    etag: Option<String>,
 }
 
 /// What identifies a multipart upload of one file to one key.
