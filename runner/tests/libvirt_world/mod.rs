@@ -129,7 +129,19 @@ impl World {
     /// Defines the two-disk source domain `name` with e2e/fixtures/libvirt/make-source-vm.sh and
     /// writes its reference images (vda.raw, vdb.raw) to `ref_dir`.
     pub fn make_source_vm(&self, name: &str, running: bool, ref_dir: &Path) -> DomainGuard<'_> {
-        self.make_vm(name, running, false, ref_dir)
+        self.make_vm(name, running, &[], ref_dir)
+    }
+
+    /// As [`World::make_source_vm`], with vda `vda_mib` MiB holding `vda_mib - 16` MiB of random
+    /// bytes: a disk whose transfer takes a while.
+    pub fn make_big_source_vm(
+        &self,
+        name: &str,
+        running: bool,
+        vda_mib: u64,
+        ref_dir: &Path,
+    ) -> DomainGuard<'_> {
+        self.make_vm(name, running, &["--vda-mib", &vda_mib.to_string()], ref_dir)
     }
 
     /// As [`World::make_source_vm`], with vda a linked clone: a qcow2 overlay (`<name>-vda.qcow2`)
@@ -140,10 +152,10 @@ impl World {
         running: bool,
         ref_dir: &Path,
     ) -> DomainGuard<'_> {
-        self.make_vm(name, running, true, ref_dir)
+        self.make_vm(name, running, &["--linked-clone"], ref_dir)
     }
 
-    fn make_vm(&self, name: &str, running: bool, clone: bool, ref_dir: &Path) -> DomainGuard<'_> {
+    fn make_vm(&self, name: &str, running: bool, args: &[&str], ref_dir: &Path) -> DomainGuard<'_> {
         let mut cmd = Command::new("bash");
         cmd.arg(repo_root().join("e2e/fixtures/libvirt/make-source-vm.sh"))
             .arg(name)
@@ -153,9 +165,7 @@ impl World {
         if !running {
             cmd.arg("--stopped");
         }
-        if clone {
-            cmd.arg("--linked-clone");
-        }
+        cmd.args(args);
         let out = cmd.output().expect("make-source-vm.sh");
         assert!(
             out.status.success(),
