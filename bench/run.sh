@@ -197,7 +197,7 @@ settle() { cat "$1" >/dev/null; sync; }
 elapsed() { python3 -c "print(f'{$2 - $1:.3f}')"; }
 
 # qemu-img options as the engine's disk.rs uses them, so the comparison is about everything else
-convert_opts() { case $1 in vmdk) echo "-o subformat=streamOptimized";; *) echo "-m 16 -W";; esac; }
+convert_opts() { case $1 in vmdk) echo "-o subformat=streamOptimized";; qcow2) echo "-m 16";; *) echo "-m 16 -W";; esac; }
 
 tools_run() { # storage src fmt -> seconds on stdout; steps on stderr
   local storage=$1 src=$2 fmt=$3

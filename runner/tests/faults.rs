@@ -13,10 +13,14 @@ use std::time::{Duration, Instant};
 
 use cluster_world::{Cluster, adapt, virtual_machine};
 use crd::{Phase, ProviderType, VMMigration};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{DeleteParams, ListParams};
 use serde_json::json;
 
-/// vda of the source: 1 GiB of random bytes (about 130 parts of 8 MiB staged).
-const VDA_MIB: u64 = 1040;
+/// vda of the source: 2 GiB of random bytes (about 260 parts of 8 MiB staged; some 10 s of upload
+/// on the world, so the pod is lost well before the end).
+const VDA_MIB: u64 = 2064;
 
 /// Parts of upload `id` the world's S3 server (s3s-fs) holds.
 fn parts_held(data_dir: &Path, id: &str) -> usize {
@@ -109,21 +113,18 @@ async fn a_runner_pod_lost_at_half_the_upload_resumes_from_the_parts_on_the_serv
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let lost_at = Instant::now();
-    let selector = "virtrigaud.io/migration=lost";
-    let (deleted, out) = cluster.kubectl(
-        &[
-            "-n",
-            ns,
-            "delete",
-            "pod",
-            "-l",
-            selector,
-            "--grace-period=0",
-            "--wait=false",
-        ],
-        None,
-    );
-    assert!(deleted, "deleting the runner pod: {out}");
+    let pods: kube::Api<Pod> = kube::Api::namespaced(cluster.client.clone(), ns);
+    let selector = ListParams::default().labels("virtrigaud.io/migration=lost");
+    let runners = pods.list(&selector).await.unwrap().items;
+    assert_eq!(runners.len(), 1, "one runner pod in attempt 1");
+    let killed = pods
+        .delete(
+            &runners[0].name_any(),
+            &DeleteParams::default().grace_period(0),
+        )
+        .await;
+    assert!(killed.is_ok(), "deleting the runner pod: {killed:?}");
+    let held_at_loss = parts_held(&data_dir, &upload_id);
 
     let m = cluster
         .wait_done(ns, "lost", Duration::from_secs(600))
@@ -142,8 +143,9 @@ async fn a_runner_pod_lost_at_half_the_upload_resumes_from_the_parts_on_the_serv
         .unwrap_or_else(|| panic!("attempt 2 did not continue the upload:\n{logs}"));
     let share = sent as f64 / staged as f64;
     println!(
-        "runner pod lost at half of vda's upload: Ready {:.1}s later, {sent} of {staged} bytes \
-         ({:.0}%) sent again, {kept} parts kept, the disk re-exported whole (scratch is the pod's)",
+        "runner pod lost with {held_at_loss} parts of vda on the server: Ready {:.1}s later, \
+         {sent} of {staged} bytes ({:.0}%) sent again, {kept} parts kept, the disk re-exported \
+         whole (scratch is the pod's)",
         recovered.as_secs_f64(),
         share * 100.0
     );

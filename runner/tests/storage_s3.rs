@@ -448,34 +448,38 @@ async fn a_conversion_streams_into_a_multipart_upload() {
     );
 }
 
-/// A runner pod lost mid-upload: its scratch (the export and the upload journal) is gone. The next
-/// pod re-exports the disk (same content, new file) and, with the upload id the status recorded
-/// (the ledger), keeps the parts the server holds instead of sending them again.
-#[tokio::test]
-async fn a_new_pod_continues_the_upload_the_status_recorded() {
-    let server = S3Server::start();
-    let first = UploadLedger::default();
-    let stage_1 = S3Stage::from_spec(
-        &server.spec(),
-        &server.credentials(),
-        &StageOptions {
-            uploads: first.clone(),
-            ..options()
-        },
-    )
-    .await
-    .unwrap();
-    let pod_1 = tempfile::tempdir().unwrap();
-    let src = pod_1.path().join("vda.raw");
-    let size = 24 * MIN_PART;
-    random_file(&src, size, 8);
-    let key = object_key("team-a", "db-01", "vda", DiskFormat::Raw);
+/// A stage whose multipart uploads are recorded in `ledger` (as the runner's status does).
+async fn stage_recording(server: &S3Server, ledger: &UploadLedger) -> S3Stage {
+    let options = StageOptions {
+        uploads: ledger.clone(),
+        ..options()
+    };
+    S3Stage::from_spec(&server.spec(), &server.credentials(), &options)
+        .await
+        .unwrap()
+}
+
+/// A first runner pod uploads `parts` parts of `seed`-random bytes to `key` and is lost once the
+/// server holds `lost_after` of them: its scratch (the export and the upload journal) goes with it.
+/// What the status recorded.
+async fn pod_lost_mid_upload(
+    server: &S3Server,
+    key: &str,
+    parts: u64,
+    seed: u64,
+    lost_after: usize,
+) -> Vec<crd::PendingUpload> {
+    let ledger = UploadLedger::default();
+    let stage = stage_recording(server, &ledger).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let src = scratch.path().join("vda.raw");
+    random_file(&src, parts * MIN_PART, seed);
     let running = {
-        let (stage, key, src) = (stage_1.clone(), key.clone(), src.clone());
+        let (key, src) = (key.to_string(), src.clone());
         tokio::spawn(async move { stage.upload(&key, &src, &Progress::default()).await })
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while journaled_parts(&src) < 6 {
+    while server.stored_parts() < lost_after {
         assert!(
             !running.is_finished(),
             "the upload ended before the pod was lost"
@@ -488,30 +492,31 @@ async fn a_new_pod_continues_the_upload_the_status_recorded() {
     }
     running.abort();
     let _ = running.await;
-    let recorded = first.pending();
+    let recorded = ledger.pending();
     assert_eq!(
         recorded.len(),
         1,
-        "the upload in progress is in the ledger: {recorded:?}"
+        "the upload in progress is recorded: {recorded:?}"
     );
     assert_eq!(recorded[0].key, key);
-    drop(pod_1); // the pod's scratch, journal included, is gone
+    recorded
+}
+
+/// A runner pod lost mid-upload. The next pod re-exports the disk (same content, new file) and,
+/// with the upload id the status recorded, keeps the parts the server holds instead of sending
+/// them again.
+#[tokio::test]
+async fn a_new_pod_continues_the_upload_the_status_recorded() {
+    let server = S3Server::start();
+    let key = object_key("team-a", "db-01", "vda", DiskFormat::Raw);
+    let recorded = pod_lost_mid_upload(&server, &key, 24, 8, 6).await;
 
     let pod_2 = tempfile::tempdir().unwrap();
     let again = pod_2.path().join("vda.raw");
-    random_file(&again, size, 8); // the re-export: same bytes, a new file
-    let second = UploadLedger::seeded(&recorded);
-    let stage_2 = S3Stage::from_spec(
-        &server.spec(),
-        &server.credentials(),
-        &StageOptions {
-            uploads: second.clone(),
-            ..options()
-        },
-    )
-    .await
-    .unwrap();
-    let (staged, report) = stage_2
+    random_file(&again, 24 * MIN_PART, 8); // the re-export: same bytes, a new file
+    let ledger = UploadLedger::seeded(&recorded);
+    let (staged, report) = stage_recording(&server, &ledger)
+        .await
         .upload_with_report(&key, &again, &Progress::default())
         .await
         .unwrap();
@@ -519,12 +524,12 @@ async fn a_new_pod_continues_the_upload_the_status_recorded() {
     assert!(report.reused >= 6, "{report:?}");
     assert_eq!(
         report.bytes_sent,
-        size - u64::from(report.reused) * MIN_PART
+        (24 - u64::from(report.reused)) * MIN_PART
     );
     assert_eq!(staged.sha256, sha256_of(&again));
     assert_eq!(sha256_of(&server.object_path(&key)), staged.sha256);
     assert!(
-        second.pending().is_empty(),
+        ledger.pending().is_empty(),
         "the completed upload left the ledger"
     );
     assert_eq!(server.stored_parts(), 0);
@@ -535,109 +540,32 @@ async fn a_new_pod_continues_the_upload_the_status_recorded() {
 #[tokio::test]
 async fn cleanup_aborts_the_upload_the_status_recorded() {
     let server = S3Server::start();
-    let ledger = UploadLedger::default();
-    let stage_1 = S3Stage::from_spec(
-        &server.spec(),
-        &server.credentials(),
-        &StageOptions {
-            uploads: ledger.clone(),
-            ..options()
-        },
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("vda.raw");
-    random_file(&src, 16 * MIN_PART, 9);
     let key = object_key("team-a", "db-01", "vda", DiskFormat::Raw);
-    let running = {
-        let (stage, key, src) = (stage_1.clone(), key.clone(), src.clone());
-        tokio::spawn(async move { stage.upload(&key, &src, &Progress::default()).await })
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while server.stored_parts() < 2 {
-        assert!(
-            !running.is_finished(),
-            "the upload ended before the pod was lost"
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no part reached the server"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    running.abort();
-    let _ = running.await;
-
-    let stage_2 = S3Stage::from_spec(
-        &server.spec(),
-        &server.credentials(),
-        &StageOptions {
-            uploads: UploadLedger::seeded(&ledger.pending()),
-            ..options()
-        },
-    )
-    .await
-    .unwrap();
-    stage_2.delete(&key).await.unwrap();
+    let recorded = pod_lost_mid_upload(&server, &key, 16, 9, 2).await;
+    let ledger = UploadLedger::seeded(&recorded);
+    stage_recording(&server, &ledger)
+        .await
+        .delete(&key)
+        .await
+        .unwrap();
     assert_eq!(server.stored_parts(), 0, "the recorded upload was aborted");
+    assert!(ledger.pending().is_empty());
 }
 
-/// The new pod's re-export differs from what the lost pod sent (a source that changed): the
-/// parts kept by their local MD5 are refused at completion, and the upload starts over, so the
-/// object is the new file and never a mix.
+/// The new pod's re-export differs from what the lost pod sent (a source that changed): the parts
+/// kept by their local MD5 are read back after completion, found different, and the upload starts
+/// over, so the object is the new file and never a mix.
 #[tokio::test]
 async fn a_re_export_that_differs_is_sent_whole_again() {
     let server = S3Server::start();
-    let ledger = UploadLedger::default();
-    let stage_1 = S3Stage::from_spec(
-        &server.spec(),
-        &server.credentials(),
-        &StageOptions {
-            uploads: ledger.clone(),
-            ..options()
-        },
-    )
-    .await
-    .unwrap();
-    let pod_1 = tempfile::tempdir().unwrap();
-    let src = pod_1.path().join("vda.raw");
-    let size = 16 * MIN_PART;
-    random_file(&src, size, 10);
     let key = object_key("team-a", "db-01", "vda", DiskFormat::Raw);
-    let running = {
-        let (stage, key, src) = (stage_1.clone(), key.clone(), src.clone());
-        tokio::spawn(async move { stage.upload(&key, &src, &Progress::default()).await })
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while journaled_parts(&src) < 3 {
-        assert!(
-            !running.is_finished(),
-            "the upload ended before the pod was lost"
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no part reached the server"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    running.abort();
-    let _ = running.await;
+    let recorded = pod_lost_mid_upload(&server, &key, 16, 10, 3).await;
 
     let pod_2 = tempfile::tempdir().unwrap();
     let changed = pod_2.path().join("vda.raw");
-    random_file(&changed, size, 11);
-    let stage_2 = S3Stage::from_spec(
-        &server.spec(),
-        &server.credentials(),
-        &StageOptions {
-            uploads: UploadLedger::seeded(&ledger.pending()),
-            ..options()
-        },
-    )
-    .await
-    .unwrap();
-    let (staged, report) = stage_2
+    random_file(&changed, 16 * MIN_PART, 11);
+    let (staged, report) = stage_recording(&server, &UploadLedger::seeded(&recorded))
+        .await
         .upload_with_report(&key, &changed, &Progress::default())
         .await
         .unwrap();

@@ -24,7 +24,7 @@ use super::{
 use crate::credentials::Credentials;
 use crate::error::with_retries;
 use crate::progress::Progress;
-use crate::stream::{Body, BufferPool, CHUNK, FileBody, FileSink, Tally};
+use crate::stream::{Body, BufferPool, CHUNK, FileSink, Tally};
 use crate::{Error, Result};
 
 /// Chunks read ahead of the network on upload.
@@ -454,11 +454,6 @@ impl Stage for HttpStage {
                 size,
                 sha256,
             }))
-    }
-
-    async fn upload(&self, key: &str, src: &Path, progress: &Progress) -> Result<StagedObject> {
-        self.upload_body(key, &FileBody::new(src).await?, progress)
-            .await
     }
 
     async fn upload_body(

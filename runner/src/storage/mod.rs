@@ -28,7 +28,7 @@ pub use s3::S3Stage;
 use crate::credentials::Credentials;
 use crate::endpoint::Guard;
 use crate::progress::Progress;
-use crate::stream::{Body, Tally};
+use crate::stream::{Body, FileBody, Tally};
 use crate::{Error, Result};
 
 /// Credential scope of the storage Secret's values (`storage.accessKey`, `storage.token`...).
@@ -178,8 +178,11 @@ pub trait Stage: Send + Sync {
     async fn stat(&self, key: &str) -> Result<Option<StagedObject>>;
 
     /// Uploads the file at `src` to `key`, hashing while reading, resuming an interrupted upload of
-    /// the same file where the backend can. Records the SHA-256 with the object.
-    async fn upload(&self, key: &str, src: &Path, progress: &Progress) -> Result<StagedObject>;
+    /// the same file where the backend can (S3). Records the SHA-256 with the object.
+    async fn upload(&self, key: &str, src: &Path, progress: &Progress) -> Result<StagedObject> {
+        self.upload_body(key, &FileBody::new(src).await?, progress)
+            .await
+    }
 
     /// Uploads what `body` produces to `key` as it is produced: a conversion streamed into staging
     /// without a scratch copy. A failed try starts `body` over. Records the SHA-256 with the object.

@@ -1411,7 +1411,8 @@ struct Journal {
 
 impl Journal {
     fn open(path: &Path, plan: &UploadPlan, resumed: bool) -> Self {
-        let opened = if resumed {
+        // an upload resumed from the status (a new pod) has no journal yet: it starts one
+        let opened = if resumed && path.exists() {
             std::fs::OpenOptions::new().append(true).open(path)
         } else {
             std::fs::File::create(path).and_then(|mut f| {

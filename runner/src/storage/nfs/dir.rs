@@ -12,7 +12,7 @@ use super::super::{
     Stage, StagedObject, parse_sidecar, partial_path, sidecar_body, sidecar_key, validate_key,
 };
 use crate::progress::Progress;
-use crate::stream::{Body, BufferPool, CHUNK, FileBody, HashingWriter, open_resumable};
+use crate::stream::{Body, BufferPool, CHUNK, HashingWriter, open_resumable};
 use crate::{Error, Result};
 
 /// An NFS export's stand-in: a local directory.
@@ -117,11 +117,6 @@ impl Stage for DirStage {
             size: meta.len(),
             sha256,
         }))
-    }
-
-    async fn upload(&self, key: &str, src: &Path, progress: &Progress) -> Result<StagedObject> {
-        self.upload_body(key, &FileBody::new(src).await?, progress)
-            .await
     }
 
     async fn upload_body(

@@ -44,7 +44,7 @@ use super::{
 };
 use crate::error::with_retries;
 use crate::progress::Progress;
-use crate::stream::{Body, BufferPool, FileBody, FileSink};
+use crate::stream::{Body, BufferPool, FileSink};
 use crate::{Error, Result};
 
 /// READs or WRITEs in flight per transfer (each on its own connection).
@@ -182,11 +182,6 @@ impl Stage for NfsStage {
             #[cfg(feature = "test-doubles")]
             Backend::Dir(d) => d.stat(key).await,
         }
-    }
-
-    async fn upload(&self, key: &str, src: &Path, progress: &Progress) -> Result<StagedObject> {
-        self.upload_body(key, &FileBody::new(src).await?, progress)
-            .await
     }
 
     async fn upload_body(
