@@ -30,6 +30,9 @@ pub const FIELD_MANAGER: &str = "virtrigaud-runner";
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 /// Minimum time between two progress log lines.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// Tries of a status write that records a step (1 + 2 + 4 + 8 + 16 + 30 + 30 s apart): progress
+/// writes try once, as the next one comes within seconds.
+const STATUS_TRIES: u32 = 8;
 
 /// Where status writes go.
 #[async_trait]
@@ -209,7 +212,7 @@ impl StatusWriter {
         let due = self
             .last_write
             .is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL);
-        if due && let Err(e) = self.write().await {
+        if due && let Err(e) = self.write_tries(1).await {
             tracing::warn!("progress not written: {e}");
         }
     }
@@ -323,14 +326,20 @@ impl StatusWriter {
         );
     }
 
-    /// Sends the whole runner-owned status, retrying transient API errors a few times.
+    /// Sends the whole runner-owned status, retrying transient API errors for about a minute and
+    /// a half (an apiserver restart is waited out, the attempt goes on).
     async fn write(&mut self) -> Result<()> {
+        self.write_tries(STATUS_TRIES).await
+    }
+
+    /// Sends the whole runner-owned status in at most `tries` tries.
+    async fn write_tries(&mut self, tries: u32) -> Result<()> {
         if let Some(ledger) = &self.uploads {
             self.state.uploads = ledger.pending();
         }
         let state = &self.state;
         let sink = &self.sink;
-        with_retries("status patch", 3, || sink.apply(state)).await?;
+        with_retries("status patch", tries, || sink.apply(state)).await?;
         self.last_write = Some(Instant::now());
         self.dirty = false;
         Ok(())

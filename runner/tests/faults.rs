@@ -11,12 +11,11 @@ mod vsphere_world;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cluster_world::{Cluster, adapt, virtual_machine};
+use cluster_world::Cluster;
 use crd::{Phase, ProviderType, VMMigration};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams};
-use serde_json::json;
 
 /// vda of the source: 2 GiB of random bytes (about 260 parts of 8 MiB staged; some 10 s of upload
 /// on the world, so the pod is lost well before the end).
@@ -65,28 +64,7 @@ async fn a_runner_pod_lost_at_half_the_upload_resumes_from_the_parts_on_the_serv
     let refs = tempfile::tempdir().unwrap();
     let _source_guard = lw.make_big_source_vm(&source, true, VDA_MIB, refs.path());
     let _target_guard = lw.guard(&target);
-    let (source_provider, target_provider) = fleet::providers(ProviderType::Libvirt);
-    cluster.apply(&virtual_machine(ns, &source, source_provider));
-    let yaml = adapt(
-        "libvirt-to-vsphere.yaml",
-        ns,
-        &[
-            ("/metadata/name", json!("lost")),
-            ("/spec/sourceName", json!(source)),
-            ("/spec/targetProviderRef", json!({"name": target_provider})),
-            ("/spec/targetName", json!(target)),
-            (
-                "/spec/targetStorageHint",
-                json!(cluster.var("VRG_LIBVIRT_POOL")),
-            ),
-            ("/spec/storage", fleet::storage(&cluster, "s3")),
-            (
-                "/spec/retryPolicy",
-                json!({"maxAttempts": 3, "backoffDuration": "5s"}),
-            ),
-        ],
-    );
-    cluster.apply(&yaml);
+    fleet::apply_libvirt_migration(&cluster, ns, "lost", &source, &target, 3);
 
     // the upload of vda: its id as the status records it, then half of its parts on the server
     let api: kube::Api<VMMigration> = kube::Api::namespaced(cluster.client.clone(), ns);
@@ -164,4 +142,202 @@ async fn a_runner_pod_lost_at_half_the_upload_resumes_from_the_parts_on_the_serv
         0,
         "no parts left on the server"
     );
+}
+
+/// Deletes migration `ns/name` and waits until its finalizer's cleanup is done; then nothing it
+/// staged is left on the world's S3 server.
+fn delete_and_check_staging_empty(cluster: &Cluster, ns: &str, name: &str) {
+    let (ok, out) = cluster.kubectl(
+        &[
+            "-n",
+            ns,
+            "delete",
+            "vmmigration",
+            name,
+            "--wait",
+            "--timeout=180s",
+        ],
+        None,
+    );
+    assert!(ok, "kubectl delete: {out}");
+    let staged = Path::new(cluster.var("VRG_S3_DATA_DIR"))
+        .join(cluster.var("VRG_S3_BUCKET"))
+        .join(ns)
+        .join(name);
+    let left: Vec<_> = std::fs::read_dir(&staged)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in {}: {left:?}", staged.display());
+}
+
+/// Waits until vda's staged object is complete on the world's S3 server (recorded in the status and
+/// of the recorded size there); returns its file and size.
+async fn staged_vda(cluster: &Cluster, ns: &str, name: &str) -> (std::path::PathBuf, u64) {
+    let api: kube::Api<VMMigration> = kube::Api::namespaced(cluster.client.clone(), ns);
+    let file = Path::new(cluster.var("VRG_S3_DATA_DIR"))
+        .join(cluster.var("VRG_S3_BUCKET"))
+        .join(format!("{ns}/{name}/vda.qcow2"));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        assert!(Instant::now() < deadline, "vda was never staged");
+        let status = api.get(name).await.unwrap().status.unwrap_or_default();
+        assert!(
+            !matches!(status.phase, Some(Phase::Ready | Phase::Failed)),
+            "{ns}/{name} ended before vda was staged: {status:?}"
+        );
+        let vda = status.disks.iter().find(|d| d.name == "vda");
+        if let Some(size) = vda
+            .filter(|d| d.staged_url.is_some())
+            .and_then(|d| d.bytes_total)
+            && std::fs::metadata(&file).is_ok_and(|m| m.len() == size as u64)
+        {
+            return (file, size as u64);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Flips the byte at `offset` of `path` in place.
+fn flip_byte(path: &Path, offset: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8];
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.read_exact(&mut byte).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(&[byte[0] ^ 0xff]).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// vda's staged object rots on the S3 server after its upload, before its import: the runner's
+/// hash of the download catches it, the migration fails terminally naming the object, no target
+/// VM or volume is made, the source runs on as it was, and deleting the migration removes what it
+/// staged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_staged_object_corrupted_before_its_import_fails_the_migration_and_creates_nothing() {
+    let cluster = Cluster::load().await;
+    let lw = libvirt_world::World::load();
+    let ns = "fault-corrupt";
+    cluster.fresh_namespace(ns).await;
+    cluster.apply(&cluster.objects(ns));
+    let source = libvirt_world::unique("rot");
+    let target = libvirt_world::unique("rot-copy");
+    let refs = tempfile::tempdir().unwrap();
+    let _source_guard = lw.make_big_source_vm(&source, true, 528, refs.path());
+    let _target_guard = lw.guard(&target);
+    let disks = lw.domain_disks(&source);
+    fleet::apply_libvirt_migration(&cluster, ns, "rot", &source, &target, 3);
+
+    let (object, size) = staged_vda(&cluster, ns, "rot").await;
+    flip_byte(&object, size / 2);
+
+    let m = cluster.wait_done(ns, "rot", Duration::from_secs(600)).await;
+    let status = m.status.clone().unwrap();
+    let logs = cluster.runner_logs(ns, "rot");
+    assert_eq!(status.phase, Some(Phase::Failed), "{status:?}\n{logs}");
+    assert_eq!(
+        status.attempt,
+        Some(1),
+        "a checksum mismatch is not retried"
+    );
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        ready.reason.as_deref(),
+        Some("ChecksumMismatch"),
+        "{ready:?}"
+    );
+    let message = ready.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("vda.qcow2"),
+        "the object is named: {message}"
+    );
+    assert!(status.target_vm.is_none() && status.target_vm_id.is_none());
+    assert!(
+        !lw.virsh(&["dominfo", &target]).status.success(),
+        "no {target}"
+    );
+    assert_eq!(
+        lw.volumes(&target),
+        Vec::<String>::new(),
+        "no target volume"
+    );
+    lw.assert_source_unchanged(&source, &disks, refs.path());
+    delete_and_check_staging_empty(&cluster, ns, "rot");
+}
+
+/// A domain of the target name, not the migration's, is defined on the target while the disks are
+/// uploaded: the runner does not touch it, fails terminally with NotOwned naming it, removes the
+/// volumes it imported, and the source runs on as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_of_the_target_name_appearing_mid_migration_is_left_alone() {
+    let cluster = Cluster::load().await;
+    let lw = libvirt_world::World::load();
+    let ns = "fault-clash";
+    cluster.fresh_namespace(ns).await;
+    cluster.apply(&cluster.objects(ns));
+    let source = libvirt_world::unique("clash");
+    let target = libvirt_world::unique("clash-copy");
+    let refs = tempfile::tempdir().unwrap();
+    let _source_guard = lw.make_big_source_vm(&source, true, 528, refs.path());
+    let _target_guard = lw.guard(&target);
+    let disks = lw.domain_disks(&source);
+    fleet::apply_libvirt_migration(&cluster, ns, "clash", &source, &target, 3);
+
+    // someone else's domain of that name, defined once the migration is past its validation
+    let _ = staged_vda(&cluster, ns, "clash").await;
+    let xml = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        xml.path(),
+        format!(
+            "<domain type='qemu'><name>{target}</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64'>hvm</type></os></domain>"
+        ),
+    )
+    .unwrap();
+    lw.virsh_ok(&["define", xml.path().to_str().unwrap()]);
+    let theirs = lw.virsh_ok(&["dumpxml", &target]);
+
+    let m = cluster
+        .wait_done(ns, "clash", Duration::from_secs(600))
+        .await;
+    let status = m.status.clone().unwrap();
+    let logs = cluster.runner_logs(ns, "clash");
+    assert_eq!(status.phase, Some(Phase::Failed), "{status:?}\n{logs}");
+    assert_eq!(
+        status.attempt,
+        Some(1),
+        "a name taken by another VM is not retried"
+    );
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.reason.as_deref(), Some("NotOwned"), "{ready:?}");
+    let message = ready.message.clone().unwrap_or_default();
+    assert!(
+        message.contains(&target) && message.contains("left untouched"),
+        "{message}"
+    );
+    assert_eq!(
+        lw.virsh_ok(&["dumpxml", &target]),
+        theirs,
+        "their domain unchanged"
+    );
+    assert_eq!(
+        lw.volumes(&target),
+        Vec::<String>::new(),
+        "imported volumes removed"
+    );
+    assert!(status.disks.iter().all(|d| d.target_disk.is_none()));
+    lw.assert_source_unchanged(&source, &disks, refs.path());
+    delete_and_check_staging_empty(&cluster, ns, "clash");
 }

@@ -27,7 +27,7 @@ fn repo() -> PathBuf {
     manifest_dir().join("..")
 }
 
-fn world_dir() -> PathBuf {
+pub fn world_dir() -> PathBuf {
     std::env::var_os("VRG_WORLD")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("e2e/.world"))

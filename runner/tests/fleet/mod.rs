@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crd::{ProviderType, VMMigration};
 use serde_json::{Value, json};
 
-use crate::cluster_world::Cluster;
+use crate::cluster_world::{Cluster, adapt, virtual_machine};
 use crate::{libvirt_world, proxmox_world, vsphere_world};
 
 /// The Provider (of [`Cluster::objects`]) a VM of `kind` is on as a source, and the one it goes to
@@ -176,4 +176,38 @@ pub fn storage(cluster: &Cluster, backend: &str) -> Value {
             json!({"type": "nfs", "path": "/mnt/migrations", "endpoint": cluster.var("VRG_NFS_ENDPOINT")})
         }
     }
+}
+
+/// Applies libvirt -> libvirt migration `ns/name` of VM `source` to `target` through the world's S3
+/// (the guide's Scenario 1 with the libvirt target), `attempts` at most, 5 s apart.
+pub fn apply_libvirt_migration(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    source: &str,
+    target: &str,
+    attempts: u32,
+) {
+    let (source_provider, target_provider) = providers(ProviderType::Libvirt);
+    cluster.apply(&virtual_machine(ns, source, source_provider));
+    let yaml = adapt(
+        "libvirt-to-vsphere.yaml",
+        ns,
+        &[
+            ("/metadata/name", json!(name)),
+            ("/spec/sourceName", json!(source)),
+            ("/spec/targetProviderRef", json!({"name": target_provider})),
+            ("/spec/targetName", json!(target)),
+            (
+                "/spec/targetStorageHint",
+                json!(cluster.var("VRG_LIBVIRT_POOL")),
+            ),
+            ("/spec/storage", storage(cluster, "s3")),
+            (
+                "/spec/retryPolicy",
+                json!({"maxAttempts": attempts, "backoffDuration": "5s"}),
+            ),
+        ],
+    );
+    cluster.apply(&yaml);
 }

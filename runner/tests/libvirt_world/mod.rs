@@ -195,12 +195,56 @@ impl World {
             .map(str::to_string)
             .collect()
     }
+
+    /// The disk paths of libvirt domain `name`, in bus order (`virsh -q`: no header).
+    pub fn domain_disks(&self, name: &str) -> Vec<String> {
+        self.virsh_ok(&["domblklist", name])
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+            .filter(|p| p != "-")
+            .collect()
+    }
+
+    /// What a failed migration must leave of its source: running on the disks it had, holding the
+    /// reference content, with no snapshot of the migration's.
+    pub fn assert_source_unchanged(&self, source: &str, disks: &[String], refs: &Path) {
+        assert_eq!(self.virsh_ok(&["domstate", source]).trim(), "running");
+        assert_eq!(self.domain_disks(source), disks, "{source}'s disks");
+        for (disk, r) in disks.iter().zip(["vda.raw", "vdb.raw"]) {
+            if !same_content(Path::new(disk), &refs.join(r)) {
+                let out = Command::new("qemu-img")
+                    .args(["compare", "-U"])
+                    .arg(disk)
+                    .arg(refs.join(r))
+                    .output()
+                    .unwrap();
+                let info = Command::new("qemu-img")
+                    .args(["info", "-U", disk])
+                    .output()
+                    .unwrap();
+                panic!(
+                    "{source}: {disk} changed: {}\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&info.stdout)
+                );
+            }
+        }
+        let snapshots = self.virsh_ok(&["snapshot-list", source, "--name"]);
+        assert!(snapshots.trim().is_empty(), "snapshots left: {snapshots}");
+    }
 }
 
 /// Removes a test's domain and volumes.
 pub struct DomainGuard<'a> {
     world: &'a World,
     name: String,
+}
+
+impl DomainGuard<'_> {
+    /// The domain's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 impl Drop for DomainGuard<'_> {

@@ -303,9 +303,11 @@ impl Host<'_> {
     pub(super) fn create(&self, vm: &NewVm, paths: &[String]) -> Result<TargetVmHandle> {
         let ep = self.ep.shown();
         match Domain::lookup_by_name(self.conn, &vm.name) {
-            Ok(_) => {
-                return Err(Error::Invalid(format!(
-                    "a domain named {:?} already exists on {ep}",
+            Ok(dom) => {
+                let uuid = dom.get_uuid_string().unwrap_or_else(|_| "?".into());
+                return Err(Error::NotOurs(format!(
+                    "a domain named {:?} (uuid {uuid}) appeared on {ep} while the migration ran: \
+                     it is left untouched; choose another targetName or remove that domain",
                     vm.name
                 )));
             }

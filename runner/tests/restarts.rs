@@ -1,0 +1,204 @@
+//! The world's shared services restarted under a running migration: libvirtd during the export,
+//! the apiserver during the transfer. Their own test binary, one test at a time, so no other test
+//! sees them go away. Needs `make e2e-up`.
+
+mod cluster_world;
+mod fleet;
+mod libvirt_world;
+mod proxmox_world;
+mod vsphere_world;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cluster_world::Cluster;
+use crd::{Phase, ProviderType, VMMigration};
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::ListParams;
+
+/// vda of the source: 2 GiB of random bytes, some 15 s of export and as much of upload on the
+/// world, so a restart lands well inside the step it is aimed at.
+const VDA_MIB: u64 = 2064;
+
+/// One restart at a time: each takes a service every test of this binary uses.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Stops the world's process `name` by its pid file as a service manager does (TERM, KILL after
+/// 5 s) and waits until it is gone.
+fn stop(name: &str) {
+    let pid_file = cluster_world::world_dir()
+        .join("pids")
+        .join(format!("{name}.pid"));
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()))
+        .trim()
+        .to_string();
+    let alive = || Path::new("/proc").join(&pid).exists();
+    assert!(alive(), "{name} (pid {pid}) is not running");
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success(), "kill -TERM {pid}");
+    let patience = Instant::now() + Duration::from_secs(5);
+    while alive() && Instant::now() < patience {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if alive() {
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive() {
+        assert!(Instant::now() < deadline, "{name} (pid {pid}) did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs the world script `script` (it starts what is not running) and returns how long it took.
+fn start_again(script: &str) -> Duration {
+    let started = Instant::now();
+    let path: PathBuf = libvirt_world::repo_root().join("e2e/scripts").join(script);
+    let out = Command::new("bash").arg(&path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    started.elapsed()
+}
+
+/// Waits until migration `ns/name` reports `phase`; returns its status then.
+async fn wait_phase(cluster: &Cluster, ns: &str, name: &str, phase: Phase) {
+    let api: kube::Api<VMMigration> = kube::Api::namespaced(cluster.client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "{ns}/{name} never reached {phase:?}"
+        );
+        let status = api.get(name).await.unwrap().status.unwrap_or_default();
+        assert!(
+            !matches!(status.phase, Some(Phase::Ready | Phase::Failed)),
+            "{ns}/{name} ended before {phase:?}: {status:?}"
+        );
+        if status.phase == Some(phase) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The runner Jobs of migration `ns/name`.
+async fn jobs(cluster: &Cluster, ns: &str, name: &str) -> Vec<String> {
+    let api: kube::Api<Job> = kube::Api::namespaced(cluster.client.clone(), ns);
+    let selector = format!("virtrigaud.io/migration={name}");
+    api.list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|j| j.metadata.name)
+        .collect()
+}
+
+/// A big libvirt -> libvirt migration `ns/name` through S3, started: the target's name, the
+/// source's disks before the migration; the source's reference images are in `refs`.
+async fn start_migration<'w>(
+    cluster: &Cluster,
+    lw: &'w libvirt_world::World,
+    ns: &str,
+    name: &str,
+    refs: &Path,
+) -> (String, Vec<String>, [libvirt_world::DomainGuard<'w>; 2]) {
+    cluster.fresh_namespace(ns).await;
+    cluster.apply(&cluster.objects(ns));
+    let source = libvirt_world::unique(name);
+    let target = libvirt_world::unique(&format!("{name}-copy"));
+    let guards = [
+        lw.make_big_source_vm(&source, true, VDA_MIB, refs),
+        lw.guard(&target),
+    ];
+    let disks = lw.domain_disks(&source);
+    fleet::apply_libvirt_migration(cluster, ns, name, &source, &target, 3);
+    (target, disks, guards)
+}
+
+/// Ready with the source's content on the target; prints what the restart cost.
+async fn check_ready(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    target: &str,
+    refs: &Path,
+) -> VMMigration {
+    let m = cluster.wait_done(ns, name, Duration::from_secs(900)).await;
+    let status = m.status.clone().unwrap();
+    let logs = cluster.runner_logs(ns, name);
+    assert_eq!(status.phase, Some(Phase::Ready), "{status:?}\n{logs}");
+    let refs = [refs.join("vda.raw"), refs.join("vdb.raw")];
+    let _target = fleet::check_target(cluster, &m, ProviderType::Libvirt, target, &refs).await;
+    m
+}
+
+/// libvirtd is stopped while vda is exported and started again: the export's stream breaks, the
+/// runner connects again and the migration ends Ready with the source's content, the source
+/// running as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn libvirtd_restarted_during_the_export() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::load().await;
+    let lw = libvirt_world::World::load();
+    let (ns, name) = ("restart-libvirtd", "libvirtd");
+    let refs = tempfile::tempdir().unwrap();
+    let (target, disks, guards) = start_migration(&cluster, &lw, ns, name, refs.path()).await;
+    let source = guards[0].name().to_string();
+    wait_phase(&cluster, ns, name, Phase::Exporting).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    stop("libvirtd");
+    let down = start_again("endpoints-up.sh");
+    let m = check_ready(&cluster, ns, name, &target, refs.path()).await;
+    let status = m.status.unwrap();
+    println!(
+        "libvirtd stopped during the export and started again ({:.1}s): Ready in attempt {}",
+        down.as_secs_f64(),
+        status.attempt.unwrap_or(0)
+    );
+    lw.assert_source_unchanged(&source, &disks, refs.path());
+    let attempts = status.attempt.unwrap_or(0) as usize;
+    assert_eq!(
+        jobs(&cluster, ns, name).await.len(),
+        attempts,
+        "one Job per attempt"
+    );
+}
+
+/// The apiserver is stopped while vda is uploaded and started again: the runner's status writes
+/// wait it out, the operator and the node reconnect, and the migration ends Ready in its first
+/// attempt, with one runner Job.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_apiserver_restarted_during_the_transfer() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::load().await;
+    let lw = libvirt_world::World::load();
+    let (ns, name) = ("restart-apiserver", "apiserver");
+    let refs = tempfile::tempdir().unwrap();
+    let (target, _, _guards) = start_migration(&cluster, &lw, ns, name, refs.path()).await;
+    wait_phase(&cluster, ns, name, Phase::Transferring).await;
+
+    stop("kube-apiserver");
+    let down = start_again("control-plane-up.sh");
+    let m = check_ready(&cluster, ns, name, &target, refs.path()).await;
+    let status = m.status.unwrap();
+    let logs = cluster.runner_logs(ns, name);
+    println!(
+        "apiserver stopped during the transfer and started again ({:.1}s): Ready in attempt {}",
+        down.as_secs_f64(),
+        status.attempt.unwrap_or(0)
+    );
+    assert!(
+        logs.contains("status patch") || logs.contains("progress not written"),
+        "the runner did not see the apiserver go:\n{logs}"
+    );
+    assert_eq!(status.attempt, Some(1), "the runner outlived the outage");
+    assert_eq!(jobs(&cluster, ns, name).await.len(), 1, "one runner Job");
+}
