@@ -789,22 +789,51 @@ pub fn ensure_space(dir: &Path, needed: u64, limit: Option<u64>) -> Result<()> {
     let human = crate::progress::human_bytes;
     if let Some(limit) = limit.filter(|l| *l < needed) {
         return Err(Error::NoSpace(format!(
-            "scratch {} is limited to {} (the operator's --scratch-size), the largest disk needs {}",
+            "scratch {} is limited to {} by the operator's --scratch-size, the largest disk needs \
+             {}; {SCRATCH_SETTINGS}",
             dir.display(),
-            human(limit),
-            human(needed)
+            gibibytes(limit),
+            gibibytes(needed)
         )));
     }
     let free = free_space(dir)?;
     if free < needed {
         return Err(Error::NoSpace(format!(
-            "scratch {} has {} free, the largest disk needs {}",
+            "scratch {} has {} free, the largest disk needs {}; {SCRATCH_SETTINGS}",
             dir.display(),
             human(free),
             human(needed)
         )));
     }
     Ok(())
+}
+
+/// `bytes` spelled as the --scratch-size flag takes it (`100Gi`, `20.5Gi`).
+fn gibibytes(bytes: u64) -> String {
+    const GIB: u64 = 1 << 30;
+    if bytes % GIB == 0 {
+        format!("{}Gi", bytes / GIB)
+    } else {
+        format!("{:.1}Gi", bytes as f64 / GIB as f64)
+    }
+}
+
+/// What a user changes when scratch is too small.
+const SCRATCH_SETTINGS: &str = "raise the operator's --scratch-size (with --scratch-storage-class \
+    for a volume of that size on a storage class instead of the node's disk)";
+
+/// A scratch volume that filled up during the run ([`Error::NoSpace`] naming a path under
+/// `scratch`) also says which setting gives the runner more; other errors are unchanged.
+pub fn scratch_hint(error: Error, scratch: &Path) -> Error {
+    match error {
+        Error::NoSpace(detail)
+            if detail.contains(&*scratch.to_string_lossy())
+                && !detail.contains(SCRATCH_SETTINGS) =>
+        {
+            Error::NoSpace(format!("{detail}; {SCRATCH_SETTINGS}"))
+        }
+        other => other,
+    }
 }
 
 fn spawn_error(e: std::io::Error) -> Error {
@@ -1140,15 +1169,37 @@ mod tests {
         let err = ensure_space(dir.path(), u64::MAX, None).unwrap_err();
         assert!(matches!(err, Error::NoSpace(_)), "{err}");
         // A sizeLimit below the need fails though the filesystem has room.
-        ensure_space(dir.path(), 10_000_000, Some(10_000_000)).unwrap();
-        let err = ensure_space(dir.path(), 25_000_000, Some(10_000_000)).unwrap_err();
+        ensure_space(dir.path(), 10 << 30, Some(10 << 30)).unwrap_or_else(|e| {
+            assert!(
+                e.to_string().contains("free"),
+                "only the filesystem may refuse: {e}"
+            )
+        });
+        let err = ensure_space(dir.path(), 25 << 29, Some(10 << 30)).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
-                "not enough space: scratch {} is limited to 10MB (the operator's --scratch-size), \
-                 the largest disk needs 25MB",
+                "not enough space: scratch {} is limited to 10Gi by the operator's --scratch-size, \
+                 the largest disk needs 12.5Gi; {SCRATCH_SETTINGS}",
                 dir.path().display()
             )
         );
+    }
+
+    #[test]
+    fn a_full_scratch_names_the_setting_to_raise() {
+        let scratch = Path::new("/scratch");
+        let full = Error::io(
+            "writing /scratch/m/vda.qcow2",
+            std::io::Error::from_raw_os_error(28),
+        );
+        let e = scratch_hint(full, scratch);
+        assert_eq!(e.reason(), "NoSpace");
+        assert!(e.to_string().contains("--scratch-size"), "{e}");
+        let elsewhere = Error::NoSpace("libvirt storage pool \"default\" has 1 GB free".into());
+        let e = scratch_hint(elsewhere, scratch);
+        assert!(!e.to_string().contains("--scratch-size"), "{e}");
+        let other = scratch_hint(Error::Invalid("/scratch/x".into()), scratch);
+        assert_eq!(other.reason(), "Invalid");
     }
 }

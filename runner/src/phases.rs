@@ -142,7 +142,11 @@ impl Pipeline {
     /// snapshot when the policy says so), since no later attempt will use it.
     pub async fn run(mut self) -> Result<String> {
         let mut work = None;
-        let result = self.walk(&mut work).await;
+        let scratch = self.scratch.clone();
+        let result = self
+            .walk(&mut work)
+            .await
+            .map_err(|e| disk::scratch_hint(e, &scratch));
         if let Err(e) = &result {
             if let Err(write) = self.status.fail(self.current, e).await {
                 tracing::warn!("could not record the failure in the status: {write}");

@@ -341,3 +341,75 @@ async fn a_vm_of_the_target_name_appearing_mid_migration_is_left_alone() {
     lw.assert_source_unchanged(&source, &disks, refs.path());
     delete_and_check_staging_empty(&cluster, ns, "clash");
 }
+
+/// A source disk larger than the runner's scratch (101 GiB virtual, nearly empty; the e2e operator
+/// keeps the default --scratch-size of 100Gi): the migration fails in Validating with NoSpace
+/// naming the setting to raise, before anything is snapshotted, staged or made on the target.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disk_larger_than_scratch_fails_with_no_space_naming_the_setting() {
+    let cluster = Cluster::load().await;
+    let lw = libvirt_world::World::load();
+    let ns = "fault-scratch";
+    cluster.fresh_namespace(ns).await;
+    cluster.apply(&cluster.objects(ns));
+    let source = libvirt_world::unique("huge");
+    let target = libvirt_world::unique("huge-copy");
+    let _source_guard = lw.guard(&source);
+    let _target_guard = lw.guard(&target);
+    let disk = lw.pool_dir().join(format!("{source}-vda.qcow2"));
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("101G")
+        .status()
+        .unwrap();
+    assert!(made.success(), "qemu-img create {}", disk.display());
+    let xml = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        xml.path(),
+        format!(
+            "<domain type='qemu'><name>{source}</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64'>hvm</type></os><devices><disk type='file' device='disk'>\
+             <driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vda' bus='virtio'/>\
+             </disk></devices></domain>",
+            disk.display()
+        ),
+    )
+    .unwrap();
+    lw.virsh_ok(&["define", xml.path().to_str().unwrap()]);
+    lw.virsh_ok(&["pool-refresh", "default"]);
+    fleet::apply_libvirt_migration(&cluster, ns, "huge", &source, &target, 3);
+
+    let m = cluster
+        .wait_done(ns, "huge", Duration::from_secs(300))
+        .await;
+    let status = m.status.clone().unwrap();
+    let logs = cluster.runner_logs(ns, "huge");
+    assert_eq!(status.phase, Some(Phase::Failed), "{status:?}\n{logs}");
+    assert_eq!(
+        status.attempt,
+        Some(1),
+        "more attempts do not make scratch larger"
+    );
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.reason.as_deref(), Some("NoSpace"), "{ready:?}");
+    let message = ready.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("limited to 100Gi by the operator's --scratch-size")
+            && message.contains("needs 101Gi"),
+        "the setting and its value are named: {message}"
+    );
+    assert!(status.snapshot.is_none(), "nothing snapshotted: {status:?}");
+    assert!(status.disks.iter().all(|d| d.staged_url.is_none()));
+    assert!(
+        !lw.virsh(&["dominfo", &target]).status.success(),
+        "no {target}"
+    );
+    let snapshots = lw.virsh_ok(&["snapshot-list", &source, "--name"]);
+    assert!(snapshots.trim().is_empty(), "snapshots: {snapshots}");
+    delete_and_check_staging_empty(&cluster, ns, "huge");
+}
