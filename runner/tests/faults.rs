@@ -21,34 +21,6 @@ use kube::api::{DeleteParams, ListParams};
 /// on the world, so the pod is lost well before the end).
 const VDA_MIB: u64 = 2064;
 
-/// Parts of upload `id` the world's S3 server (s3s-fs) holds.
-fn parts_held(data_dir: &Path, id: &str) -> usize {
-    std::fs::read_dir(data_dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter(|e| {
-                    let name = e.file_name();
-                    let name = name.to_string_lossy();
-                    name.contains(id) && name.contains(".part-")
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
-/// `bytes sent` and parts kept of the resumed upload the runner logged.
-fn resumed_upload(logs: &str) -> Option<(u64, u32)> {
-    let line = logs
-        .lines()
-        .find(|l| l.contains("parts kept from an earlier try"))?;
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let at = words.iter().position(|w| *w == "bytes")?;
-    let sent = words.get(at.checked_sub(1)?)?.parse().ok()?;
-    let kept = words.get(at + 2)?.parse().ok()?;
-    Some((sent, kept))
-}
-
 /// Attempt 1's runner pod is deleted once half of the disk's parts are on the S3 server. Attempt
 /// 2, in a new pod with empty scratch, re-exports the disk and continues the upload the status
 /// recorded: it sends at most 55% of the staged bytes again, and leaves no parts behind.
@@ -84,7 +56,7 @@ async fn a_runner_pod_lost_at_half_the_upload_resumes_from_the_parts_on_the_serv
             .iter()
             .find(|u| u.key.ends_with("/vda.qcow2"));
         if let Some(u) = upload
-            && parts_held(&data_dir, &u.upload_id) >= half
+            && fleet::parts_held(&data_dir, &u.upload_id) >= half
         {
             break u.upload_id.clone();
         }
@@ -102,7 +74,7 @@ async fn a_runner_pod_lost_at_half_the_upload_resumes_from_the_parts_on_the_serv
         )
         .await;
     assert!(killed.is_ok(), "deleting the runner pod: {killed:?}");
-    let held_at_loss = parts_held(&data_dir, &upload_id);
+    let held_at_loss = fleet::parts_held(&data_dir, &upload_id);
 
     let m = cluster
         .wait_done(ns, "lost", Duration::from_secs(600))
@@ -117,7 +89,7 @@ async fn a_runner_pod_lost_at_half_the_upload_resumes_from_the_parts_on_the_serv
 
     let vda = status.disks.iter().find(|d| d.name == "vda").unwrap();
     let staged = vda.bytes_total.unwrap() as u64;
-    let (sent, kept) = resumed_upload(&logs)
+    let (sent, kept) = fleet::resumed_upload(&logs)
         .unwrap_or_else(|| panic!("attempt 2 did not continue the upload:\n{logs}"));
     let share = sent as f64 / staged as f64;
     println!(
@@ -138,7 +110,7 @@ async fn a_runner_pod_lost_at_half_the_upload_resumes_from_the_parts_on_the_serv
         status.uploads
     );
     assert_eq!(
-        parts_held(&data_dir, &upload_id),
+        fleet::parts_held(&data_dir, &upload_id),
         0,
         "no parts left on the server"
     );

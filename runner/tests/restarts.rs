@@ -202,3 +202,97 @@ async fn the_apiserver_restarted_during_the_transfer() {
     assert_eq!(status.attempt, Some(1), "the runner outlived the outage");
     assert_eq!(jobs(&cluster, ns, name).await.len(), 1, "one runner Job");
 }
+
+/// The S3 server is stopped when a quarter of vda's parts are on it and started again: the upload
+/// continues from the parts on the server (in the same attempt, or in the next one from what the
+/// status records), and the migration ends Ready with the source's content.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_s3_server_restarted_during_a_multipart_upload() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::load().await;
+    let lw = libvirt_world::World::load();
+    let (ns, name) = ("restart-s3", "s3");
+    let refs = tempfile::tempdir().unwrap();
+    let (target, _, _guards) = start_migration(&cluster, &lw, ns, name, refs.path()).await;
+    let api: kube::Api<VMMigration> = kube::Api::namespaced(cluster.client.clone(), ns);
+    let data_dir = PathBuf::from(cluster.var("VRG_S3_DATA_DIR"));
+    let quarter = ((VDA_MIB - 16) / 8 / 4) as usize;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let upload_id = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no upload reached a quarter of vda"
+        );
+        let status = api.get(name).await.unwrap().status.unwrap_or_default();
+        assert_ne!(status.phase, Some(Phase::Ready), "done before the restart");
+        let upload = status
+            .uploads
+            .iter()
+            .find(|u| u.key.ends_with("/vda.qcow2"));
+        if let Some(u) = upload
+            && fleet::parts_held(&data_dir, &u.upload_id) >= quarter
+        {
+            break u.upload_id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    stop("s3");
+    let held = fleet::parts_held(&data_dir, &upload_id);
+    let down = start_again("endpoints-up.sh");
+    let m = check_ready(&cluster, ns, name, &target, refs.path()).await;
+    let status = m.status.unwrap();
+    let logs = cluster.runner_logs(ns, name);
+    let staged = status
+        .disks
+        .iter()
+        .find(|d| d.name == "vda")
+        .unwrap()
+        .bytes_total
+        .unwrap() as u64;
+    // the bytes sent again: by a next attempt's resumed upload, or as the parts retried in-process
+    let retried: std::collections::BTreeSet<&str> = logs
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("UploadPart"))
+        .filter_map(|l| l.split(" part ").nth(1)?.split(':').next())
+        .collect();
+    let (how, sent) = match fleet::resumed_upload(&logs) {
+        Some((sent, kept)) => {
+            // parts still being received when the server stopped are lost; the others are kept
+            assert!(
+                kept as usize + 8 >= held,
+                "{kept} parts kept of {held} on the server"
+            );
+            (
+                format!(
+                    "resumed by attempt {:?} keeping {kept} parts",
+                    status.attempt
+                ),
+                sent,
+            )
+        }
+        None => (
+            format!("continued in attempt 1, parts {retried:?} retried"),
+            retried.len() as u64 * (8 << 20),
+        ),
+    };
+    println!(
+        "S3 server stopped with {held} parts of vda on it and started again ({:.1}s): Ready, \
+         {how}; {sent} of {staged} bytes sent again",
+        down.as_secs_f64(),
+    );
+    assert!(
+        !retried.is_empty() || status.attempt > Some(1),
+        "the runner did not see the server go:\n{logs}"
+    );
+    assert!(
+        sent * 4 <= staged * 3,
+        "{sent} of {staged} bytes sent again"
+    );
+    assert!(
+        status.uploads.is_empty(),
+        "no upload left pending: {:?}",
+        status.uploads
+    );
+    assert_eq!(fleet::parts_held(&data_dir, &upload_id), 0, "no parts left");
+}

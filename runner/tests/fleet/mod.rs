@@ -211,3 +211,31 @@ pub fn apply_libvirt_migration(
     );
     cluster.apply(&yaml);
 }
+
+/// Parts of upload `id` the world's S3 server (s3s-fs) holds.
+pub fn parts_held(data_dir: &Path, id: &str) -> usize {
+    std::fs::read_dir(data_dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.contains(id) && name.contains(".part-")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// `bytes sent` and parts kept of the resumed upload the runner logged.
+pub fn resumed_upload(logs: &str) -> Option<(u64, u32)> {
+    let line = logs
+        .lines()
+        .find(|l| l.contains("parts kept from an earlier try"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "bytes")?;
+    let sent = words.get(at.checked_sub(1)?)?.parse().ok()?;
+    let kept = words.get(at + 2)?.parse().ok()?;
+    Some((sent, kept))
+}
