@@ -3,6 +3,7 @@
 //! source's content on the target, and reports what the fault cost. Needs `make e2e-up`.
 
 mod cluster_world;
+mod fault_proxy;
 mod fleet;
 mod libvirt_world;
 mod proxmox_world;
@@ -384,4 +385,111 @@ async fn a_disk_larger_than_scratch_fails_with_no_space_naming_the_setting() {
     let snapshots = lw.virsh_ok(&["snapshot-list", &source, "--name"]);
     assert!(snapshots.trim().is_empty(), "snapshots: {snapshots}");
     delete_and_check_staging_empty(&cluster, ns, "huge");
+}
+
+/// The world's nginx WebDAV behind a [`fault_proxy::FaultProxy`] on the gateway: the storage
+/// block of a migration through it.
+async fn http_behind_proxy(cluster: &Cluster) -> (fault_proxy::FaultProxy, serde_json::Value) {
+    let port = url::Url::parse(cluster.var("VRG_HTTP_URL"))
+        .unwrap()
+        .port()
+        .unwrap();
+    let proxy = fault_proxy::FaultProxy::start(cluster.var("VRG_GATEWAY_IP"), port).await;
+    let storage = serde_json::json!({"type": "http", "endpoint": proxy.url(),
+        "credentialsSecretRef": {"name": "fileserver-token"}});
+    (proxy, storage)
+}
+
+/// HTTP staging answers 503 to everything for 30 s, starting in the middle of vda's upload (the
+/// open connections cut): the runner retries, the operator starts the next attempt when the
+/// runner's retries run out, and the migration ends Ready with the source's content. The
+/// attempts it took and the 503 answers are reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_storage_unavailable_for_30_seconds_mid_upload() {
+    let cluster = Cluster::load().await;
+    let lw = libvirt_world::World::load();
+    let ns = "fault-http-503";
+    cluster.fresh_namespace(ns).await;
+    cluster.apply(&cluster.objects(ns));
+    let source = libvirt_world::unique("busy");
+    let target = libvirt_world::unique("busy-copy");
+    let refs = tempfile::tempdir().unwrap();
+    let _source_guard = lw.make_big_source_vm(&source, true, 1040, refs.path());
+    let _target_guard = lw.guard(&target);
+    let (proxy, storage) = http_behind_proxy(&cluster).await;
+    fleet::apply_libvirt_migration_through(&cluster, ns, "busy", &source, &target, 4, storage);
+
+    cluster.wait_phase(ns, "busy", Phase::Transferring).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.set(fault_proxy::Mode::Unavailable);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    proxy.set(fault_proxy::Mode::Pass);
+
+    let m = cluster
+        .wait_done(ns, "busy", Duration::from_secs(900))
+        .await;
+    let status = m.status.clone().unwrap();
+    let logs = cluster.runner_logs(ns, "busy");
+    assert_eq!(status.phase, Some(Phase::Ready), "{status:?}\n{logs}");
+    let refs = [refs.path().join("vda.raw"), refs.path().join("vdb.raw")];
+    let _target = fleet::check_target(&cluster, &m, ProviderType::Libvirt, &target, &refs).await;
+    let attempts = status.attempt.unwrap_or(0);
+    println!(
+        "HTTP storage unavailable for 30 s mid-upload: {} requests answered 503, Ready in attempt \
+         {attempts} (an HTTP PUT cannot be continued: each attempt sends vda whole)",
+        proxy.refusals()
+    );
+    assert!(proxy.refusals() > 0, "no request met the outage");
+    assert!(
+        logs.contains("503"),
+        "the runner did not report the 503s:\n{logs}"
+    );
+    assert_eq!(
+        cluster.jobs(ns, "busy").await.len(),
+        attempts as usize,
+        "one Job per attempt"
+    );
+}
+
+/// The connection of vda's download from HTTP staging is reset after 100 MiB: the runner
+/// continues the download from where it broke (Range) in the same attempt and the migration
+/// ends Ready with the source's content.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_reset_mid_download_is_continued() {
+    let cluster = Cluster::load().await;
+    let lw = libvirt_world::World::load();
+    let ns = "fault-http-reset";
+    cluster.fresh_namespace(ns).await;
+    cluster.apply(&cluster.objects(ns));
+    let source = libvirt_world::unique("reset");
+    let target = libvirt_world::unique("reset-copy");
+    let refs = tempfile::tempdir().unwrap();
+    let _source_guard = lw.make_big_source_vm(&source, true, 528, refs.path());
+    let _target_guard = lw.guard(&target);
+    let (proxy, storage) = http_behind_proxy(&cluster).await;
+    // only a download sends that much back: uploads are answered in a few bytes
+    proxy.set(fault_proxy::Mode::ResetAfter(100 << 20));
+    fleet::apply_libvirt_migration_through(&cluster, ns, "reset", &source, &target, 3, storage);
+
+    let m = cluster
+        .wait_done(ns, "reset", Duration::from_secs(600))
+        .await;
+    let status = m.status.clone().unwrap();
+    let logs = cluster.runner_logs(ns, "reset");
+    assert_eq!(status.phase, Some(Phase::Ready), "{status:?}\n{logs}");
+    let refs = [refs.path().join("vda.raw"), refs.path().join("vdb.raw")];
+    let _target = fleet::check_target(&cluster, &m, ProviderType::Libvirt, &target, &refs).await;
+    assert_eq!(proxy.resets(), 1, "one connection reset");
+    assert_eq!(status.attempt, Some(1), "continued in the same attempt");
+    let retry = logs
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("GET"))
+        .unwrap_or_else(|| panic!("the runner did not retry the download:\n{logs}"));
+    let continued = logs
+        .lines()
+        .find(|l| l.contains("vda.qcow2: continued at byte"))
+        .unwrap_or_else(|| panic!("the download was not continued with a Range:\n{logs}"));
+    println!(
+        "connection reset after 100 MiB of vda's download: Ready in attempt 1; {retry}; {continued}"
+    );
 }

@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use cluster_world::Cluster;
 use crd::{Phase, ProviderType, VMMigration};
-use k8s_openapi::api::batch::v1::Job;
-use kube::api::ListParams;
 
 /// vda of the source: 2 GiB of random bytes, some 15 s of export and as much of upload on the
 /// world, so a restart lands well inside the step it is aimed at.
@@ -64,40 +62,6 @@ fn start_again(script: &str) -> Duration {
         String::from_utf8_lossy(&out.stderr)
     );
     started.elapsed()
-}
-
-/// Waits until migration `ns/name` reports `phase`; returns its status then.
-async fn wait_phase(cluster: &Cluster, ns: &str, name: &str, phase: Phase) {
-    let api: kube::Api<VMMigration> = kube::Api::namespaced(cluster.client.clone(), ns);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "{ns}/{name} never reached {phase:?}"
-        );
-        let status = api.get(name).await.unwrap().status.unwrap_or_default();
-        assert!(
-            !matches!(status.phase, Some(Phase::Ready | Phase::Failed)),
-            "{ns}/{name} ended before {phase:?}: {status:?}"
-        );
-        if status.phase == Some(phase) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The runner Jobs of migration `ns/name`.
-async fn jobs(cluster: &Cluster, ns: &str, name: &str) -> Vec<String> {
-    let api: kube::Api<Job> = kube::Api::namespaced(cluster.client.clone(), ns);
-    let selector = format!("virtrigaud.io/migration={name}");
-    api.list(&ListParams::default().labels(&selector))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|j| j.metadata.name)
-        .collect()
 }
 
 /// A big libvirt -> libvirt migration `ns/name` through S3, started: the target's name, the
@@ -151,7 +115,7 @@ async fn libvirtd_restarted_during_the_export() {
     let refs = tempfile::tempdir().unwrap();
     let (target, disks, guards) = start_migration(&cluster, &lw, ns, name, refs.path()).await;
     let source = guards[0].name().to_string();
-    wait_phase(&cluster, ns, name, Phase::Exporting).await;
+    cluster.wait_phase(ns, name, Phase::Exporting).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     stop("libvirtd");
@@ -166,7 +130,7 @@ async fn libvirtd_restarted_during_the_export() {
     lw.assert_source_unchanged(&source, &disks, refs.path());
     let attempts = status.attempt.unwrap_or(0) as usize;
     assert_eq!(
-        jobs(&cluster, ns, name).await.len(),
+        cluster.jobs(ns, name).await.len(),
         attempts,
         "one Job per attempt"
     );
@@ -183,7 +147,7 @@ async fn the_apiserver_restarted_during_the_transfer() {
     let (ns, name) = ("restart-apiserver", "apiserver");
     let refs = tempfile::tempdir().unwrap();
     let (target, _, _guards) = start_migration(&cluster, &lw, ns, name, refs.path()).await;
-    wait_phase(&cluster, ns, name, Phase::Transferring).await;
+    cluster.wait_phase(ns, name, Phase::Transferring).await;
 
     stop("kube-apiserver");
     let down = start_again("control-plane-up.sh");
@@ -200,7 +164,7 @@ async fn the_apiserver_restarted_during_the_transfer() {
         "the runner did not see the apiserver go:\n{logs}"
     );
     assert_eq!(status.attempt, Some(1), "the runner outlived the outage");
-    assert_eq!(jobs(&cluster, ns, name).await.len(), 1, "one runner Job");
+    assert_eq!(cluster.jobs(ns, name).await.len(), 1, "one runner Job");
 }
 
 /// The S3 server is stopped when a quarter of vda's parts are on it and started again: the upload

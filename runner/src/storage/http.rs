@@ -310,6 +310,7 @@ impl HttpStage {
                         format!("{what}: asked for bytes {offset}-, got range {start:?}"),
                     ));
                 }
+                tracing::info!("{what}: continued at byte {offset} of {}", object.size);
             }
             StatusCode::OK => {
                 if offset > 0 {

@@ -203,6 +203,40 @@ impl Cluster {
         }
     }
 
+    /// Waits until migration `ns/name` reports `phase` (failing if it ends first).
+    pub async fn wait_phase(&self, ns: &str, name: &str, phase: Phase) {
+        let api: Api<VMMigration> = Api::namespaced(self.client.clone(), ns);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "{ns}/{name} never reached {phase:?}"
+            );
+            let status = api.get(name).await.unwrap().status.unwrap_or_default();
+            assert!(
+                !matches!(status.phase, Some(Phase::Ready | Phase::Failed)),
+                "{ns}/{name} ended before {phase:?}: {status:?}"
+            );
+            if status.phase == Some(phase) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The names of the runner Jobs of migration `ns/name`.
+    pub async fn jobs(&self, ns: &str, name: &str) -> Vec<String> {
+        let api: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(self.client.clone(), ns);
+        let selector = format!("virtrigaud.io/migration={name}");
+        api.list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|j| j.metadata.name)
+            .collect()
+    }
+
     /// The logs of every runner pod of migration `ns/name` (`kubectl logs`).
     pub fn runner_logs(&self, ns: &str, name: &str) -> String {
         let selector = format!("virtrigaud.io/migration={name}");

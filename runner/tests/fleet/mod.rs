@@ -188,6 +188,20 @@ pub fn apply_libvirt_migration(
     target: &str,
     attempts: u32,
 ) {
+    let s3 = storage(cluster, "s3");
+    apply_libvirt_migration_through(cluster, ns, name, source, target, attempts, s3);
+}
+
+/// As [`apply_libvirt_migration`], staging through `storage` (a `spec.storage` block).
+pub fn apply_libvirt_migration_through(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    source: &str,
+    target: &str,
+    attempts: u32,
+    storage: Value,
+) {
     let (source_provider, target_provider) = providers(ProviderType::Libvirt);
     cluster.apply(&virtual_machine(ns, source, source_provider));
     let yaml = adapt(
@@ -202,7 +216,7 @@ pub fn apply_libvirt_migration(
                 "/spec/targetStorageHint",
                 json!(cluster.var("VRG_LIBVIRT_POOL")),
             ),
-            ("/spec/storage", storage(cluster, "s3")),
+            ("/spec/storage", storage),
             (
                 "/spec/retryPolicy",
                 json!({"maxAttempts": attempts, "backoffDuration": "5s"}),
