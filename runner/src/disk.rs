@@ -811,7 +811,7 @@ pub fn ensure_space(dir: &Path, needed: u64, limit: Option<u64>) -> Result<()> {
 /// `bytes` spelled as the --scratch-size flag takes it (`100Gi`, `20.5Gi`).
 fn gibibytes(bytes: u64) -> String {
     const GIB: u64 = 1 << 30;
-    if bytes % GIB == 0 {
+    if bytes.is_multiple_of(GIB) {
         format!("{}Gi", bytes / GIB)
     } else {
         format!("{:.1}Gi", bytes as f64 / GIB as f64)
