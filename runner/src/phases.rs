@@ -42,7 +42,7 @@ use crate::provider::{
 };
 use crate::status::StatusWriter;
 use crate::storage::{Stage, StagedObject, object_key};
-use crate::{Error, Result, disk, plan, stream};
+use crate::{Error, Result, disk, plan};
 
 /// In-process tries of a provider operation failing transiently, before the attempt is reported
 /// retryable. Stages retry inside ([`crate::storage::StageOptions`]), so their calls are not wrapped.
@@ -1227,7 +1227,8 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Downloads the staged image of disk `i` into scratch, re-hashing it, and checks it.
+    /// Downloads the staged image of disk `i` into scratch, hashed as it is written and checked
+    /// against the SHA-256 recorded at its upload, and inspects it.
     async fn download_one(
         &mut self,
         w: &mut Work,
@@ -1255,16 +1256,8 @@ impl Pipeline {
             self.stage.download(object, &dest, &counter),
         )
         .await?;
-        // The pipeline's own end-to-end check, whatever the backend verified.
-        let (bytes, sha256) = stream::hash_file(&dest, Progress::default()).await?;
-        if sha256 != object.sha256 || bytes != object.size {
-            remove(&dest).await;
-            return Err(Error::ChecksumMismatch {
-                object: object.url.clone(),
-                expected: object.sha256.clone(),
-                actual: sha256,
-            });
-        }
+        // the download hashed the bytes as it wrote them and refused a mismatch with the SHA-256
+        // this pipeline recorded at the upload (`object`): no second read of the file
         let image = LocalImage {
             path: dest.clone(),
             format: w.format,

@@ -332,7 +332,7 @@ async fn import_define_validate_and_delete() {
     // the same name again is a clash
     let clash = create(&p, &spec, &imported).await.unwrap_err();
     assert!(
-        matches!(clash, Error::Invalid(ref m) if m.contains("already exists")),
+        matches!(clash, Error::NotOurs(ref m) if m.contains("left untouched")),
         "{clash}"
     );
 

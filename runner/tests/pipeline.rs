@@ -271,7 +271,7 @@ async fn resume_creates_the_target_vm_again_when_it_was_removed() {
 
 #[tokio::test]
 async fn checksum_mismatch_on_import_is_terminal_and_no_vm_is_created() {
-    // The backend hands back vdb with a flipped byte and does not notice.
+    // vdb's staged bytes change after the upload: the download's hash differs from the upload's.
     let w = World::two_disks(ProviderType::Libvirt);
     w.stage.inject(Fault::CorruptDownload("vdb.qcow2".into()));
     let (result, rec) = w.run(&VMMigrationStatus::default()).await;

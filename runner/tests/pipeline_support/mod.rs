@@ -30,8 +30,8 @@ pub const TARGET_VM: &str = "web-migrated";
 pub enum Fault {
     /// Upload of a key ending with this fails transiently.
     FailUpload(String),
-    /// The downloaded copy of a key ending with this gets a flipped byte, and the backend says
-    /// nothing (a buggy or lying backend).
+    /// The stored object of a key ending with this gets a flipped byte just before its download
+    /// (the bytes changed between upload and import).
     CorruptDownload(String),
     /// Before uploading, report 45% done and stall for 2.5 s.
     StallUpload,
@@ -145,14 +145,13 @@ impl Stage for TestStage {
         progress: &Progress,
     ) -> Result<()> {
         self.count("download", &object.key);
-        self.inner.download(object, dest, progress).await?;
         if self
             .take(|f| matches!(f, Fault::CorruptDownload(s) if object.key.ends_with(s.as_str())))
             .is_some()
         {
-            flip_byte(dest, 1000);
+            flip_byte(&self.root.join(&object.key), 1000);
         }
-        Ok(())
+        self.inner.download(object, dest, progress).await
     }
     async fn delete(&self, key: &str) -> Result<()> {
         self.count("delete", key);
