@@ -272,54 +272,6 @@ async fn killing_the_runner_pod_yields_attempt_2_after_the_backoff() {
     silent.refuse();
 }
 
-/// The operator is killed while a migration waits out its retry backoff: its replacement launches
-/// attempt 2 once, not before the recorded retry time, and no Job is made twice.
-#[tokio::test]
-async fn an_operator_killed_during_a_retry_backoff_launches_the_next_attempt_once() {
-    let path = kubeconfig();
-    installed();
-    let c = client(&path).await;
-    let ns = "vrg-e2e-backoff-kill";
-    let (silent, status) = runner_lost_in_attempt_1(&c, ns, "40s").await;
-    let next = status
-        .next_retry_time
-        .clone()
-        .expect("a retry time is recorded");
-    let jobs: Api<Job> = Api::namespaced(c.clone(), ns);
-    assert!(
-        jobs.get_opt("m-a2").await.unwrap().is_none(),
-        "attempt 2 waits for its retry time"
-    );
-
-    restart_operator(&c, 0, || async {}).await;
-    let job = wait_for("Job m-a2", Duration::from_secs(90), || async {
-        jobs.get_opt("m-a2").await.unwrap()
-    })
-    .await;
-    let created = job.metadata.creation_timestamp.clone().unwrap();
-    assert!(
-        created.0.as_second() >= next.0.as_second() - 1,
-        "attempt 2 started at {} before its retry time {}",
-        created.0,
-        next.0
-    );
-    let mut names: Vec<String> = jobs
-        .list(&by_migration("m"))
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|j| j.name_any())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["m-a1", "m-a2"], "one Job per attempt");
-
-    let _ = Api::<Namespace>::all(c)
-        .delete(ns, &DeleteParams::default())
-        .await;
-    silent.refuse();
-}
-
 #[tokio::test]
 async fn deleting_a_running_migration_stops_it_runs_cleanup_and_removes_its_objects() {
     let path = kubeconfig();

@@ -170,6 +170,33 @@ async fn staged_vda(cluster: &Cluster, ns: &str, name: &str) -> (std::path::Path
     }
 }
 
+/// Waits until migration `ns/name` has failed terminally in its first attempt (`why` it is not
+/// retried) with Ready reason `reason`; returns its status and the Ready condition's message.
+async fn failed_in_attempt_1(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    reason: &str,
+    why: &str,
+    timeout_s: u64,
+) -> (crd::VMMigrationStatus, String) {
+    let m = cluster
+        .wait_done(ns, name, Duration::from_secs(timeout_s))
+        .await;
+    let status = m.status.unwrap();
+    let logs = cluster.runner_logs(ns, name);
+    assert_eq!(status.phase, Some(Phase::Failed), "{status:?}\n{logs}");
+    assert_eq!(status.attempt, Some(1), "{why}");
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.reason.as_deref(), Some(reason), "{ready:?}");
+    let message = ready.message.clone().unwrap_or_default();
+    (status, message)
+}
+
 /// Flips the byte at `offset` of `path` in place.
 fn flip_byte(path: &Path, offset: u64) {
     use std::io::{Read, Seek, SeekFrom, Write};
@@ -208,26 +235,15 @@ async fn a_staged_object_corrupted_before_its_import_fails_the_migration_and_cre
     let (object, size) = staged_vda(&cluster, ns, "rot").await;
     flip_byte(&object, size / 2);
 
-    let m = cluster.wait_done(ns, "rot", Duration::from_secs(600)).await;
-    let status = m.status.clone().unwrap();
-    let logs = cluster.runner_logs(ns, "rot");
-    assert_eq!(status.phase, Some(Phase::Failed), "{status:?}\n{logs}");
-    assert_eq!(
-        status.attempt,
-        Some(1),
-        "a checksum mismatch is not retried"
-    );
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert_eq!(
-        ready.reason.as_deref(),
-        Some("ChecksumMismatch"),
-        "{ready:?}"
-    );
-    let message = ready.message.clone().unwrap_or_default();
+    let (status, message) = failed_in_attempt_1(
+        &cluster,
+        ns,
+        "rot",
+        "ChecksumMismatch",
+        "a checksum mismatch is not retried",
+        600,
+    )
+    .await;
     assert!(
         message.contains("vda.qcow2"),
         "the object is named: {message}"
@@ -278,24 +294,15 @@ async fn a_vm_of_the_target_name_appearing_mid_migration_is_left_alone() {
     lw.virsh_ok(&["define", xml.path().to_str().unwrap()]);
     let theirs = lw.virsh_ok(&["dumpxml", &target]);
 
-    let m = cluster
-        .wait_done(ns, "clash", Duration::from_secs(600))
-        .await;
-    let status = m.status.clone().unwrap();
-    let logs = cluster.runner_logs(ns, "clash");
-    assert_eq!(status.phase, Some(Phase::Failed), "{status:?}\n{logs}");
-    assert_eq!(
-        status.attempt,
-        Some(1),
-        "a name taken by another VM is not retried"
-    );
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert_eq!(ready.reason.as_deref(), Some("NotOwned"), "{ready:?}");
-    let message = ready.message.clone().unwrap_or_default();
+    let (status, message) = failed_in_attempt_1(
+        &cluster,
+        ns,
+        "clash",
+        "NotOwned",
+        "a name taken by another VM is not retried",
+        600,
+    )
+    .await;
     assert!(
         message.contains(&target) && message.contains("left untouched"),
         "{message}"
@@ -353,24 +360,15 @@ async fn a_disk_larger_than_scratch_fails_with_no_space_naming_the_setting() {
     lw.virsh_ok(&["pool-refresh", "default"]);
     fleet::apply_libvirt_migration(&cluster, ns, "huge", &source, &target, 3);
 
-    let m = cluster
-        .wait_done(ns, "huge", Duration::from_secs(300))
-        .await;
-    let status = m.status.clone().unwrap();
-    let logs = cluster.runner_logs(ns, "huge");
-    assert_eq!(status.phase, Some(Phase::Failed), "{status:?}\n{logs}");
-    assert_eq!(
-        status.attempt,
-        Some(1),
-        "more attempts do not make scratch larger"
-    );
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert_eq!(ready.reason.as_deref(), Some("NoSpace"), "{ready:?}");
-    let message = ready.message.clone().unwrap_or_default();
+    let (status, message) = failed_in_attempt_1(
+        &cluster,
+        ns,
+        "huge",
+        "NoSpace",
+        "more attempts do not make scratch larger",
+        300,
+    )
+    .await;
     assert!(
         message.contains("limited to 100Gi by the operator's --scratch-size")
             && message.contains("needs 101Gi"),
