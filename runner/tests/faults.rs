@@ -40,29 +40,9 @@ async fn a_runner_pod_lost_at_half_the_upload_resumes_from_the_parts_on_the_serv
     fleet::apply_libvirt_migration(&cluster, ns, "lost", &source, &target, 3);
 
     // the upload of vda: its id as the status records it, then half of its parts on the server
-    let api: kube::Api<VMMigration> = kube::Api::namespaced(cluster.client.clone(), ns);
     let data_dir = Path::new(cluster.var("VRG_S3_DATA_DIR")).to_path_buf();
     let half = ((VDA_MIB - 16) / 8 / 2) as usize;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let upload_id = loop {
-        assert!(Instant::now() < deadline, "no upload reached half of vda");
-        let status = api.get("lost").await.unwrap().status.unwrap_or_default();
-        assert_ne!(
-            status.phase,
-            Some(Phase::Ready),
-            "done before the pod was lost"
-        );
-        let upload = status
-            .uploads
-            .iter()
-            .find(|u| u.key.ends_with("/vda.qcow2"));
-        if let Some(u) = upload
-            && fleet::parts_held(&data_dir, &u.upload_id) >= half
-        {
-            break u.upload_id.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let upload_id = fleet::upload_with_parts(&cluster, ns, "lost", "vda", half).await;
     let lost_at = Instant::now();
     let pods: kube::Api<Pod> = kube::Api::namespaced(cluster.client.clone(), ns);
     let selector = ListParams::default().labels("virtrigaud.io/migration=lost");

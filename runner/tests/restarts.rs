@@ -178,28 +178,9 @@ async fn the_s3_server_restarted_during_a_multipart_upload() {
     let (ns, name) = ("restart-s3", "s3");
     let refs = tempfile::tempdir().unwrap();
     let (target, _, _guards) = start_migration(&cluster, &lw, ns, name, refs.path()).await;
-    let api: kube::Api<VMMigration> = kube::Api::namespaced(cluster.client.clone(), ns);
     let data_dir = PathBuf::from(cluster.var("VRG_S3_DATA_DIR"));
     let quarter = ((VDA_MIB - 16) / 8 / 4) as usize;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let upload_id = loop {
-        assert!(
-            Instant::now() < deadline,
-            "no upload reached a quarter of vda"
-        );
-        let status = api.get(name).await.unwrap().status.unwrap_or_default();
-        assert_ne!(status.phase, Some(Phase::Ready), "done before the restart");
-        let upload = status
-            .uploads
-            .iter()
-            .find(|u| u.key.ends_with("/vda.qcow2"));
-        if let Some(u) = upload
-            && fleet::parts_held(&data_dir, &u.upload_id) >= quarter
-        {
-            break u.upload_id.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let upload_id = fleet::upload_with_parts(&cluster, ns, name, "vda", quarter).await;
 
     stop("s3");
     let held = fleet::parts_held(&data_dir, &upload_id);

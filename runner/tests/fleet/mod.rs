@@ -253,3 +253,38 @@ pub fn resumed_upload(logs: &str) -> Option<(u64, u32)> {
     let kept = words.get(at + 2)?.parse().ok()?;
     Some((sent, kept))
 }
+
+/// Waits until the S3 upload of disk `disk` of migration `ns/name` (its id as `status.uploads`
+/// records it) has `parts` parts on the world's S3 server, failing if the migration is done first;
+/// returns the upload id.
+pub async fn upload_with_parts(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    disk: &str,
+    parts: usize,
+) -> String {
+    let api: kube::Api<VMMigration> = kube::Api::namespaced(cluster.client.clone(), ns);
+    let data_dir = Path::new(cluster.var("VRG_S3_DATA_DIR"));
+    let suffix = format!("/{disk}.qcow2");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{disk}'s upload never held {parts} parts"
+        );
+        let status = api.get(name).await.unwrap().status.unwrap_or_default();
+        assert_ne!(
+            status.phase,
+            Some(crd::Phase::Ready),
+            "{ns}/{name} was done before {disk}'s upload held {parts} parts"
+        );
+        let upload = status.uploads.iter().find(|u| u.key.ends_with(&suffix));
+        if let Some(u) = upload
+            && parts_held(data_dir, &u.upload_id) >= parts
+        {
+            return u.upload_id.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
